@@ -1,0 +1,1 @@
+"""The CodeAct agent: the step format and the rollout loop."""

@@ -1,0 +1,45 @@
+"""The `score-distill` command: one entry point, one sub-command per stage.
+
+Each sub-command lives in `score_distill/commands/<name>.py`, which defines
+`HELP: str`, `add_arguments(parser)` and `run(args) -> int`. They are imported only when
+used, so `score-distill exec` does not pay for importing torch.
+
+    score-distill exec < cells.json           # run code cells in the sandbox
+    score-distill tasks generate --suite math --split train --n 100 --out tasks.jsonl
+    score-distill eval --model smollm2-135m --tasks math:test --n 50 --out runs/eval
+    score-distill run --preset demo           # the whole pipeline
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module under score_distill.commands
+COMMANDS: dict[str, str] = {
+    "exec": "exec_cells",
+    "tasks": "tasks",
+    "eval": "evaluate",
+    "run": "run",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="score-distill", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(f"score_distill.commands.{module}")
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

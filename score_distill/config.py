@@ -1,0 +1,141 @@
+"""Configs are dataclasses whose fields carry help text; this module turns them into
+command-line flags, reads them from YAML presets, applies `key=value` overrides, and saves
+the resolved config next to every output.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Demo:
+    ...     lr: float = option(1e-5, "learning rate")
+    ...     name: str = option("x", "a name")
+    >>> apply_overrides(Demo(), ["lr=0.5"]).lr
+    0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field with a default and help text (mutable defaults are copied)."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints.get(f.name, str)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Convert a YAML or command-line value to the field's type; raise with the field name."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _convert(args[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return from_dict(tp, value)
+        raise ValueError(f"{where}: expected a mapping for {tp.__name__}")
+    if isinstance(value, str) and tp in (int, float, bool, list, dict) or origin in (list, dict):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+    try:
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if tp in (int, float, str):
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: cannot read {value!r} as {tp.__name__}") from None
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Build config `cls` from a mapping; unknown keys raise (a typo must not pass silently)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+    kwargs = {k: _convert(_field_type(cls, fields[k]), v, f"{cls.__name__}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(config: C, overrides: list[str]) -> C:
+    """Apply `a.b=value` overrides (dotted paths reach nested config dataclasses)."""
+    data = to_dict(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ValueError(f"override {key!r}: {p!r} is not a section")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ValueError(f"override {key!r}: unknown key {parts[-1]!r}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw else raw
+    return from_dict(type(config), data)
+
+
+def load_yaml(cls: type[C], path: str | Path, overrides: list[str] | None = None) -> C:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return apply_overrides(from_dict(cls, data), overrides or [])
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config (YAML) so every output says how it was made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(config))), sort_keys=False))
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Add a `--flag` per scalar field of `cls` (nested dataclasses get `--section.field`).
+    Defaults are None so that only flags the user gave override the config."""
+    for f in dataclasses.fields(cls):
+        tp = _field_type(cls, f)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            add_arguments(parser, tp, prefix=f"{name}.")
+            continue
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, default=None, metavar=name.split(".")[-1].upper(),
+                            help=f.metadata.get("help", ""))
+
+
+def overrides_from_args(args: argparse.Namespace, cls: type, prefix: str = "") -> list[str]:
+    """The `key=value` overrides for the flags the user actually gave."""
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        tp = _field_type(cls, f)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out += overrides_from_args(args, tp, prefix=f"{name}.")
+            continue
+        value = getattr(args, name, None)
+        if value is not None:
+            out.append(f"{name}={value}")
+    return out

@@ -1,0 +1,1 @@
+"""Teachers: the reference-solution teacher and the LLM teacher, behind one interface."""

@@ -1,0 +1,1 @@
+"""Tools visible to model code: the Python sandbox and the search backends."""

@@ -1,0 +1,1 @@
+"""Training: SFT and short-horizon RL."""

@@ -1,0 +1,237 @@
+"""The data contract: tasks, steps, trajectories, interventions and key-step RL items.
+
+Everything score-distill writes to disk is JSONL of these dataclasses. Every record carries
+`"schema": SCHEMA_VERSION`; reading a record of another version raises, so a stale file is
+caught at once instead of being half-understood.
+
+    >>> s = Step(kind="action", thought="add", code="print(1 + 1)", observation="2")
+    >>> Step.from_dict(s.to_dict()) == s
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator, Literal, TypeVar
+
+SCHEMA_VERSION = 1
+
+StepKind = Literal["plan", "action"]
+Author = Literal["student", "teacher"]
+STEP_KINDS: tuple[str, ...] = ("plan", "action")
+AUTHORS: tuple[str, ...] = ("student", "teacher")
+
+
+class SchemaError(ValueError):
+    """A record on disk does not match the data contract (our fault or a stale file)."""
+
+
+T = TypeVar("T", bound="Record")
+
+
+class Record:
+    """Mixin: JSON round trip with a schema version and nested dataclasses."""
+
+    # Fields that hold nested records: name -> (class, is_list).
+    _nested: ClassVar[dict[str, tuple[type, bool]]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema": SCHEMA_VERSION}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name in self._nested and value is not None:
+                value = [v.to_dict() for v in value] if self._nested[f.name][1] else value.to_dict()
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        if not isinstance(data, dict):
+            raise SchemaError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+        version = data.get("schema")
+        if version != SCHEMA_VERSION:
+            raise SchemaError(f"{cls.__name__}: schema version {version!r}, expected {SCHEMA_VERSION}")
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - names - {"schema"}
+        if unknown:
+            raise SchemaError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for name in names & set(data):
+            value = data[name]
+            if name in cls._nested and value is not None:
+                sub, is_list = cls._nested[name]
+                value = [sub.from_dict(v) for v in value] if is_list else sub.from_dict(value)
+            kwargs[name] = value
+        try:
+            obj = cls(**kwargs)
+        except TypeError as e:  # a required field is missing
+            raise SchemaError(f"{cls.__name__}: {e}") from None
+        return obj
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class Step(Record):
+    """One assistant turn and what came back from executing it.
+
+    `kind` is "plan" for the first thought (no code, no observation) and "action" otherwise.
+    `observation` is the text the agent sees as its next user turn (already formatted by
+    `agent.format.format_observation`). `raw` keeps the exact model text when it could not be
+    parsed (then `parse_error` says why, and the thought/code fields hold what was salvaged).
+    `final_answer` is set when the step's code called `final_answer(...)`.
+    """
+
+    kind: str
+    thought: str
+    code: str = ""
+    observation: str = ""
+    author: str = "student"
+    raw: str | None = None
+    parse_error: str | None = None
+    error: str | None = None
+    timed_out: bool = False
+    final_answer: str | None = None
+    n_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in STEP_KINDS:
+            raise SchemaError(f"Step.kind must be one of {STEP_KINDS}, got {self.kind!r}")
+        if self.author not in AUTHORS:
+            raise SchemaError(f"Step.author must be one of {AUTHORS}, got {self.author!r}")
+
+    @property
+    def ok(self) -> bool:
+        """The step parsed and its code ran without error or timeout."""
+        return self.parse_error is None and self.error is None and not self.timed_out
+
+
+@dataclass
+class Task(Record):
+    """A question with its gold answer; `reference` is an optional CodeAct solution.
+
+    `suite` names the scorer and tool world ("math", "search", or an external name);
+    `meta` holds suite-specific facts (split, template, number of hops, corpus id, ...).
+    """
+
+    id: str
+    question: str
+    answer: str
+    suite: str
+    reference: list[Step] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    _nested: ClassVar[dict[str, tuple[type, bool]]] = {"reference": (Step, True)}
+
+
+@dataclass
+class Trajectory(Record):
+    """An episode: ordered steps, the final answer if any, and its accounting."""
+
+    task_id: str
+    steps: list[Step] = field(default_factory=list)
+    final_answer: str | None = None
+    finished: bool = False
+    score: float | None = None
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    model_time_s: float = 0.0
+    tool_time_s: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    _nested: ClassVar[dict[str, tuple[type, bool]]] = {"steps": (Step, True)}
+
+    @property
+    def n_turns(self) -> int:
+        return len(self.steps)
+
+
+@dataclass
+class Intervention(Record):
+    """The teacher's correction of one step: `step_index` indexes the trajectory's steps
+    (0 is the first thought). `mistaken` is the student's step, `fixed` the teacher's."""
+
+    step_index: int
+    mistaken: Step
+    fixed: Step
+    analysis: str = ""
+    suggestion: str = ""
+
+    _nested: ClassVar[dict[str, tuple[type, bool]]] = {"mistaken": (Step, False), "fixed": (Step, False)}
+
+
+@dataclass
+class KeyStepItem(Record):
+    """An RL item: start at the verified `prefix`, the next step is the key step.
+
+    `chosen` is the teacher's step with its observation, `rejected` the student's mistaken
+    step with its observation. Items without an intervention (outcome-only RL from the
+    question) have an empty prefix and `chosen`/`rejected` set to None.
+    """
+
+    task_id: str
+    question: str
+    answer: str
+    suite: str
+    prefix: list[Step] = field(default_factory=list)
+    chosen: Step | None = None
+    rejected: Step | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    _nested: ClassVar[dict[str, tuple[type, bool]]] = {
+        "prefix": (Step, True),
+        "chosen": (Step, False),
+        "rejected": (Step, False),
+    }
+
+    @property
+    def step_index(self) -> int:
+        return len(self.prefix)
+
+
+R = TypeVar("R", bound=Record)
+
+
+def write_jsonl(path: str | Path, records: Iterable[Record], append: bool = False) -> int:
+    """Write records one per line; returns how many. Flushed per line so a crash loses at
+    most the line being written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("a" if append else "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(r.to_json() + "\n")
+            f.flush()
+            n += 1
+    return n
+
+
+def read_jsonl(path: str | Path, cls: type[R]) -> list[R]:
+    """Read a JSONL file of `cls` records. A torn last line (a crash mid-write) is ignored;
+    a malformed line elsewhere raises with its line number."""
+    return list(iter_jsonl(path, cls))
+
+
+def iter_jsonl(path: str | Path, cls: type[R]) -> Iterator[R]:
+    lines = Path(path).read_text(encoding="utf-8").split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:  # no trailing newline: the writer died mid-line
+                return
+            raise SchemaError(f"{path}:{i + 1}: not JSON ({e})") from None
+        try:
+            yield cls.from_dict(data)
+        except SchemaError as e:
+            raise SchemaError(f"{path}:{i + 1}: {e}") from None
