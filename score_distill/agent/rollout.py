@@ -1,0 +1,187 @@
+"""THE rollout loop: many CodeAct trajectories at once, from the question or from a prefix.
+
+Every stage runs episodes through `rollout()`: evaluation, cold-start collection, mentored
+problem-solving (the student continues after a teacher's fix) and RL (groups of samples
+from a verified prefix). One loop means one observation format and one turn budget.
+
+How it works, turn by turn:
+1. Up to `batch_size` trajectories are live. Each has its own sandbox; a trajectory that
+   starts from a prefix gets its interpreter state rebuilt by replaying the prefix's
+   successful cells (`Sandbox.replay`).
+2. The model generates the next turn of every live trajectory in ONE batched call (a plan
+   for turn 0, an action after). The backend may reuse each trajectory's KV cache
+   (`cache_key` = trajectory key).
+3. Each turn is parsed; actions run in their sandboxes concurrently (threads: the work is
+   in the sandbox processes). Parse errors, tool errors and timeouts become observations.
+4. A trajectory finishes when its code calls `final_answer` or the turn budget is spent; it
+   leaves the batch (its cache is released) and the next queued one takes its place.
+
+    from score_distill.agent.rollout import rollout, RolloutConfig, Episode
+    trajs = rollout(model, [Episode(task)], ToolConfig(), RolloutConfig(max_turns=8))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from score_distill.agent.format import format_observation, next_kind, parse_turn, to_messages
+from score_distill.config import option
+from score_distill.models.base import ChatModel, Generation, GenRequest, SamplingParams
+from score_distill.tools.config import ToolConfig, open_sandbox
+from score_distill.tools.sandbox import Sandbox
+from score_distill.types import Step, Task, Trajectory
+
+
+@dataclass
+class RolloutConfig:
+    max_turns: int = option(8, "assistant turns per episode, the plan included (prefix turns count)")
+    max_new_tokens: int = option(256, "token cap for one turn")
+    temperature: float = option(0.0, "sampling temperature (0 = greedy)")
+    top_p: float = option(1.0, "nucleus sampling mass")
+    batch_size: int = option(16, "trajectories generated together")
+    seed: int = option(0, "base seed; each turn's seed derives from (seed, stage, task, sample, turn)")
+    stage: str = option("eval", "stage name mixed into seeds, so stages never share samples")
+
+
+@dataclass
+class Episode:
+    """One trajectory to run: a task, an optional prefix of already-taken steps (with their
+    observations), and a sample index (distinct samples of one task get distinct seeds)."""
+
+    task: Task
+    prefix: list[Step] = field(default_factory=list)
+    sample: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.task.id}#{self.sample}@{len(self.prefix)}"
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across runs and machines.
+
+    >>> derive_seed("eval", "math-0-test-1", 0, 2) == derive_seed("eval", "math-0-test-1", 0, 2)
+    True
+    """
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass
+class _Live:
+    episode: Episode
+    traj: Trajectory
+    sandbox: Sandbox
+
+
+def _start(ep: Episode, tools: ToolConfig) -> _Live:
+    sandbox = open_sandbox(tools, ep.task)
+    traj = Trajectory(task_id=ep.task.id, steps=list(ep.prefix), meta={"sample": ep.sample, "prefix_len": len(ep.prefix), **ep.meta})
+    cells = [s.code for s in ep.prefix if s.kind == "action" and s.ok]
+    if cells:
+        t0 = time.perf_counter()
+        sandbox.replay(cells)
+        traj.tool_time_s += time.perf_counter() - t0
+    for s in ep.prefix:
+        if s.final_answer is not None:  # a prefix that already answered is a finished episode
+            traj.final_answer, traj.finished = s.final_answer, True
+    return _Live(ep, traj, sandbox)
+
+
+def _step_from_generation(gen: Generation, kind: str) -> Step:
+    parsed = parse_turn(gen.text, kind)
+    step = Step(kind=kind, thought=parsed.thought, code=parsed.code, author="student", n_tokens=len(gen.token_ids))
+    if parsed.error is not None:
+        step.parse_error = parsed.error
+        step.raw = gen.text
+        step.observation = format_observation("", parse_error=parsed.error)
+    return step
+
+
+def _execute(live: _Live, step: Step, tools: ToolConfig) -> None:
+    """Run an action step in its trajectory's sandbox and fill in its observation."""
+    result = live.sandbox.run(step.code)
+    live.traj.tool_time_s += result.duration_s
+    step.error, step.timed_out = result.error, result.timed_out
+    step.final_answer = result.final_answer
+    step.observation = format_observation(result.output, result.error, result.timed_out, tools.sandbox.timeout_s)
+
+
+def _finish(live: _Live, model: ChatModel) -> Trajectory:
+    live.sandbox.close()
+    model.release(live.episode.key)
+    return live.traj
+
+
+def rollout(model: ChatModel, episodes: list[Episode], tools: ToolConfig, config: RolloutConfig,
+            on_done: Callable[[int, Trajectory], None] | None = None) -> list[Trajectory]:
+    """Run every episode to its end; returns trajectories in the order of `episodes`.
+    `on_done(index, trajectory)` is called as each one finishes (for progress and for
+    writing results as they come)."""
+    results: list[Trajectory | None] = [None] * len(episodes)
+    for i, traj in _run(model, episodes, tools, config):
+        results[i] = traj
+        if on_done is not None:
+            on_done(i, traj)
+    return [r for r in results if r is not None]
+
+
+def _run(model: ChatModel, episodes: list[Episode], tools: ToolConfig,
+         config: RolloutConfig) -> Iterator[tuple[int, Trajectory]]:
+    queue = list(enumerate(episodes))[::-1]  # pop() from the end keeps the original order
+    live: dict[int, _Live] = {}
+    with ThreadPoolExecutor(max_workers=max(1, config.batch_size)) as pool:
+        try:
+            while queue or live:
+                while queue and len(live) < config.batch_size:
+                    i, ep = queue.pop()
+                    state = _start(ep, tools)
+                    if state.traj.finished or len(state.traj.steps) >= config.max_turns:
+                        yield i, _finish(state, model)
+                    else:
+                        live[i] = state
+                yield from _turn(model, live, tools, config, pool)
+        finally:
+            for state in live.values():
+                state.sandbox.close()
+
+
+def _turn(model: ChatModel, live: dict[int, _Live], tools: ToolConfig, config: RolloutConfig,
+          pool: ThreadPoolExecutor) -> Iterator[tuple[int, Trajectory]]:
+    """One batched model call for every live trajectory, then their tool calls."""
+    order = sorted(live)
+    requests = []
+    for i in order:
+        s = live[i]
+        ep = s.episode
+        seed = derive_seed(config.seed, config.stage, ep.task.id, ep.sample, len(s.traj.steps))
+        requests.append(GenRequest(to_messages(ep.task.question, s.traj.steps), cache_key=ep.key, seed=seed))
+    params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens)
+    gens = model.generate(requests, params)
+    if len(gens) != len(requests):
+        raise RuntimeError(f"model returned {len(gens)} generations for {len(requests)} requests")
+    runs = []
+    for i, gen in zip(order, gens):
+        s = live[i]
+        step = _step_from_generation(gen, next_kind(s.traj.steps))
+        s.traj.steps.append(step)
+        s.traj.generated_tokens += len(gen.token_ids)
+        s.traj.prompt_tokens += gen.prompt_tokens
+        s.traj.model_time_s += gen.time_s
+        if step.kind == "action" and step.parse_error is None:
+            runs.append(pool.submit(_execute, s, step, tools))
+    for fut in runs:
+        fut.result()  # re-raises our own bugs; model errors are already observations
+    for i in order:
+        s = live[i]
+        last = s.traj.steps[-1]
+        if last.final_answer is not None:
+            s.traj.final_answer, s.traj.finished = last.final_answer, True
+        if s.traj.finished or len(s.traj.steps) >= config.max_turns:
+            del live[i]
+            yield i, _finish(s, model)

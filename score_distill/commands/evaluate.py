@@ -1,0 +1,41 @@
+"""`score-distill eval`: evaluate a model as a CodeAct agent on a task suite or file.
+
+    score-distill eval --model smollm2-135m --tasks math:test --n 50 --out runs/eval-math
+    score-distill eval --model openai:qwen2.5-72b@http://127.0.0.1:8000/v1 --tasks my.jsonl --out runs/x
+
+Writes DIR/metrics.json, DIR/trajectories.jsonl and DIR/config.yaml; rerunning the same
+command resumes. Every field of the config can be set as a flag (e.g. `--rollout.max-turns 6`,
+`--tools.sandbox.timeout-s 5`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "evaluate a model on tasks; writes metrics.json and trajectories.jsonl"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from score_distill.config import add_arguments as add_config
+    from score_distill.evaluate import EvalConfig
+
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--config", default=None, help="YAML file of EvalConfig values (flags override it)")
+    add_config(parser, EvalConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from score_distill.config import apply_overrides, load_yaml, overrides_from_args, save_config
+    from score_distill.evaluate import EvalConfig, evaluate
+    from score_distill.models.load import load_model
+    from score_distill.tasks.load import load_tasks
+
+    overrides = overrides_from_args(args, EvalConfig)
+    cfg = load_yaml(EvalConfig, args.config, overrides) if args.config else apply_overrides(EvalConfig(), overrides)
+    save_config(cfg, f"{args.out}/config.yaml")
+    tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed)
+    model = load_model(cfg.model)
+    metrics = evaluate(model, tasks, args.out, cfg.tools, cfg.rollout, samples=cfg.samples, desc=f"eval {cfg.tasks}")
+    print(json.dumps({k: metrics[k] for k in ("accuracy", "ci95", "n") if k in metrics}))
+    return 0

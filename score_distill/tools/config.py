@@ -1,0 +1,38 @@
+"""The one tool configuration: sandbox limits and search settings, shared by every stage.
+
+Collection (BC, MPS), training (RL rollouts) and evaluation all build their tools from a
+`ToolConfig`, so an observation means the same thing everywhere (same timeout, same output
+cap, same number of search results).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from score_distill.tools.sandbox import Sandbox, SandboxConfig
+from score_distill.tools.search import SearchConfig, make_search
+from score_distill.types import Task
+
+
+@dataclass
+class ToolConfig:
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig, metadata={"help": "sandbox limits"})
+    search: SearchConfig = field(default_factory=SearchConfig, metadata={"help": "search backend"})
+
+
+def search_for(config: ToolConfig, task: Task) -> Callable[[str], str] | None:
+    """The web_search callable for a task: the task's own corpus (`meta["corpus"]`) wins
+    over the configured one; None when neither names a corpus and no HTTP backend is set."""
+    corpus = task.meta.get("corpus")
+    search = config.search
+    if corpus:
+        search = replace(search, corpus=str(corpus))
+    if search.backend == "bm25" and not search.corpus:
+        return None
+    return make_search(search)
+
+
+def open_sandbox(config: ToolConfig, task: Task) -> Sandbox:
+    """A fresh sandbox for one trajectory of `task`."""
+    return Sandbox(config.sandbox, search=search_for(config, task))
