@@ -48,9 +48,9 @@ def _token_counter(tokenizer_dir: str | None):
     from transformers import AutoTokenizer
 
     if tokenizer_dir is None:
-        from score_distill.models.builtin import resolve_builtin
+        from score_distill.models.builtin import builtin_path
 
-        tokenizer_dir = str(resolve_builtin("smollm2-135m"))
+        tokenizer_dir = str(builtin_path("smollm2-135m"))
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     return lambda text: len(tok(text)["input_ids"])
 
