@@ -1,0 +1,274 @@
+"""The LLM teacher: judge, repair, equivalence and solving with any chat model.
+
+`LLMTeacher` implements the `Teacher` protocol (teachers/base.py) on top of a plain chat
+function, `ChatFn = (messages, ChatOptions) -> ChatReply`, so it works over any endpoint:
+`chat_fn_from_openai(OpenAIModel(...))` for an OpenAI-compatible server, or any Python
+function in tests.
+
+    teacher = LLMTeacher(chat_fn_from_openai(client), model="qwen2.5-72b", cache_dir="runs/x/teacher-cache")
+    verdict = teacher.judge(task, steps)            # Verdict, validated
+    fixed = teacher.repair(task, steps[:k], steps[k], verdict)
+    same = teacher.equivalent(task, prefix, a, b)
+    solution = teacher.solve(task)                  # steps, author "teacher", executed
+
+How each operation works:
+- judge / equivalent ask for one JSON object (prompts.py) at a low temperature and
+  validate it: types, required keys, and for a wrong verdict a first-error step in range.
+- repair asks for exactly one step in the agent's format, parsed by the agent's own parser.
+  The judge's analysis and suggestion have the gold answer withheld before they reach the
+  repair prompt, and a step that writes down an answer the student has not yet seen is
+  rejected (leak.py explains the guard and its limits).
+- A reply that breaks these rules is the model's mistake: the call is retried (default 2
+  more times) with a note saying what was wrong, then `TeacherFailure` is raised. Callers
+  catch exactly that and mark the task; they never drop it silently. Transport failures
+  (the endpoint is down after the client's own retries) are not the model's mistake and
+  propagate as they are.
+- solve runs the teacher model as the policy of the shared rollout loop
+  (`TeacherPolicy`, a ChatModel over the chat function): the teacher's code runs in the
+  same sandbox with the same tools and observation format as the student's, and the
+  returned steps carry their observations, with author "teacher".
+
+Every chat call goes through the `TeacherCache` when a cache directory is given: a rerun
+with the same inputs makes no call. `usage` counts real calls and the tokens they spent;
+`cache_hits` counts calls answered from the cache. Numbers stored in results (such as
+`Verdict.tokens`) include cached replies, so a replayed run writes the same records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+from score_distill.agent.format import CODE_CLOSE, CODE_OPEN, PLAN_CLOSE, PLAN_OPEN, next_kind, render_step
+from score_distill.config import option
+from score_distill.models.base import Generation, GenRequest, SamplingParams
+from score_distill.teachers.base import TeacherUsage, Verdict
+from score_distill.teachers.cache import CachedReply, TeacherCache, call_key
+from score_distill.teachers.leak import leaks_answer, withhold_answer
+from score_distill.teachers.prompts import (PROMPT_VERSION, RETRY_NOTE, ReplyError, equivalence_messages,
+                                            judge_messages, parse_equivalence_reply, parse_judge_reply,
+                                            parse_repair_reply, render_steps, repair_messages)
+from score_distill.types import Step, Task
+
+if TYPE_CHECKING:
+    from score_distill.tools.config import ToolConfig
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """How to sample one chat reply. `stop` strings end generation (servers that honour
+    them drop the stop string from the reply text, OpenAI-style)."""
+
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    json_mode: bool = False
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """A chat reply: its text, the tokens the call cost (prompt + completion, as the
+    endpoint reports them) and why generation ended ("stop" or "length")."""
+
+    text: str
+    tokens: int = 0
+    finish_reason: str = "stop"
+
+
+ChatFn = Callable[[list[dict[str, str]], ChatOptions], ChatReply]
+
+
+class TeacherFailure(RuntimeError):
+    """The teacher model kept breaking the reply format (or leaking the answer) after every
+    retry. Callers mark the task with it instead of dropping the task."""
+
+    def __init__(self, op: str, task_id: str, problems: list[str], replies: list[str]):
+        self.op, self.task_id, self.problems, self.replies = op, task_id, problems, replies
+        super().__init__(f"teacher {op} failed on task {task_id} after {len(problems)} attempts: "
+                         + "; ".join(problems))
+
+
+@dataclass
+class LLMTeacherConfig:
+    judge_temperature: float = option(0.0, "temperature of judge calls (low: a verdict should be stable)")
+    repair_temperature: float = option(0.0, "temperature of repair calls")
+    equivalence_temperature: float = option(0.0, "temperature of equivalence calls")
+    solve_temperature: float = option(0.0, "temperature of the teacher's turns when it solves a task")
+    max_tokens: int = option(1024, "token cap for one judge, repair or equivalence reply")
+    solve_max_tokens: int = option(512, "token cap for one turn when solving")
+    max_turns: int = option(8, "assistant turns per solution, the plan included")
+    retries: int = option(2, "extra attempts after an unusable reply; each is told what was wrong")
+    max_observation_chars: int = option(2000, "observations shown in prompts are cut to this many characters")
+    json_mode: bool = option(True, "ask the endpoint for a JSON object (judge and equivalence calls)")
+    concurrency: int = option(8, "chat calls in flight at once when solving several tasks")
+    seed: int = option(0, "seed sent with every call (and base seed of solving)")
+
+
+def close_stopped_turn(text: str, finish_reason: str, stop: tuple[str, ...]) -> str:
+    """Make a turn end exactly at its closing tag: cut text after the first stop string (a
+    server may ignore `stop`), or put back the closing tag a server removed when it stopped.
+
+    >>> close_stopped_turn("<thought>t</thought><code>x = 1", "stop", ("</code>",))
+    '<thought>t</thought><code>x = 1</code>'
+    >>> close_stopped_turn("<first_thought>p</first_thought> extra", "stop", ("</first_thought>",))
+    '<first_thought>p</first_thought>'
+    >>> close_stopped_turn("<code>x = 1", "length", ("</code>",))
+    '<code>x = 1'
+    """
+    hits = [(text.find(s), s) for s in stop if s and s in text]
+    if hits:
+        pos, s = min(hits)
+        return text[: pos + len(s)]
+    if finish_reason == "stop":
+        for open_tag, close_tag in ((PLAN_OPEN, PLAN_CLOSE), (CODE_OPEN, CODE_CLOSE)):
+            if close_tag in stop and open_tag in text:
+                return text + close_tag
+    return text
+
+
+class LLMTeacher:
+    """The Teacher protocol over a chat function (see the module docstring)."""
+
+    def __init__(self, chat: ChatFn, model: str, config: LLMTeacherConfig | None = None,
+                 cache_dir: str | Path | None = None, tools: ToolConfig | None = None):
+        self.chat = chat
+        self.model = model
+        self.config = config or LLMTeacherConfig()
+        self.cache = TeacherCache(cache_dir) if cache_dir is not None else None
+        self.tools = tools
+        self.usage = TeacherUsage()
+        self.cache_hits = 0
+        self._lock = threading.Lock()  # usage and counters: solve() calls from several threads
+
+    # -- one chat call, cached ---------------------------------------------------------
+
+    def call(self, op: str, messages: list[dict[str, str]], options: ChatOptions) -> ChatReply:
+        """One chat call for operation `op`, answered from the cache when it was made before."""
+        key = call_key(PROMPT_VERSION, self.model, messages, dataclasses.asdict(options))
+        cached = self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            with self._lock:
+                self.cache_hits += 1
+            return ChatReply(cached.text, cached.tokens, cached.finish_reason)
+        reply = self.chat(messages, options)
+        with self._lock:
+            self.usage.add(op, reply.tokens)
+        if self.cache is not None:
+            self.cache.put(key, CachedReply(reply.text, reply.tokens, reply.finish_reason))
+        return reply
+
+    def _ask(self, op: str, task: Task, messages: list[dict[str, str]], options: ChatOptions,
+             parse: Callable[[str], T]) -> tuple[T, int]:
+        """Call, parse, and on an unusable reply retry in the same conversation with a note
+        saying what was wrong. Returns the parsed value and the tokens of all attempts."""
+        problems: list[str] = []
+        replies: list[str] = []
+        conversation = list(messages)
+        tokens = 0
+        for _ in range(self.config.retries + 1):
+            reply = self.call(op, conversation, options)
+            tokens += reply.tokens
+            try:
+                return parse(reply.text), tokens
+            except ReplyError as e:
+                problems.append(str(e))
+                replies.append(reply.text)
+                conversation = conversation + [{"role": "assistant", "content": reply.text},
+                                               {"role": "user", "content": RETRY_NOTE.format(problem=e)}]
+        raise TeacherFailure(op, task.id, problems, replies)
+
+    def _options(self, temperature: float, json_mode: bool) -> ChatOptions:
+        return ChatOptions(temperature=temperature, max_tokens=self.config.max_tokens,
+                           json_mode=json_mode and self.config.json_mode, seed=self.config.seed)
+
+    # -- the Teacher protocol ----------------------------------------------------------
+
+    def judge(self, task: Task, steps: list[Step]) -> Verdict:
+        """Judge a finished trajectory; a wrong verdict names a step in range."""
+        if not steps:
+            raise ValueError(f"task {task.id}: cannot judge a trajectory with no steps")
+        messages = judge_messages(task, steps, self.config.max_observation_chars)
+        verdict, tokens = self._ask("judge", task, messages, self._options(self.config.judge_temperature, True),
+                                    lambda text: parse_judge_reply(text, len(steps)))
+        verdict.tokens = tokens
+        return verdict
+
+    def repair(self, task: Task, prefix: list[Step], mistaken: Step, verdict: Verdict) -> Step:
+        """One replacement for step len(prefix), without observation (the caller runs it in
+        the prefix's interpreter state). Never shown the gold answer; see leak.py."""
+        analysis = withhold_answer(verdict.analysis, task.answer)
+        suggestion = withhold_answer(verdict.suggestion, task.answer)
+        messages = repair_messages(task, prefix, mistaken, analysis, suggestion, self.config.max_observation_chars)
+        # What the student has seen: the question and the prefix with full observations.
+        known = task.question + "\n" + render_steps(prefix, max_observation_chars=1 << 62)
+        kind = next_kind(prefix)
+
+        def parse(text: str) -> Step:
+            step = parse_repair_reply(text, kind)
+            if leaks_answer(render_step(step), task.answer, known):
+                raise ReplyError("the step writes down a value the steps so far have not shown; "
+                                 "compute it or look it up in code and print it instead")
+            return step
+
+        step, _ = self._ask("repair", task, messages, self._options(self.config.repair_temperature, False), parse)
+        return step
+
+    def equivalent(self, task: Task, prefix: list[Step], a: Step, b: Step) -> bool:
+        """Whether two steps taken right after `prefix` are equivalent (thought, code, result)."""
+        messages = equivalence_messages(task, prefix, a, b, self.config.max_observation_chars)
+        (same, _reason), _ = self._ask("equivalent", task, messages,
+                                       self._options(self.config.equivalence_temperature, True),
+                                       parse_equivalence_reply)
+        return same
+
+    def solve(self, task: Task) -> list[Step]:
+        """A full solution by the teacher acting as the agent (steps executed, author "teacher")."""
+        return self.solve_many([task])[0]
+
+    def solve_many(self, tasks: list[Task], sample: int = 0) -> list[list[Step]]:
+        """Solve several tasks in one batched rollout (chat calls run concurrently)."""
+        # Imported here: the rollout pulls in the sandbox and search backends, which judge,
+        # repair and equivalence never need.
+        from score_distill.agent.rollout import Episode, RolloutConfig, rollout
+        from score_distill.tools.config import ToolConfig
+
+        config = RolloutConfig(max_turns=self.config.max_turns, max_new_tokens=self.config.solve_max_tokens,
+                               temperature=self.config.solve_temperature, batch_size=self.config.concurrency,
+                               seed=self.config.seed, stage="teacher-solve")
+        trajectories = rollout(TeacherPolicy(self), [Episode(t, sample=sample) for t in tasks],
+                               self.tools or ToolConfig(), config)
+        return [[dataclasses.replace(s, author="teacher") for s in traj.steps] for traj in trajectories]
+
+
+class TeacherPolicy:
+    """A ChatModel whose turns are the teacher's chat calls (cached, counted under "solve"),
+    so the shared rollout loop can run the teacher as an agent."""
+
+    def __init__(self, teacher: LLMTeacher):
+        self.teacher = teacher
+        self.name = teacher.model
+
+    def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[Generation]:
+        def one(request: GenRequest) -> Generation:
+            options = ChatOptions(temperature=params.temperature, max_tokens=params.max_new_tokens,
+                                  seed=request.seed, stop=params.stop)
+            start = time.perf_counter()
+            reply = self.teacher.call("solve", request.messages, options)
+            text = close_stopped_turn(reply.text, reply.finish_reason, params.stop)
+            return Generation(text=text, finish_reason=reply.finish_reason, time_s=time.perf_counter() - start)
+
+        if len(requests) <= 1:
+            return [one(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(len(requests), self.teacher.config.concurrency)) as pool:
+            return list(pool.map(one, requests))
+
+    def release(self, cache_key: str) -> None:
+        """Nothing is kept per trajectory."""
