@@ -1,0 +1,237 @@
+"""The local transformers engine, on the `tiny` built-in model (random weights, built in code):
+batching, stop strings, rows leaving the batch, KV reuse across turns, seeds, log-probs."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from score_distill.models.base import Generation, GenRequest, SamplingParams
+from score_distill.models.builtin import builtin_path
+from score_distill.models.kv_engine import KVStore
+from score_distill.models.local import LocalConfig, LocalModel
+
+QUESTIONS = [
+    "What is 2+2?",
+    "Who wrote Hamlet? Answer briefly, with the full name of the author.",
+    "x",
+    "How many primes are below 30? Think step by step, then compute it in Python and print it.",
+]
+
+
+def convo(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "You are an agent."}, {"role": "user", "content": question}]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return builtin_path("tiny", root=tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def model(tiny_dir: Path) -> LocalModel:
+    return LocalModel(tiny_dir)
+
+
+def greedy(n: int = 24, stop: tuple[str, ...] = ()) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_new_tokens=n, stop=stop)
+
+
+def count_rows_per_forward(model: LocalModel) -> list[int]:
+    """Record the batch size of every forward pass (via a hook on the embedding layer)."""
+    sizes: list[int] = []
+    model.model.get_input_embeddings().register_forward_hook(lambda mod, inp, out: sizes.append(out.shape[0]))
+    return sizes
+
+
+def test_tiny_builds_deterministically(tmp_path: Path, tiny_dir: Path) -> None:
+    again = builtin_path("tiny", root=tmp_path)
+    for name in ("tokenizer.json", "model.safetensors", "config.json"):
+        assert (again / name).read_bytes() == (tiny_dir / name).read_bytes(), name
+    assert builtin_path("tiny", root=tmp_path) == again  # cached: no rebuild
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
+
+
+def test_batched_equals_one_by_one(model: LocalModel) -> None:
+    batch = model.generate([GenRequest(convo(q)) for q in QUESTIONS], greedy())
+    for q, got in zip(QUESTIONS, batch):
+        [alone] = model.generate([GenRequest(convo(q))], greedy())
+        assert got.token_ids == alone.token_ids
+        assert got.text == alone.text
+        assert got.logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+        assert got.finish_reason == "length" and len(got.token_ids) == 24
+
+
+def pick_stop(texts: list[str]) -> str:
+    """A printable 2-character string whose first occurrences end the texts at the most
+    varied places (so that rows finish at different steps)."""
+    best, spread = "", -1
+    for text in texts:
+        for i in range(len(text) - 1):
+            cand = text[i : i + 2]
+            if not (cand.isascii() and cand.isprintable()):
+                continue
+            ends = {t.find(cand) for t in texts}
+            if len(ends) > spread and all(t.find(cand) > 0 for t in texts[:2]):
+                best, spread = cand, len(ends)
+    assert best, "no printable stop candidate in the outputs"
+    return best
+
+
+def test_stop_string_ends_each_row_and_rows_leave_the_batch(model: LocalModel) -> None:
+    requests = [GenRequest(convo(q)) for q in QUESTIONS]
+    free = model.generate(requests, greedy(40))
+    stop = pick_stop([g.text for g in free])
+    sizes = count_rows_per_forward(model)
+    stopped = model.generate(requests, greedy(40, stop=(stop,)))
+    for f, s in zip(free, stopped):
+        if stop in f.text:
+            cut = f.text.index(stop) + len(stop)
+            assert s.finish_reason == "stop"
+            assert s.text == f.text[:cut] and s.text.endswith(stop)
+            assert s.token_ids == f.token_ids[: len(s.token_ids)]
+            assert len(s.token_ids) < len(f.token_ids)
+        else:
+            assert s.token_ids == f.token_ids and s.finish_reason == "length"
+    # One prefill with every row, then one forward per step with only the rows still going.
+    lengths = [len(s.token_ids) for s in stopped]
+    expected = [len(lengths)] + [sum(n > step for n in lengths) for step in range(1, max(lengths))]
+    assert sizes == expected
+    assert sizes[-1] < sizes[0]
+
+
+def test_eos_finish_keeps_the_end_token_out_of_the_text(model: LocalModel) -> None:
+    [free] = model.generate([GenRequest(convo(QUESTIONS[0]))], greedy(30))
+    forced = model.eos_ids | {free.token_ids[5]}  # pretend the 6th token ends the message
+    model.eos_ids = frozenset(forced)
+    [gen] = model.generate([GenRequest(convo(QUESTIONS[0]))], greedy(30))
+    assert gen.finish_reason == "eos"
+    assert gen.token_ids == free.token_ids[: len(gen.token_ids)] and gen.token_ids[-1] in forced
+    assert len(gen.logprobs) == len(gen.token_ids)
+    assert gen.text == model.tokenizer.decode(gen.token_ids[:-1])
+
+
+def continue_convo(messages: list[dict[str, str]], gen: Generation, obs: str) -> list[dict[str, str]]:
+    return messages + [{"role": "assistant", "content": gen.text}, {"role": "user", "content": f"Observation: {obs}"}]
+
+
+def last_logits(model: LocalModel) -> list[torch.Tensor]:
+    """Capture the lm_head output of every forward pass."""
+    seen: list[torch.Tensor] = []
+    model.model.get_output_embeddings().register_forward_hook(lambda mod, inp, out: seen.append(out[:, -1].clone()))
+    return seen
+
+
+def test_kv_reuse_across_turns_matches_full_reencode(tiny_dir: Path) -> None:
+    cached_model, fresh_model = LocalModel(tiny_dir), LocalModel(tiny_dir)
+    convos = [convo(q) for q in QUESTIONS]
+    keys = [f"traj-{i}" for i in range(len(convos))]
+    cached_logits, fresh_logits = last_logits(cached_model), last_logits(fresh_model)
+    for turn in range(3):
+        cached_logits.clear(), fresh_logits.clear()
+        with_cache = cached_model.generate([GenRequest(c, cache_key=k) for c, k in zip(convos, keys)], greedy(20))
+        full = fresh_model.generate([GenRequest(c) for c in convos], greedy(20))
+        torch.testing.assert_close(cached_logits[0], fresh_logits[0], atol=1e-4, rtol=1e-4)  # first token
+        for c, w, f in zip(convos, with_cache, full):
+            assert w.token_ids == f.token_ids and w.text == f.text
+            assert w.logprobs == pytest.approx(f.logprobs, abs=1e-4)
+            assert w.prompt_tokens + w.cached_tokens == f.prompt_tokens == len(cached_model.encode(c))
+            assert (w.cached_tokens > 0) == (turn > 0)
+        # Observations of different lengths, so rows have different cached and new lengths.
+        convos = [continue_convo(c, g, "ok " * (i * 3 + turn)) for i, (c, g) in enumerate(zip(convos, with_cache))]
+    assert sum(w.prompt_tokens for w in with_cache) < sum(f.prompt_tokens for f in full) / 2
+
+
+def test_release_and_eviction_drop_cached_state(tiny_dir: Path) -> None:
+    model = LocalModel(tiny_dir)
+    first = model.generate([GenRequest(convo(QUESTIONS[1]), cache_key="a")], greedy(8))
+    nxt = continue_convo(convo(QUESTIONS[1]), first[0], "1")
+    model.release("a")
+    [again] = model.generate([GenRequest(nxt, cache_key="a")], greedy(8))
+    assert again.cached_tokens == 0 and "a" in model.store
+    # A budget below one trajectory's KV keeps nothing, and results do not change.
+    small = LocalModel(tiny_dir, LocalConfig(cache_budget_mb=0))
+    small.generate([GenRequest(convo(QUESTIONS[1]), cache_key="a")], greedy(8))
+    [evicted] = small.generate([GenRequest(nxt, cache_key="a")], greedy(8))
+    assert len(small.store) == 0 and small.store.evictions == 2
+    assert evicted.cached_tokens == 0 and evicted.token_ids == again.token_ids
+
+
+def test_seeded_sampling_does_not_depend_on_batch_neighbours(model: LocalModel) -> None:
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=20, stop=())
+    requests = [GenRequest(convo(q), seed=100 + i) for i, q in enumerate(QUESTIONS)]
+    together = model.generate(requests, params)
+    reversed_batch = model.generate(requests[::-1], params)[::-1]
+    for i, req in enumerate(requests):
+        [alone] = model.generate([req], params)
+        assert together[i].token_ids == alone.token_ids == reversed_batch[i].token_ids
+    [other_seed] = model.generate([GenRequest(convo(QUESTIONS[3]), seed=7)], params)
+    assert other_seed.token_ids != together[3].token_ids
+    [greedy_row] = model.generate([GenRequest(convo(QUESTIONS[3]))], greedy(20))
+    assert together[3].token_ids != greedy_row.token_ids  # temperature 1 really samples
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_logprobs_match_a_full_forward_pass(model: LocalModel, temperature: float) -> None:
+    params = SamplingParams(temperature=temperature, top_p=0.95, max_new_tokens=16, stop=(), seed=3)
+    gens = model.generate([GenRequest(convo(q)) for q in QUESTIONS], params)
+    for q, gen in zip(QUESTIONS, gens):
+        prompt = model.encode(convo(q))
+        ids = torch.tensor([prompt + gen.token_ids])
+        with torch.inference_mode():
+            logits = model.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        expected = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(gen.token_ids)[:, None]).squeeze(-1)
+        assert all(math.isfinite(x) and x <= 0 for x in gen.logprobs)
+        assert gen.logprobs == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_time_shares_add_up_to_the_call(model: LocalModel) -> None:
+    started = time.perf_counter()
+    gens = model.generate([GenRequest(convo(q)) for q in QUESTIONS], greedy(12))
+    wall = time.perf_counter() - started
+    total = sum(g.time_s for g in gens)
+    assert all(g.time_s > 0 for g in gens)
+    assert 0.5 * wall < total <= wall
+
+
+def test_conversation_longer_than_the_context_generates_nothing(tiny_dir: Path) -> None:
+    model = LocalModel(tiny_dir)
+    model.context = len(model.encode(convo(QUESTIONS[0])))
+    [full, ok] = model.generate([GenRequest(convo(QUESTIONS[0])), GenRequest(convo("x"))], greedy(10))
+    assert full.finish_reason == "length" and full.token_ids == [] and full.text == ""
+    assert len(ok.token_ids) == model.context - len(model.encode(convo("x")))
+
+
+def test_kv_store_keeps_common_prefix_and_evicts_oldest() -> None:
+    kv = [(torch.zeros(2, 4, 8), torch.zeros(2, 4, 8))]  # one layer, 4 tokens: 512 bytes
+    store = KVStore(budget_bytes=1100)
+    store.put("a", [1, 2, 3, 4], kv)
+    store.put("b", [1, 2, 3, 4], kv)
+    n, got = store.take("a", [1, 2, 9, 9, 9])
+    assert n == 2 and got is not None and got[0][0].shape == (2, 2, 8) and "a" not in store
+    assert store.take("b", [1, 2, 3, 4])[0] == 3  # one token is always left to prefill
+    store.put("a", [1, 2, 3, 4], kv)
+    store.put("b", [1, 2, 3, 4], kv)
+    store.put("c", [1, 2, 3, 4], kv)
+    assert "a" not in store and "b" in store and "c" in store and store.nbytes == 1024
+    with pytest.raises(ValueError, match="covers 4 tokens"):
+        store.put("d", [1, 2], kv)
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_turn_matches_transformers_generate() -> None:
+    model = LocalModel(builtin_path("smollm2-135m"))
+    requests = [GenRequest([{"role": "user", "content": "What is the capital of France?"}]),
+                GenRequest(convo(QUESTIONS[1]))]
+    gens = model.generate(requests, greedy(12))
+    assert gens[0].text.strip() and "Paris" in gens[0].text
+    for req, gen in zip(requests, gens):
+        prompt = torch.tensor([model.encode(req.messages)])
+        with torch.inference_mode():
+            ref = model.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
+                                       do_sample=False)[0, prompt.shape[1] :].tolist()
+        assert gen.token_ids == ref
