@@ -1,0 +1,433 @@
+"""Answer scorers: is a predicted final answer right? Used by evaluation, MPS and RL rewards.
+
+    score = score_answer("math", pred="\\\\frac{17}{4}", gold="4.25")   # Score(1.0, True, ...)
+    score = score_answer("search", pred="the Eiffel Tower", gold="Eiffel Tower")
+    score = score_answer("gaia", pred, gold, question, scorer=LLMJudgeScorer(chat))
+
+Which scorer a suite uses (`correct` is what accuracy counts, `value` is the mean score):
+- "math": `math_equal`, exact mathematical equivalence; value 1.0 or 0.0.
+- "search": `correct` is SQuAD exact match, `value` is token F1 (the multi-hop QA metric).
+- any other suite: exact match, unless `scorer` says otherwise: "math", "em", "f1" (as
+  "search"), or a `Scorer` object such as `LLMJudgeScorer` (correct = the judge's verdict).
+A missing answer (None) scores Score(0.0, False, "no final answer") under every scorer.
+
+Scorers never raise on model output: unreadable or hostile answers are simply wrong, and a
+judge model that keeps breaking its reply format yields a Score with `judge_failed=True`.
+
+How `math_equal` reads answers (one set of decisions for every suite):
+- math-verify parses and compares (LaTeX or plain expressions, sympy equivalence, decimals
+  rounded to 6 places): "17/4" == "4.25" == "\\frac{17}{4}" == "\\boxed{17/4}"; "x = 3" == "3".
+- "1,200" == "1200" (thousands separators); "2,3" is the list {2, 3}, not 2.3.
+- currency, percent and degree signs are dropped on both sides: "$12" == "12", "50%" ==
+  "50" but "50%" != "0.5" (the number as written: equality stays transitive).
+- a mixed number "4 1/4" (integer, space, proper fraction) is 17/4, as "4\\frac{1}{4}" is.
+- Python spellings from `final_answer(sympy_expr)` work: "sqrt(2)", "pi/4", "x**2", "1e-05".
+- the same text (case, spaces and `\\text{}` aside) is equal: "\\text{east}" == "East".
+- inputs that could keep sympy busy are rejected first (sympy has no time limit, and
+  math-verify's uses SIGALRM: main thread only, and it would clash with the sandbox):
+  answers over MAX_ANSWER_CHARS, power towers, exponents over MAX_NUMERIC_EXPONENT on a
+  number or MAX_SYMBOLIC_EXPONENT otherwise, factorials and binomials of anything but small
+  integers or letters, sums, products, integrals, limits. A static screen bounds the slow
+  cases we know; it does not prove every accepted input fast.
+Model text never reaches Python's eval: math-verify parses LaTeX with its own parser and
+plain expressions only from digits and arithmetic operators.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+MAX_ANSWER_CHARS = 200
+MAX_NUMERIC_EXPONENT = 10_000  # 2^{10000} has ~3000 digits: cheap for exact integers
+MAX_SYMBOLIC_EXPONENT = 32  # (x+y+1)^{64} already takes seconds to expand and compare
+MAX_FACTORIAL = 1000
+
+
+# math-verify warns once that its timeouts are off; ours are off on purpose (inputs are
+# screened by `_is_hostile`), so that warning would only mislead a reader of the logs.
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(lambda record: "Timeout is disabled" not in record.getMessage())
+
+
+@dataclass(frozen=True)
+class Score:
+    """The score of one answer. `correct` is what accuracy counts; `value` in [0, 1] is the
+    graded score (token F1 for search, else 1.0/0.0); `judge_failed` marks an LLM judge that
+    never produced a valid verdict (then correct is False and `detail` says why)."""
+
+    value: float
+    correct: bool
+    detail: str = ""
+    judge_failed: bool = False
+
+
+NO_ANSWER = Score(0.0, False, "no final answer")
+
+
+class Scorer(Protocol):
+    """Anything that scores a non-None prediction against a gold answer."""
+
+    def score(self, pred: str, gold: str, question: str) -> Score: ...
+
+
+# --- math answers ------------------------------------------------------------------------
+
+_FUNCTION_NAMES = frozenset({"sqrt", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp",
+                             "arcsin", "arccos", "arctan", "circ", "infty", "pi", "frac", "dfrac"})
+_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")
+_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d,])")
+_MIXED = re.compile(r"^(-?)(\d+)\s+(\d+)\s*/\s*(\d+)$")
+_SCIENTIFIC = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)[eE]([-+]?\d+)(?![\w.])")
+_VAR_ASSIGN = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_(?:\{\w+\}|\w))?\s*=(?!.*=)\s*")
+_BANNED = re.compile(r"\\(?:sum|prod|int|iint|iiint|oint|lim|choose)(?![a-zA-Z])")
+_BINOM = re.compile(r"\\[dt]?binom(?![a-zA-Z])")
+_SMALL_ARG = re.compile(r"\s*(?:\d{1,4}|[a-zA-Z](?:\s*[-+]\s*\d{1,3})?)\s*")
+_OPERAND_TOKEN = re.compile(r"\\[a-zA-Z]+|[-+]?\d+(?:\.\d+)?|.")
+_ENDS_WITH_NUMBER = re.compile(r"(?:^|[^\w.})\]\\])\d+(?:\.\d+)?\s*$")
+_FACTORIAL_ARG = re.compile(r"(?:(?<![\w.])\d+|(?<![\\a-zA-Z])[a-zA-Z])\s*$")
+_SPACING = re.compile(r"\\[,;:! ]|\\(?:left|right)(?![a-zA-Z])|~")
+
+
+def _group(s: str, i: int) -> tuple[str, int]:
+    """The content of the bracket group opening at s[i] ("{" or "(") and the index just past
+    it; an unclosed group runs to the end of `s`."""
+    open_c, close_c = s[i], "}" if s[i] == "{" else ")"
+    depth = 0
+    for j in range(i, len(s)):
+        depth += (s[j] == open_c) - (s[j] == close_c)
+        if depth == 0:
+            return s[i + 1 : j], j + 1
+    return s[i + 1 :], len(s)
+
+
+def _unwrap(s: str, command: str) -> str:
+    """Replace every `\\command{x}` by `x`."""
+    head = "\\" + command + "{"
+    while (i := s.find(head)) >= 0:
+        inner, end = _group(s, i + len(head) - 1)
+        s = s[:i] + inner + s[end:]
+    return s
+
+
+def _last_boxed(s: str) -> str:
+    """The content of the last `\\boxed{...}` (or `\\fbox`), else `s` unchanged."""
+    i = max(s.rfind("\\boxed{"), s.rfind("\\fbox{"))
+    return s if i < 0 else _group(s, s.find("{", i))[0]
+
+
+def _core(text: str) -> str:
+    """The answer itself: delimiters, units of notation and Python spellings normalised.
+
+    >>> _core("\\\\boxed{x = 1,200\\\\%}"), _core("$12"), _core("4 1/4"), _core("sqrt(2)*pi")
+    ('1200', '12', '17/4', 'sqrt(2)*\\\\pi')
+    """
+    s = _last_boxed(text.strip())
+    for a, b in (("$$", "$$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if s.startswith(a) and s.endswith(b) and len(s) >= len(a) + len(b):
+            s = s[len(a) : len(s) - len(b)]
+    for command in ("text", "textbf", "mathrm", "mbox"):
+        s = _unwrap(s, command)
+    s = _SPACING.sub(" ", s)
+    for mark in ("^{\\circ}", "^\\circ", "\\circ", "°", "\\%", "%", "\\$", "$", "{,}"):
+        s = s.replace(mark, "")
+    s = _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), s).strip().rstrip(".").strip()
+    s = _VAR_ASSIGN.sub("", s)
+    s = s.replace("**", "^")
+    s = re.sub(r"(?<![\\a-zA-Z])pi(?![a-zA-Z])", r"\\pi", s)
+    s = re.sub(r"(?<![\\a-zA-Z])oo(?![a-zA-Z])", r"\\infty", s)
+    s = _SCIENTIFIC.sub(r"\1\\cdot 10^{\2}", s)
+    m = _MIXED.match(s)
+    if m and int(m.group(3)) < int(m.group(4)):
+        whole, num, den = int(m.group(2)), int(m.group(3)), int(m.group(4))
+        s = f"{m.group(1)}{whole * den + num}/{den}"
+    return s.strip()
+
+
+def _exponent_too_big(s: str, i: int) -> bool:
+    """Whether the power whose `^` is at s[i] could be slow to evaluate."""
+    j = i + 1
+    while j < len(s) and s[j] == " ":
+        j += 1
+    if j >= len(s):
+        return False
+    if s[j] in "{(":
+        operand, end = _group(s, j)
+    else:
+        m = _OPERAND_TOKEN.match(s, j)
+        assert m is not None  # its last alternative matches any character
+        operand, end = m.group(0), m.end()
+    if "^" in operand or s[end:].lstrip().startswith("^"):
+        return True  # a tower: 9^{9^9} or 2^3^4
+    on_number = _ENDS_WITH_NUMBER.search(s[:i]) is not None and re.fullmatch(r"[-+]?\d+", operand.strip())
+    limit = MAX_NUMERIC_EXPONENT if on_number else MAX_SYMBOLIC_EXPONENT
+    return any(int(n) > limit for n in re.findall(r"\d+", operand))
+
+
+def _small_integer_or_letter(arg: str) -> bool:
+    return bool(_SMALL_ARG.fullmatch(arg)) and all(int(n) <= MAX_FACTORIAL for n in re.findall(r"\d+", arg))
+
+
+def _is_hostile(s: str) -> bool:
+    """Whether a normalised answer could make sympy run for long (see the module docstring).
+
+    >>> [_is_hostile(t) for t in ["2^{2023}", "9^{9^{9}}", "(x+1)^{1000}", "100000!", "5!"]]
+    [False, True, True, True, False]
+    """
+    if len(s) > MAX_ANSWER_CHARS or _BANNED.search(s):
+        return True
+    if any(_exponent_too_big(s, i) for i, c in enumerate(s) if c == "^"):
+        return True
+    for m in re.finditer("!", s):
+        before = _FACTORIAL_ARG.search(s[: m.start()])
+        if before is None or not _small_integer_or_letter(before.group(0)):
+            return True
+    for m in _BINOM.finditer(s):
+        j = m.end()
+        for _ in range(2):  # \\binom{n}{k}
+            if j >= len(s) or s[j] != "{":
+                return True
+            arg, j = _group(s, j)
+            if not _small_integer_or_letter(arg):
+                return True
+    return False
+
+
+def _parse_math(core: str) -> list:
+    """math-verify's parse of a normalised answer: as LaTeX when it reads as a formula, else
+    (free text such as "12 apples") with its answer extraction."""
+    words = [w for w in _WORD.findall(core) if w not in _FUNCTION_NAMES]
+    if not words:
+        parsed = parse(f"${core}$", [LatexExtractionConfig()], parsing_timeout=None)  # type: ignore[arg-type]
+        if parsed:
+            return parsed
+    return parse(core, [LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=None)  # type: ignore[arg-type]
+
+
+def _plain(core: str) -> str:
+    return re.sub(r"\s+", "", core).lower()
+
+
+def _math_check(pred: str, gold: str) -> tuple[bool, str]:
+    """`math_equal` with the reason, for `Score.detail`."""
+    if len(pred) > 4 * MAX_ANSWER_CHARS or len(gold) > 4 * MAX_ANSWER_CHARS:
+        return False, "answer too long"  # checked before any regex work; the real cap is below
+    p, g = _core(pred), _core(gold)
+    if not p or not g:
+        return False, "empty answer"
+    if _is_hostile(p) or _is_hostile(g):
+        return False, "answer too long or too costly to evaluate"
+    if _plain(p) == _plain(g):
+        return True, "equal"
+    gold_parsed, pred_parsed = _parse_math(g), _parse_math(p)
+    if not pred_parsed or not gold_parsed:
+        return False, "unreadable answer" if not pred_parsed else "unreadable gold answer"
+    ok = verify(gold_parsed, pred_parsed, timeout_seconds=None)
+    return ok, "equal" if ok else "not equal"
+
+
+def math_equal(pred: str, gold: str) -> bool:
+    """Whether `pred` is mathematically the gold answer (rules in the module docstring).
+    Never raises: unreadable or hostile text is simply not equal.
+
+    >>> math_equal("17/4", "4.25"), math_equal("\\\\boxed{\\\\frac{17}{4}}", "4 1/4"), math_equal("$12", "12")
+    (True, True, True)
+    >>> math_equal("x = 3", "3"), math_equal("1,200", "1200"), math_equal("50%", "0.5")
+    (True, True, False)
+    >>> math_equal("2^{10^{10}}", "2"), math_equal("garbage", "3")
+    (False, False)
+    """
+    if not isinstance(pred, str) or not isinstance(gold, str):
+        return False
+    return _math_check(pred, gold)[0]
+
+
+# --- text answers (SQuAD-style) ----------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lowercase, drop punctuation and articles, collapse whitespace (SQuAD's rule).
+
+    >>> normalize_answer("  The Eiffel-Tower!  ")
+    'eiffeltower'
+    """
+    s = "".join(c for c in s.lower() if c not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", s).split())
+
+
+def exact_match(pred: str, gold: str) -> bool:
+    """Equal after `normalize_answer`.
+
+    >>> exact_match("the Beatles.", "Beatles"), exact_match("Beatles", "Rolling Stones")
+    (True, False)
+    """
+    return normalize_answer(pred) == normalize_answer(gold)
+
+
+def token_f1(pred: str, gold: str) -> float:
+    """F1 of the normalised tokens (multiset overlap); 1.0 when both are empty.
+
+    >>> round(token_f1("Barack Obama Jr", "Barack Obama"), 3), token_f1("yes", "no")
+    (0.8, 0.0)
+    """
+    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+    if not p or not g:
+        return float(p == g)
+    common = sum((Counter(p) & Counter(g)).values())
+    return 2 * common / (len(p) + len(g))  # = 2PR / (P + R) with P = common/|p|, R = common/|g|
+
+
+# --- LLM judge ---------------------------------------------------------------------------
+
+JUDGE_PROMPT_VERSION = "answer-judge-v1"
+JUDGE_SYSTEM = "You grade answers to questions against a gold answer. You reply with one JSON object only."
+JUDGE_TEMPLATE = """Question: {question}
+Gold answer: {gold}
+Predicted answer: {pred}
+
+Is the predicted answer correct, that is, does it give the same answer as the gold answer?
+Ignore differences of wording, formatting, letter case, and units written or left out, and
+accept extra detail that does not contradict the gold answer. A prediction that gives
+several different answers, or hedges between them, is not correct.
+Reply with one JSON object and nothing else:
+{{"correct": true or false, "reason": "one short sentence"}}"""
+JUDGE_RETRY = ('Your reply could not be used: {problem}. Reply again with exactly one JSON object: '
+               '{{"correct": true or false, "reason": "one short sentence"}}')
+
+
+class JudgeReplyError(ValueError):
+    """A judge reply that breaks the verdict format (the judge model's mistake)."""
+
+
+@dataclass(frozen=True)
+class JudgeVerdict:
+    correct: bool
+    reason: str
+
+
+def _first_json_object(text: str) -> dict | None:
+    """The first JSON object in `text` (models wrap it in prose or code fences)."""
+    decoder = json.JSONDecoder()
+    for m in re.finditer("{", text):
+        try:
+            value, _ = decoder.raw_decode(text, m.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def parse_judge_reply(text: str) -> JudgeVerdict:
+    """Read and validate a judge's verdict; raises JudgeReplyError saying what is wrong.
+
+    >>> parse_judge_reply('```json\\n{"correct": true, "reason": "same city"}\\n```')
+    JudgeVerdict(correct=True, reason='same city')
+    >>> parse_judge_reply('{"correct": "yes"}')
+    Traceback (most recent call last):
+    ...
+    score_distill.tasks.scoring.JudgeReplyError: "correct" must be true or false, got 'yes'
+    """
+    obj = _first_json_object(text)
+    if obj is None:
+        raise JudgeReplyError("no JSON object found")
+    if "correct" not in obj:
+        raise JudgeReplyError('the object has no "correct" key')
+    if not isinstance(obj["correct"], bool):
+        raise JudgeReplyError(f'"correct" must be true or false, got {obj["correct"]!r}')
+    reason = obj.get("reason", "")
+    if not isinstance(reason, str):
+        raise JudgeReplyError(f'"reason" must be a string, got {type(reason).__name__}')
+    return JudgeVerdict(obj["correct"], reason.strip())
+
+
+class LLMJudgeScorer:
+    """Scores an answer by asking a judge model, for open-ended suites (GAIA-style).
+
+    `chat` takes chat messages and returns the reply text (an OpenAI-compatible client
+    provides one; tests pass a function). A reply that is not a valid verdict is retried
+    with a note saying what was wrong, at most `max_attempts` calls in all; after that the
+    answer scores Score(0.0, False, ..., judge_failed=True). Transport errors raised by
+    `chat` are not the judge's mistake and propagate. A prediction that already matches
+    the gold answer exactly (after `normalize_answer`) is accepted without a call.
+    """
+
+    def __init__(self, chat: Callable[[list[dict[str, str]]], str], max_attempts: int = 3,
+                 max_pred_chars: int = 2000) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self.chat = chat
+        self.max_attempts = max_attempts
+        self.max_pred_chars = max_pred_chars
+
+    def messages(self, pred: str, gold: str, question: str) -> list[dict[str, str]]:
+        # A long prediction is cut: the judge needs the answer, not an essay around it.
+        pred = pred if len(pred) <= self.max_pred_chars else pred[: self.max_pred_chars] + " [...]"
+        prompt = JUDGE_TEMPLATE.format(question=question, gold=gold, pred=pred)
+        return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
+
+    def score(self, pred: str, gold: str, question: str) -> Score:
+        if exact_match(pred, gold) and normalize_answer(gold):
+            return Score(1.0, True, "exact match")
+        messages = self.messages(pred, gold, question)
+        problem = ""
+        for _ in range(self.max_attempts):
+            reply = self.chat(messages)
+            try:
+                verdict = parse_judge_reply(reply)
+            except JudgeReplyError as e:
+                problem = str(e)
+                messages = messages + [{"role": "assistant", "content": reply},
+                                       {"role": "user", "content": JUDGE_RETRY.format(problem=problem)}]
+                continue
+            return Score(float(verdict.correct), verdict.correct, f"judge: {verdict.reason}")
+        return Score(0.0, False, f"judge failed after {self.max_attempts} attempts: {problem}", judge_failed=True)
+
+
+# --- dispatch ----------------------------------------------------------------------------
+
+SCORER_NAMES: tuple[str, ...] = ("math", "em", "f1", "llm")
+SUITE_SCORERS: dict[str, str] = {"math": "math", "search": "f1"}
+DEFAULT_SCORER = "em"
+
+
+def score_answer(suite: str, pred: str | None, gold: str, question: str = "",
+                 scorer: str | Scorer | None = None) -> Score:
+    """Score a final answer the way suite `suite` does (see the module docstring); `scorer`
+    overrides the suite's choice with a name or a `Scorer` object (an LLM judge).
+
+    >>> score_answer("math", "\\\\frac{17}{4}", "4.25")
+    Score(value=1.0, correct=True, detail='equal', judge_failed=False)
+    >>> s = score_answer("search", "Barack Obama Jr", "Barack Obama")
+    >>> s.correct, round(s.value, 2)
+    (False, 0.8)
+    >>> score_answer("external", None, "x").detail
+    'no final answer'
+    """
+    if pred is None:
+        return NO_ANSWER
+    chosen = scorer if scorer is not None else SUITE_SCORERS.get(suite, DEFAULT_SCORER)
+    if not isinstance(chosen, str):
+        return chosen.score(pred, gold, question)
+    if chosen == "math":
+        ok, why = _math_check(pred, gold)
+        return Score(float(ok), ok, why)
+    if chosen == "em":
+        ok = exact_match(pred, gold)
+        return Score(float(ok), ok, "exact match" if ok else "no exact match")
+    if chosen == "f1":
+        ok, f1 = exact_match(pred, gold), token_f1(pred, gold)
+        return Score(f1, ok, f"exact match {int(ok)}, token f1 {f1:.3f}")
+    if chosen == "llm":
+        raise ValueError("scorer 'llm' needs a judge model: pass an LLMJudgeScorer(chat) as `scorer`")
+    raise ValueError(f"unknown scorer {chosen!r}; known: {', '.join(SCORER_NAMES)} or a Scorer object")
