@@ -13,6 +13,7 @@ import torch
 from score_distill.models.base import Generation, GenRequest, SamplingParams
 from score_distill.models.builtin import builtin_path
 from score_distill.models.kv_engine import KVStore
+from score_distill.models.load import load_model
 from score_distill.models.local import LocalConfig, LocalModel
 
 QUESTIONS = [
@@ -154,6 +155,8 @@ def test_release_and_eviction_drop_cached_state(tiny_dir: Path) -> None:
     [again] = model.generate([GenRequest(nxt, cache_key="a")], greedy(8))
     assert again.cached_tokens == 0 and "a" in model.store
     # A budget below one trajectory's KV keeps nothing, and results do not change.
+    model.clear_cache()
+    assert len(model.store) == 0 and model.store.nbytes == 0
     small = LocalModel(tiny_dir, LocalConfig(cache_budget_mb=0))
     small.generate([GenRequest(convo(QUESTIONS[1]), cache_key="a")], greedy(8))
     [evicted] = small.generate([GenRequest(nxt, cache_key="a")], greedy(8))
@@ -220,6 +223,20 @@ def test_kv_store_keeps_common_prefix_and_evicts_oldest() -> None:
     assert "a" not in store and "b" in store and "c" in store and store.nbytes == 1024
     with pytest.raises(ValueError, match="covers 4 tokens"):
         store.put("d", [1, 2], kv)
+
+
+def test_load_model_resolves_builtin_names_and_directories(tiny_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCORE_DISTILL_CACHE", str(tmp_path))
+    by_name = load_model("tiny", max_batch_size=2)
+    assert isinstance(by_name, LocalModel) and by_name.name == "tiny" and by_name.config.max_batch_size == 2
+    assert (tmp_path / "models" / "tiny" / "config.json").is_file()
+    by_dir = load_model(str(tiny_dir))
+    assert isinstance(by_dir, LocalModel) and by_dir.name == tiny_dir.name
+    # Three requests with max_batch_size 2 run as two chunks and still match the directory's model.
+    requests = [GenRequest(convo(q)) for q in QUESTIONS[:3]]
+    assert [g.token_ids for g in by_name.generate(requests, greedy(6))] == \
+        [g.token_ids for g in by_dir.generate(requests, greedy(6))]
 
 
 @pytest.mark.slow

@@ -234,6 +234,10 @@ class KVStore:
     def __contains__(self, key: str) -> bool:
         return key in self._entries
 
+    def keys(self) -> list[str]:
+        """Cached keys, least recently stored first."""
+        return list(self._entries)
+
     def take(self, key: str | None, ids: list[int]) -> tuple[int, RowKV | None]:
         """How many leading tokens of `ids` have cached KV, and that KV. The entry leaves the
         store (the caller puts the extended state back when the turn ends), so a batch does

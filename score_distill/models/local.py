@@ -42,7 +42,8 @@ import torch
 from score_distill.config import option
 from score_distill.models.base import Generation, GenRequest, SamplingParams
 from score_distill.models.kv_engine import BatchKV, BatchLayout, KVStore, RowKV
-from score_distill.models.sampling import choose_tokens, seed_for, stop_cut, tail_window
+from score_distill.models.sampling import choose_tokens, seed_for
+from score_distill.models.stops import stop_cut, tail_window
 
 
 @dataclass
@@ -125,6 +126,12 @@ class LocalModel:
     def release(self, cache_key: str) -> None:
         self.store.release(cache_key)
 
+    def clear_cache(self) -> None:
+        """Forget every trajectory's KV: call it after changing the weights (the cached keys
+        and values were computed by the old ones)."""
+        for key in self.store.keys():
+            self.store.release(key)
+
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.config.autocast_bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -145,8 +152,13 @@ class LocalModel:
             if row.budget <= 0:  # the conversation already fills the context: nothing to generate
                 row.finish = "length"
         live = [row for row in rows if not row.finish]
-        if live:
-            self._decode(live, params)
+        training = self.model.training  # the RL trainer shares this model; sample in eval mode
+        self.model.eval()
+        try:
+            if live:
+                self._decode(live, params)
+        finally:
+            self.model.train(training)
         return [self._result(row, params) for row in rows]
 
     def _decode(self, live: list[_Row], params: SamplingParams) -> None:

@@ -1,4 +1,4 @@
-"""Choosing the next token and noticing where a turn ends, for the local engine.
+"""Choosing the next token, for the local engine.
 
 `choose_tokens` picks one token per row (greedy at temperature 0, otherwise temperature +
 top-p sampling with the row's own `torch.Generator`, so a row's samples do not depend on its
@@ -6,10 +6,7 @@ batch neighbours) and returns each chosen token's log-probability under the mode
 distribution: `log_softmax(logits)` before temperature and top-p. That is the policy's own
 probability, the one RL ratios need; sampling at T=0.6 does not change it.
 
-`stop_cut` finds where a turn's text ends at the first completed stop string.
-
     tokens, logprobs = choose_tokens(logits, 0.6, 0.95, generators)   # logits (B, V)
-    stop_cut("x = 1</code> junk", ("</code>",))                         # -> 12
 """
 
 from __future__ import annotations
@@ -44,35 +41,13 @@ def _sample(scaled: torch.Tensor, top_p: float, generators: Sequence[torch.Gener
     """Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches
     `top_p` (always at least the top one), renormalise, draw with each row's generator."""
     probs = torch.softmax(scaled, dim=-1)
+    if top_p >= 1.0:  # no filtering: skip the sort over the vocabulary
+        return torch.stack([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]).squeeze(-1)
     sorted_p, order = probs.sort(dim=-1, descending=True)  # (B, V)
-    if top_p < 1.0:
-        before = sorted_p.cumsum(-1) - sorted_p  # mass of the strictly more likely tokens
-        sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass of the strictly more likely tokens
+    sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
     picks = [torch.multinomial(sorted_p[i], 1, generator=g) for i, g in enumerate(generators)]
     return order.gather(-1, torch.stack(picks)).squeeze(-1)
-
-
-def stop_cut(text: str, stops: Sequence[str]) -> int | None:
-    """The index just past the first completed stop string in `text`, or None if none
-    occurs. "First completed" is the one ending earliest, as a token-by-token scan sees it.
-
-    >>> stop_cut("a</code>b</first_thought>", ("</first_thought>", "</code>"))
-    8
-    >>> stop_cut("no stop here", ("</code>",)) is None
-    True
-    """
-    ends = [i + len(s) for s in stops if s and (i := text.find(s)) >= 0]
-    return min(ends) if ends else None
-
-
-def tail_window(stops: Sequence[str]) -> int:
-    """How many trailing tokens to decode to see any stop string complete: a token carries at
-    least one byte, plus one for a multi-byte character split across tokens.
-
-    >>> tail_window(("</code>", "</first_thought>"))
-    18
-    """
-    return max((len(s.encode()) for s in stops), default=0) + 2
 
 
 def seed_for(request_seed: int | None, params_seed: int | None, row: int, fallback: int) -> int:
