@@ -30,7 +30,6 @@ import functools
 import hashlib
 import json
 import random
-import re
 from dataclasses import dataclass
 
 from score_distill.config import option
@@ -160,7 +159,7 @@ def anchors(seed: int, split: str) -> dict[str, list[Entity]]:
     return out
 
 
-def _walk(world: World, anchor: Entity, chain: tuple[str, ...], side: int) -> list[dict] | None:
+def walk(world: World, anchor: Entity, chain: tuple[str, ...], side: int) -> list[dict] | None:
     """The hops of `chain` from `anchor`, or None if a link is missing or an entity repeats."""
     hops, cur, seen = [], anchor, {anchor.id}
     for rel in chain:
@@ -220,7 +219,7 @@ def _instantiate(world: World, t: Template, pool: dict[str, list[Entity]], rng: 
         candidates = pool.get(_start_type(chain))
         if not candidates:
             return None
-        hops = _walk(world, rng.choice(candidates), chain, i)
+        hops = walk(world, rng.choice(candidates), chain, i)
         if hops is None:
             return None
         sides.append(hops)
@@ -438,14 +437,3 @@ def reference_steps(task: Task, rng: random.Random) -> list[Step]:
     """A full reference solution; `rng` varies the thoughts and the query wording."""
     return [plan_step(task, rng)] + [move_step(task, i, rng) for i in range(len(moves(task.meta)))]
 
-
-def normalize_answer(text: str) -> str:
-    """Lower case, no quotes or punctuation, no leading article, single spaces.
-
-    >>> normalize_answer("  'The Amber Weir'. ")
-    'amber weir'
-    """
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    if len(words) > 1 and words[0] == "the":
-        words = words[1:]
-    return " ".join(words)
