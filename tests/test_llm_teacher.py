@@ -184,7 +184,7 @@ def test_repair_rejects_a_step_that_states_an_unseen_answer():
     leaky = "<thought>The product is 42.</thought>\n<code>\nprint(42)\n</code>"
     chat = Chat(replies(leaky, GOOD_STEP))
     step = LLMTeacher(chat, model="m").repair(TASK, [PLAN], WRONG, WRONG_VERDICT)
-    assert step.code == "x = 6 * 7\nprint(x)" and len(chat.calls) == 2
+    assert step.code == "x = 6 * 7\nprint(x)" and len(chat.calls) == 2 and step.n_tokens == 20
     assert "not shown" in chat.calls[1][0][-1]["content"]
 
 
@@ -294,3 +294,42 @@ def test_concurrent_calls_share_one_cache(tmp_path: Path):
         t.join()
     assert teacher.usage.calls == len(chat.calls) == 8 and teacher.usage.tokens == 80
     assert len((tmp_path / CACHE_FILE).read_text().splitlines()) == 8
+
+
+# -- solving through the shared rollout ----------------------------------------------------
+
+
+def solver(messages: Messages) -> str:
+    """The teacher as an agent. Turn 1 runs on past its step (an invented observation and
+    more), and turn 2 lacks its closing tag, as when a server drops the stop string."""
+    turn = sum(m["role"] == "assistant" for m in messages)
+    return ["<first_thought>Multiply, then answer.</first_thought>",
+            "<thought>Multiply.</thought>\n<code>\nx = 6 * 7\nprint(x)\n</code>\nObservation: 41\n<thought>",
+            "<thought>Answer.</thought>\n<code>\nfinal_answer(x)\n"][min(turn, 2)]
+
+
+def test_solve_runs_the_teacher_as_an_agent_in_the_sandbox():
+    chat = Chat(solver)
+    teacher = LLMTeacher(chat, model="m")
+    steps = teacher.solve(TASK)
+    assert [s.kind for s in steps] == ["plan", "action", "action"]
+    assert all(s.author == "teacher" and s.ok for s in steps)
+    assert steps[1].observation == "42" and steps[2].final_answer == "42"
+    options = [o for _, o in chat.calls]
+    assert all("</code>" in o.stop and not o.json_mode for o in options)
+    assert len({o.seed for o in options}) == 3  # one seed per turn
+    assert "Observation: 42" in chat.calls[2][0][-1]["content"]  # the real output, not the invented one
+    assert teacher.usage.by_op == {"solve": 3}
+
+
+def test_solve_many_replays_from_the_cache(tmp_path: Path):
+    tasks = [TASK, Task(id="t2", question="What is 7 * 6?", answer="42", suite="math")]
+    first = LLMTeacher(Chat(solver), model="m", cache_dir=tmp_path)
+    solved = first.solve_many(tasks)
+    assert [s[-1].final_answer for s in solved] == ["42", "42"] and first.usage.calls == 6
+
+    def no_calls(messages: Messages) -> str:
+        raise AssertionError("a cached call reached the model")
+
+    again = LLMTeacher(Chat(no_calls), model="m", cache_dir=tmp_path)
+    assert again.solve_many(tasks) == solved and again.cache_hits == 6

@@ -42,29 +42,30 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import Callable, TypeVar
 
-from score_distill.agent.format import CODE_CLOSE, CODE_OPEN, PLAN_CLOSE, PLAN_OPEN, next_kind, render_step
+from score_distill.agent.format import next_kind, render_step
+from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option
 from score_distill.models.base import Generation, GenRequest, SamplingParams
+from score_distill.models.openai_compat import OpenAIModel
+from score_distill.models.stops import restore_stop
 from score_distill.teachers.base import TeacherUsage, Verdict
 from score_distill.teachers.cache import CachedReply, TeacherCache, call_key
 from score_distill.teachers.leak import leaks_answer, withhold_answer
 from score_distill.teachers.prompts import (PROMPT_VERSION, RETRY_NOTE, ReplyError, equivalence_messages,
                                             judge_messages, parse_equivalence_reply, parse_judge_reply,
                                             parse_repair_reply, render_steps, repair_messages)
+from score_distill.tools.config import ToolConfig
 from score_distill.types import Step, Task
-
-if TYPE_CHECKING:
-    from score_distill.tools.config import ToolConfig
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class ChatOptions:
-    """How to sample one chat reply. `stop` strings end generation (servers that honour
-    them drop the stop string from the reply text, OpenAI-style)."""
+    """How to sample one chat reply. `stop` strings end generation; the reply may or may
+    not include the stop string that was hit (OpenAI-style servers drop it)."""
 
     temperature: float = 0.0
     max_tokens: int = 1024
@@ -76,7 +77,8 @@ class ChatOptions:
 @dataclass(frozen=True)
 class ChatReply:
     """A chat reply: its text, the tokens the call cost (prompt + completion, as the
-    endpoint reports them) and why generation ended ("stop" or "length")."""
+    endpoint reports them) and why generation ended: "stop" (a stop string), "eos" (the
+    model ended its message) or "length" (the token cap), as in `Generation`."""
 
     text: str
     tokens: int = 0
@@ -112,28 +114,6 @@ class LLMTeacherConfig:
     seed: int = option(0, "seed sent with every call (and base seed of solving)")
 
 
-def close_stopped_turn(text: str, finish_reason: str, stop: tuple[str, ...]) -> str:
-    """Make a turn end exactly at its closing tag: cut text after the first stop string (a
-    server may ignore `stop`), or put back the closing tag a server removed when it stopped.
-
-    >>> close_stopped_turn("<thought>t</thought><code>x = 1", "stop", ("</code>",))
-    '<thought>t</thought><code>x = 1</code>'
-    >>> close_stopped_turn("<first_thought>p</first_thought> extra", "stop", ("</first_thought>",))
-    '<first_thought>p</first_thought>'
-    >>> close_stopped_turn("<code>x = 1", "length", ("</code>",))
-    '<code>x = 1'
-    """
-    hits = [(text.find(s), s) for s in stop if s and s in text]
-    if hits:
-        pos, s = min(hits)
-        return text[: pos + len(s)]
-    if finish_reason == "stop":
-        for open_tag, close_tag in ((PLAN_OPEN, PLAN_CLOSE), (CODE_OPEN, CODE_CLOSE)):
-            if close_tag in stop and open_tag in text:
-                return text + close_tag
-    return text
-
-
 class LLMTeacher:
     """The Teacher protocol over a chat function (see the module docstring)."""
 
@@ -143,7 +123,7 @@ class LLMTeacher:
         self.model = model
         self.config = config or LLMTeacherConfig()
         self.cache = TeacherCache(cache_dir) if cache_dir is not None else None
-        self.tools = tools
+        self.tools = tools or ToolConfig()
         self.usage = TeacherUsage()
         self.cache_hits = 0
         self._lock = threading.Lock()  # usage and counters: solve() calls from several threads
@@ -218,7 +198,8 @@ class LLMTeacher:
                                  "compute it or look it up in code and print it instead")
             return step
 
-        step, _ = self._ask("repair", task, messages, self._options(self.config.repair_temperature, False), parse)
+        step, tokens = self._ask("repair", task, messages, self._options(self.config.repair_temperature, False), parse)
+        step.n_tokens = tokens  # what the fix cost, retries included (callers add it up)
         return step
 
     def equivalent(self, task: Task, prefix: list[Step], a: Step, b: Step) -> bool:
@@ -235,16 +216,11 @@ class LLMTeacher:
 
     def solve_many(self, tasks: list[Task], sample: int = 0) -> list[list[Step]]:
         """Solve several tasks in one batched rollout (chat calls run concurrently)."""
-        # Imported here: the rollout pulls in the sandbox and search backends, which judge,
-        # repair and equivalence never need.
-        from score_distill.agent.rollout import Episode, RolloutConfig, rollout
-        from score_distill.tools.config import ToolConfig
-
         config = RolloutConfig(max_turns=self.config.max_turns, max_new_tokens=self.config.solve_max_tokens,
                                temperature=self.config.solve_temperature, batch_size=self.config.concurrency,
                                seed=self.config.seed, stage="teacher-solve")
         trajectories = rollout(TeacherPolicy(self), [Episode(t, sample=sample) for t in tasks],
-                               self.tools or ToolConfig(), config)
+                               self.tools, config)
         return [[dataclasses.replace(s, author="teacher") for s in traj.steps] for traj in trajectories]
 
 
@@ -262,8 +238,10 @@ class TeacherPolicy:
                                   seed=request.seed, stop=params.stop)
             start = time.perf_counter()
             reply = self.teacher.call("solve", request.messages, options)
-            text = close_stopped_turn(reply.text, reply.finish_reason, params.stop)
-            return Generation(text=text, finish_reason=reply.finish_reason, time_s=time.perf_counter() - start)
+            # Idempotent: a chat function that already ended the text at its stop string is
+            # left alone; one whose server ignored or dropped the stop string is fixed here.
+            text, finish = restore_stop(reply.text, reply.finish_reason, None, params.stop)
+            return Generation(text=text, finish_reason=finish, time_s=time.perf_counter() - start)
 
         if len(requests) <= 1:
             return [one(r) for r in requests]
@@ -272,3 +250,17 @@ class TeacherPolicy:
 
     def release(self, cache_key: str) -> None:
         """Nothing is kept per trajectory."""
+
+
+def chat_fn_from_openai(model: OpenAIModel) -> ChatFn:
+    """A ChatFn over an OpenAI-compatible client: one `complete` call per chat call (the
+    client retries timeouts, 429s and 5xx itself and raises `ModelError` when they run out).
+    The stop string a server dropped is put back, and tokens are prompt + completion."""
+
+    def chat(messages: list[dict[str, str]], options: ChatOptions) -> ChatReply:
+        done = model.complete(messages, temperature=options.temperature, max_tokens=options.max_tokens,
+                              stop=options.stop, seed=options.seed, json_mode=options.json_mode)
+        text, finish = restore_stop(done.text, done.finish_reason, done.stop_reason, options.stop)
+        return ChatReply(text, tokens=done.prompt_tokens + done.completion_tokens, finish_reason=finish)
+
+    return chat
