@@ -14,7 +14,7 @@ learn to produce answers it never derived. Two checks guard against it:
    rejected even there, since training on it teaches answers pulled from nowhere.
 
 A mention is the answer's text or one of its normalised numeric forms (`answer_forms`:
-1000 -> "1000", "1000.0", "1,000"; 7/3 -> "7/3", "\\frac{7}{3}", "2.333...")
+1000 -> "1000", "1000.00", "1,000"; 7/3 -> "7/3", "\\frac{7}{3}", "2.333..."; 1/4 -> "0.25", ".250")
 found on token boundaries, case-insensitively: "2" matches in "x = 2" but not in "12",
 "2.5" or "x2".
 
@@ -97,35 +97,44 @@ def _decimal_text(value: Fraction) -> tuple[str, bool]:
     return f"{float(value):.3f}", False
 
 
-def answer_forms(answer: str) -> list[tuple[str, bool]]:
-    """The strings that count as a mention of `answer`, each with whether more digits may
-    follow it (a rounded decimal). Longest first, so a longer form wins a match.
+# What may follow a form inside the same number.
+_ZEROS_AFTER_INT = r"(?:\.0+)?"   # 42 -> 42.0, 42.000
+_MORE_ZEROS = "0*"                # 0.25 -> 0.250
+_MORE_DIGITS = r"\d*"             # 2.333 (7/3 rounded) -> 2.3333333
 
-    >>> [f for f, _ in answer_forms("42")]
-    ['42.0', '42']
-    >>> answer_forms("7/3")
-    [('\\\\dfrac{7}{3}', False), ('\\\\frac{7}{3}', False), ('2.333', True), ('7/3', False)]
+
+def answer_forms(answer: str) -> list[tuple[str, str]]:
+    """The strings that count as a mention of `answer`, each with a regex for what may
+    follow it within the same number. Longest first, so a longer form wins a match.
+
+    >>> [text for text, _ in answer_forms("1000")]
+    ['1,000', '1000']
+    >>> [text for text, _ in answer_forms("7/3")]
+    ['\\\\dfrac{7}{3}', '\\\\tfrac{7}{3}', '\\\\frac{7}{3}', '2.333', '7/3']
+    >>> [text for text, _ in answer_forms("0.250")][-4:]
+    ['0.250', '0.25', '.25', '1/4']
     """
     base = _strip_wrappers(answer)
-    forms: dict[str, bool] = {base: False} if base else {}
+    forms: dict[str, str] = {base: ""} if base else {}
     value = parse_number(base)
     if value is not None:
         if value.denominator == 1:
             n = value.numerator
-            forms.update({str(n): False, f"{n}.0": False, f"{n:,}": False})
+            forms.update({str(n): _ZEROS_AFTER_INT, f"{n:,}": _ZEROS_AFTER_INT})
         else:
             p, q = value.numerator, value.denominator
-            forms.update({f"{p}/{q}": False, f"\\frac{{{p}}}{{{q}}}": False, f"\\dfrac{{{p}}}{{{q}}}": False})
+            forms.update({f"{p}/{q}": ""} | {f"\\{frac}{{{p}}}{{{q}}}": "" for frac in ("frac", "dfrac", "tfrac")})
             text, exact = _decimal_text(value)
-            forms[text] = not exact
+            forms[text] = _MORE_ZEROS if exact else _MORE_DIGITS
+            if exact and text.lstrip("-").startswith("0."):
+                forms[text.replace("0.", ".", 1)] = _MORE_ZEROS
     return sorted(forms.items(), key=lambda kv: (-len(kv[0]), kv[0]))
 
 
 def _pattern(answer: str, skip_step_numbers: bool) -> re.Pattern[str] | None:
     parts = []
-    for form, more_digits in answer_forms(answer):
-        body = r"\s+".join(re.escape(word) for word in form.split())
-        parts.append(body + (r"\d*" if more_digits else ""))
+    for form, tail in answer_forms(answer):
+        parts.append(r"\s+".join(re.escape(word) for word in form.split()) + tail)
     if not parts:
         return None
     before = _BEFORE + (r"(?<!step )" if skip_step_numbers else "")
