@@ -1,0 +1,321 @@
+"""The Python sandbox: a persistent interpreter per trajectory, in its own confined process.
+
+Model-written code never runs in our process. Each `Sandbox` owns one long-lived child
+interpreter (score_distill/tools/sandbox_child.py) whose globals persist across cells; the
+parent sends a cell, streams its output back, and gets its error and final answer.
+
+    with Sandbox(SandboxConfig(timeout_s=5), search=my_search) as sb:
+        sb.run("x = 6 * 7")
+        r = sb.run("print(x); final_answer(x)")   # r.output == "42\\n", r.final_answer == "42"
+    results = run_cells(["a = 1", "print(a + 1)"])  # a throw-away sandbox
+
+A cell that times out or kills its interpreter (os._exit, a segfault, the CPU-time hard
+limit) is reported as such; the next cell gets a fresh interpreter rebuilt by replaying the
+successful cells so far (`history`; their output is discarded). `replay(cells)` rebuilds any
+prefix on purpose: MPS and RL start from prefixes. Inside the interpreter, `final_answer(x)`
+stops the cell and reports str(x); `web_search(q)` calls, over the pipe, the `search`
+function given to the parent (which may hold an API key the child never sees).
+
+Isolation ("namespaces", chosen by isolation="auto" when `unshare` works; else "process",
+with one warning line). As root, every sandbox also runs as a uid of its own (2000000000+).
+
+    protects against                                 | does not protect against
+    -------------------------------------------------|---------------------------------------------
+    reading our secrets: the child's environment is  | reading world-readable files (project code,
+      built from scratch (PATH, LANG, HOME=workdir)  |   data, a world-readable .env); home
+      and /proc shows it no process of ours          |   directories are hidden with namespaces only
+    network: seccomp refuses every non-AF_UNIX       | unix-domain sockets at paths it may write to
+      socket, and a new net namespace has only lo    |   (e.g. a world-writable socket file)
+      (down)                                         |
+    writing outside its working directory: every     | filling memory with files: the workdir tmpfs
+      mount read-only (namespaces); own uid, so only |   (disk_mb) counts as memory; in process mode
+      world-writable paths stay open (process mode)  |   world-writable dirs (/tmp) stay writable
+    killing or tracing us: other uid (root) and its  | a same-uid child (process mode, not root) CAN
+      own pid namespace                              |   signal our processes and read our files
+    fork bombs: RLIMIT_NPROC on its own uid (or      | memory: the limit is per process, so up to
+      user namespace); after each cell every other   |   max_processes x memory_mb in all; use a
+      process of the sandbox is killed and reaped    |   container/cgroup limit for a hard total
+    memory bombs: RLIMIT_AS (MemoryError or death)   | CPU: a cell can lift its soft CPU limit up
+    infinite loops: wall clock (process group / pid  |   to cpu_total_s; the wall clock still holds
+      namespace killed), CPU soft + hard limits      | kernel exploits; side channels; /dev/shm and
+    huge output: head + tail kept, middle cut        |   other tmpfs writes (process mode)
+    crashes (os._exit, segfault, stack overflow):    | escaped processes after the parent is killed
+      reported, interpreter rebuilt by replay        |   -9 in process mode (setsid'd children)
+
+Without root the namespaces come from a user namespace (the child keeps our uid but loses
+every capability and sees home directories as empty); without namespaces and without root
+("process" mode as a normal user) model code runs as our own uid: only the limits, seccomp and
+the clean environment remain. `Sandbox.isolation` says which is in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from score_distill.config import option
+from score_distill.tools import sandbox_confine
+from score_distill.tools.sandbox_process import (CHILD_SCRIPT, Interpreter, OutputCapture, SandboxError,
+                                                 SandboxStartError, UidLease, cap_output, list_processes)
+
+__all__ = ["SandboxConfig", "CellResult", "Sandbox", "SandboxError", "run_cells", "cap_output"]
+log = logging.getLogger(__name__)
+
+ISOLATIONS = ("auto", "namespaces", "process")
+
+
+@dataclass
+class SandboxConfig:
+    timeout_s: float = option(10.0, "wall-clock seconds one cell may run; then its interpreter is killed and rebuilt")
+    memory_mb: int = option(1024, "address-space limit (RLIMIT_AS) of each interpreter process, MiB")
+    cpu_time_s: float = option(30.0, "CPU seconds one cell may use (soft limit, moved before every cell: CPUTimeLimitExceeded)")
+    cpu_total_s: float = option(600.0, "CPU seconds one interpreter may use over its life (hard limit: it is killed, then rebuilt)")
+    max_output_chars: int = option(4000, "output cap: the head and tail are kept with a '... [N characters cut] ...' marker")
+    isolation: str = option("auto", "auto | namespaces | process: auto uses namespaces when unshare works, else process")
+    max_processes: int = option(32, "processes + threads the sandbox may have at once (RLIMIT_NPROC on its own uid)")
+    disk_mb: int = option(64, "size of the private working directory (a tmpfs with namespaces) and largest file, MiB")
+    site_packages: bool = option(True, "let model code import our installed packages (sympy, numpy); else stdlib only")
+
+    def __post_init__(self) -> None:
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"SandboxConfig.isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
+        for name, low in (("timeout_s", 0), ("cpu_time_s", 0), ("cpu_total_s", 0), ("memory_mb", 63),
+                          ("max_output_chars", 19), ("max_processes", 3), ("disk_mb", 0)):
+            if not getattr(self, name) > low:
+                raise ValueError(f"SandboxConfig.{name} must be more than {low}, got {getattr(self, name)!r}")
+
+
+@dataclass
+class CellResult:
+    output: str  # captured stdout + stderr, capped (head + tail)
+    error: str | None  # "ZeroDivisionError: division by zero" + model-code traceback, or how it died
+    timed_out: bool
+    final_answer: str | None  # str(x) when the cell called final_answer(x)
+    duration_s: float
+
+
+# Set once isolation="auto" finds namespaces unusable here, so later sandboxes skip the try.
+_namespaces_unusable: str | None = None
+_fallback_lock = threading.Lock()
+
+
+def _fall_back(reason: str) -> None:
+    global _namespaces_unusable
+    with _fallback_lock:
+        if _namespaces_unusable is None:
+            _namespaces_unusable = reason
+            lost = ("the network stays blocked (seccomp) and the limits hold; lost: a private pid "
+                    "namespace and a read-only file system, so model code can see other processes "
+                    "and write to world-writable places such as /tmp")
+            if os.geteuid() != 0:
+                lost += ("; and not being root it runs as OUR uid: it can read and write our files "
+                         "and signal our processes")
+            log.warning("sandbox: Linux namespaces are not usable (%s); using process isolation: %s",
+                        reason, lost)
+
+
+class Sandbox:
+    """A persistent Python interpreter for one trajectory (see the module docstring)."""
+
+    def __init__(self, config: SandboxConfig | None = None, search: Callable[[str], str] | None = None) -> None:
+        self._closed = False
+        self.config = config or SandboxConfig()
+        self._search = search
+        self._history: list[str] = []
+        self._cells = 0  # cells sent to interpreters so far, to name them in tracebacks
+        self._interp: Interpreter | None = None
+        self._lease: UidLease | None = None
+        self._workdir: Path | None = None
+        want = self.config.isolation
+        self.isolation = "process" if want == "process" or (want == "auto" and _namespaces_unusable) else "namespaces"
+        try:
+            self._lease = UidLease() if os.geteuid() == 0 else None
+            self._workdir = Path(tempfile.mkdtemp(prefix="score-distill-sandbox-"))
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def history(self) -> list[str]:
+        """The cells that ran without error so far: what a rebuild replays."""
+        return list(self._history)
+
+    @property
+    def uid(self) -> int | None:
+        """The uid model code runs as (None: ours, when we are not root)."""
+        return self._lease.uid if self._lease is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        """The process we started for the interpreter (unshare's, with namespaces); None
+        while no interpreter runs (after a timeout or crash, until the next cell)."""
+        return self._interp.proc.pid if self._interp is not None else None
+
+    @property
+    def workdir(self) -> Path:
+        """The interpreter's working directory (with namespaces, a tmpfs only it can see)."""
+        if self._workdir is None:
+            raise SandboxError("the sandbox is closed")
+        return self._workdir
+
+    def run(self, code: str) -> CellResult:
+        """Run one cell in the persistent interpreter."""
+        if self._closed:
+            raise SandboxError("run() on a closed sandbox")
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, not {type(code).__name__}")
+        if self._interp is None:
+            self._rebuild()
+        assert self._interp is not None
+        capture = OutputCapture(self.config.max_output_chars)
+        self._cells += 1
+        started = time.monotonic()
+        outcome = self._interp.run(code, self._cells, self.config.timeout_s, capture, self._search)
+        duration = time.monotonic() - started
+        error = outcome.error
+        if outcome.died is not None:
+            self._interp.close()
+            self._interp = None  # the next run() rebuilds it
+            error = f"the step timed out after {self.config.timeout_s:g} s" if outcome.timed_out else outcome.died
+        elif error is None:
+            self._history.append(code)
+        if error is not None:
+            error = cap_output(error, self.config.max_output_chars)
+        return CellResult(output=capture.text(), error=error, timed_out=outcome.timed_out,
+                          final_answer=outcome.final_answer, duration_s=duration)
+
+    def replay(self, cells: Sequence[str]) -> list[CellResult]:
+        """A fresh interpreter, then `cells` in order: the state of a prefix, with results."""
+        self.reset()
+        return [self.run(code) for code in cells]
+
+    def reset(self) -> None:
+        """A fresh, empty interpreter (history cleared)."""
+        if self._closed:
+            raise SandboxError("reset() on a closed sandbox")
+        self._history = []
+        self._stop()
+        self._start()
+
+    def close(self) -> None:
+        """Kill the interpreter and everything it started; remove the work dir. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+        if self._lease is not None:
+            self._lease.release()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self._closed:  # a safety net for sandboxes nobody closed
+            self.close()
+
+    def _stop(self) -> None:
+        if self._interp is not None:
+            self._interp.close()
+            self._interp = None
+
+    def _rebuild(self) -> None:
+        """A fresh interpreter holding the state of `history`, replayed quietly. A cell that
+        fails on replay (it was not deterministic) leaves the history; one that kills the
+        interpreter starts the rebuild over without it."""
+        cells = list(self._history)
+        while True:
+            self._start()
+            assert self._interp is not None
+            kept: list[str] = []
+            for i, code in enumerate(cells):
+                self._cells += 1
+                outcome = self._interp.run(code, self._cells, self.config.timeout_s, OutputCapture(1), self._search)
+                if outcome.died is not None:
+                    self._stop()
+                    cells = kept + cells[i + 1:]
+                    break
+                if outcome.error is None:
+                    kept.append(code)
+            else:
+                self._history = kept
+                return
+
+    def _start(self) -> None:
+        """Start an interpreter with an empty work dir, falling back from namespaces to
+        process isolation when isolation="auto" and namespaces do not work here."""
+        try:
+            self._interp = self._spawn()
+        except SandboxStartError as exc:
+            if self.config.isolation != "auto" or self.isolation != "namespaces":
+                raise
+            _fall_back(str(exc))
+            self.isolation = "process"
+            self._interp = self._spawn()
+
+    def _spawn(self) -> Interpreter:
+        workdir = self.workdir
+        if self._lease is not None and self.isolation == "process" and not self._lease.clean():
+            # Orphans of the last interpreter, not reaped yet, would eat its process limit.
+            self._lease.release()
+            self._lease = UidLease()
+        if self.isolation == "process":  # with namespaces the work dir is a fresh tmpfs anyway
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir(mode=0o700, exist_ok=True)
+            if self.uid is not None:
+                os.chown(workdir, self.uid, self.uid)
+        python = [sys.executable, "-S", "-s", "-P", "-B", str(CHILD_SCRIPT)]
+        if self.isolation == "namespaces":
+            unshare = shutil.which("unshare")
+            if unshare is None:
+                raise SandboxStartError("the unshare program (util-linux) is not installed")
+            argv = [unshare, "--net", "--pid", "--mount", "--propagation", "private", "--fork",
+                    "--kill-child", "--mount-proc"]
+            if os.geteuid() != 0:
+                argv += ["--user", "--map-root-user"]
+            python = argv + python
+        return Interpreter(python, self._environment(), self._settings(), self.uid, self.isolation == "namespaces")
+
+    def _environment(self) -> dict[str, str]:
+        """Built from nothing: no variable of ours (API keys, tokens) reaches model code."""
+        home = str(self.workdir)
+        return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home,
+                # a fixed hash seed makes replays print sets in the same order
+                "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1"}
+
+    def _settings(self) -> dict[str, object]:
+        c, uid = self.config, self.uid
+        nproc = c.max_processes
+        if uid is None and self.isolation == "process":
+            # RLIMIT_NPROC counts every process of the uid, and here that uid is ours.
+            nproc += sum(p.threads for p in list_processes() if p.uid == os.getuid())
+        paths = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")}) if c.site_packages else []
+        masks = sorted({"/root", "/home", os.path.expanduser("~")} - {"/"})
+        return {"mode": self.isolation, "uid": uid, "workdir": str(self.workdir), "masks": masks,
+                "paths": paths, "memory_mb": c.memory_mb, "cpu_time_s": c.cpu_time_s,
+                "cpu_total_s": max(c.cpu_total_s, c.cpu_time_s), "nproc": nproc, "disk_mb": c.disk_mb,
+                "search": self._search is not None, "seccomp": sandbox_confine.seccomp_supported(),
+                "sweep": self.isolation == "namespaces" or uid is not None}
+
+
+def run_cells(cells: Sequence[str], config: SandboxConfig | None = None,
+              search: Callable[[str], str] | None = None) -> list[CellResult]:
+    """Run `cells` in order in one throw-away sandbox."""
+    with Sandbox(config, search) as sandbox:
+        return [sandbox.run(code) for code in cells]

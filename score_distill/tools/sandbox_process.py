@@ -1,0 +1,421 @@
+"""One sandbox interpreter process, seen from the parent: start it, run a cell, kill it.
+
+`Sandbox` (score_distill/tools/sandbox.py) owns the policy (history, replay, timeouts as
+results); this module owns the mechanics: the three pipes to the child (commands, replies,
+output), the wait for a reply under a deadline while output streams in, the search call-back,
+and the end of every process the interpreter started. It also leases the per-sandbox uid.
+
+    >>> capture = OutputCapture(8)
+    >>> capture.feed("héllo wörld, ".encode() + b"bye")
+    >>> capture.text()
+    'héll\\n... [8 characters cut] ...\\n bye'
+"""
+
+from __future__ import annotations
+
+import codecs
+import fcntl
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from score_distill.tools.sandbox_child import ProtocolError, decode_frames, encode_message
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 60.0  # generous: 64 interpreters starting at once on two cores take a while
+UID_BASE, UID_SLOTS = 2_000_000_000, 1 << 16  # uids no real account uses
+CHILD_SCRIPT = Path(__file__).with_name("sandbox_child.py")
+
+
+def cap_output(text: str, max_chars: int) -> str:
+    """Keep the head and the tail of `text`, `max_chars` characters in all, with a marker.
+
+    >>> cap_output("0123456789", 4)
+    '01\\n... [6 characters cut] ...\\n89'
+    >>> cap_output("short", 10)
+    'short'
+    """
+    capture = OutputCapture(max_chars)
+    capture.feed(text.encode("utf-8"))
+    return capture.text()
+
+
+class OutputCapture:
+    """Streamed output, kept as a head and a tail so memory stays bounded whatever comes."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._head, self._tail, self.total = "", "", 0
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        piece = self._decoder.decode(data, final)
+        self.total += len(piece)
+        if len(self._head) < self.max_chars:
+            self._head += piece[: self.max_chars - len(self._head)]
+        self._tail = (self._tail + piece)[-self.max_chars:]
+
+    def text(self) -> str:
+        self.feed(b"", final=True)
+        if self.total <= self.max_chars:
+            return self._head
+        head = self._head[: self.max_chars // 2]
+        tail = self._tail[len(self._tail) - (self.max_chars - len(head)):]
+        return f"{head}\n... [{self.total - len(head) - len(tail)} characters cut] ...\n{tail}"
+
+
+# ---------------------------------------------------------------- processes and uids
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    uid: int  # real uid
+    state: str  # R, S, Z, ...
+    threads: int
+
+
+def list_processes() -> list[ProcessInfo]:
+    """Every process on the machine that /proc shows us (those that vanish meanwhile skipped)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", encoding="utf-8", errors="replace") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:  # it exited between listdir and open
+            continue
+        out.append(ProcessInfo(int(name), int(fields["PPid"]), int(fields["Uid"].split()[0]),
+                               fields["State"].split()[0], int(fields["Threads"])))
+    return out
+
+
+def processes_of(uid: int, live_only: bool = True) -> list[int]:
+    """Pids of the processes running as `uid`; with live_only, zombies (dead) left out."""
+    return [p.pid for p in list_processes() if p.uid == uid and not (live_only and p.state in ("Z", "X"))]
+
+
+def busy_uids() -> set[int]:
+    """The owners of /proc/<pid>: a quick look (stat only) at which uids have processes. A
+    process that made itself undumpable shows as root, so this is for choosing, not killing."""
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                out.add(os.stat(f"/proc/{name}").st_uid)
+            except OSError:
+                continue
+    return out
+
+
+def kill_uid(uid: int, wait_s: float = 2.0) -> bool:
+    """Kill every process of `uid`; False if some still lived after `wait_s`. SIGSTOP comes
+    first: a stopped process cannot fork, so a fork bomb cannot refill while we go round.
+    Zombies are left to whoever reaps them (see UidLease for why that matters)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = [p for p in list_processes() if p.uid == uid and p.state not in ("Z", "X")]
+        if not alive:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        running = [p for p in alive if p.state not in ("T", "t")]
+        for p in running or alive:
+            _signal(p.pid, signal.SIGSTOP if running else signal.SIGKILL)
+        if not running:
+            time.sleep(0.001)
+
+
+class UidLease:
+    """A uid of our own for one sandbox (only when we are root): its process limit is not
+    shared with anything else, and every process it owns can be found and killed. Leases are
+    `flock`s on files in a root-only directory, so separate programs never share a uid, and a
+    crashed owner's lease frees itself. A uid that still owns any process is skipped: even
+    zombies count against RLIMIT_NPROC, and an init that does not reap orphans (a container
+    whose pid 1 is a plain program) would leave them there for good."""
+
+    def __init__(self) -> None:
+        lock_dir = Path(tempfile.gettempdir()) / "score-distill-sandbox-uids"
+        lock_dir.mkdir(mode=0o700, exist_ok=True)
+        st = lock_dir.stat()
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise SandboxError(f"{lock_dir} must belong to us with mode 0700 (someone else made it?)")
+        busy = busy_uids()
+        for slot in range(UID_SLOTS):
+            if UID_BASE + slot in busy:
+                continue
+            fd = os.open(lock_dir / str(slot), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._fd, self.uid = fd, UID_BASE + slot
+            return
+        raise SandboxError(f"all {UID_SLOTS} sandbox uids are in use")
+
+    def clean(self) -> bool:
+        """Whether no process (zombies included) runs as this uid."""
+        return self.uid not in busy_uids()
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself failed (not the model's code): it could not start, or lost control."""
+
+
+class SandboxStartError(SandboxError):
+    """The interpreter process could not be started with the requested isolation."""
+
+
+# ---------------------------------------------------------------- one interpreter
+
+
+@dataclass
+class Outcome:
+    """What became of one cell, before `Sandbox` turns it into a CellResult."""
+
+    error: str | None = None
+    final_answer: str | None = None
+    timed_out: bool = False
+    died: str | None = None  # why the interpreter is gone, when it is
+
+
+class Interpreter:
+    """A started child interpreter. `argv` is the command without the settings argument;
+    `namespaces` says whether argv[0] is `unshare` (the interpreter is then its child)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], settings: dict[str, Any],
+                 uid: int | None, namespaces: bool) -> None:
+        self.uid, self.namespaces = uid, namespaces
+        self._broken: str | None = None  # set when the child sent garbage
+        cmd_r, self._cmd_w = os.pipe()
+        self._resp_r, resp_w = os.pipe()
+        self._out_r, out_w = os.pipe()
+        # unshare's and Python's start-up complaints go to a pipe of their own, read only when
+        # the start fails; the interpreter moves the output pipe onto its fds 1 and 2 itself.
+        self._err_r, err_w = os.pipe()
+        settings = dict(settings, cmd_fd=cmd_r, resp_fd=resp_w, out_fd=out_w)
+        try:
+            self.proc = subprocess.Popen(
+                argv + [json.dumps(settings)], stdin=subprocess.DEVNULL, stdout=err_w, stderr=err_w,
+                pass_fds=(cmd_r, resp_w, out_w), env=env, cwd="/", start_new_session=True)
+        except OSError:
+            for fd in (self._cmd_w, self._resp_r, self._out_r, self._err_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (cmd_r, resp_w, out_w, err_w):
+                os.close(fd)
+        os.set_blocking(self._err_r, False)
+        for fd in (self._cmd_w, self._resp_r, self._out_r):
+            os.set_blocking(fd, False)
+        self._poller = select.poll()
+        for fd in (self._resp_r, self._out_r):
+            self._poller.register(fd, select.POLLIN)
+        self._frames: list[dict[str, Any]] = []
+        self._buffer = bytearray()
+        self._resp_open = self._out_open = True
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        capture = OutputCapture(2000)
+        message = self._next_message(time.monotonic() + STARTUP_TIMEOUT_S, capture)
+        if isinstance(message, dict) and message["op"] == "ready":
+            return
+        if isinstance(message, dict) and message["op"] == "setup_error":
+            detail = str(message.get("message"))
+        elif message == "timeout":
+            detail = f"no answer in {STARTUP_TIMEOUT_S:g} s"
+        else:
+            detail = self._death(capture)
+        try:
+            output = os.read(self._err_r, 4000).decode("utf-8", "replace").strip() + capture.text().strip()
+        except BlockingIOError:
+            output = capture.text().strip()
+        self.close()
+        raise SandboxStartError(detail + (f"; it printed: {output}" if output else ""))
+
+    def run(self, code: str, index: int, timeout_s: float, capture: OutputCapture,
+            search: Callable[[str], str] | None) -> Outcome:
+        """Run one cell; output goes into `capture` as it comes."""
+        self._drain_output(capture)  # what background threads printed since the last cell
+        deadline = time.monotonic() + timeout_s
+        status = self._send({"op": "run", "code": code, "index": index}, deadline)
+        while status == "ok":
+            message = self._next_message(deadline, capture)
+            if isinstance(message, str):
+                status = message
+                break
+            if message["op"] == "search":
+                started = time.monotonic()
+                reply = _call_search(search, message.get("query"))
+                deadline += time.monotonic() - started  # the clock is for model code, not for search
+                status = self._send(reply, deadline)
+                continue
+            error, final = message.get("error"), message.get("final_answer")
+            if message["op"] != "done" or not isinstance(error, (str, type(None))) \
+                    or not isinstance(final, (str, type(None))):
+                self._broken = f"unexpected message {message['op']!r}"
+                break
+            self._drain_output(capture)
+            return Outcome(error=error, final_answer=final)
+        if self._broken is not None:
+            self.kill()
+            self._drain_output(capture)
+            return Outcome(died=f"the interpreter broke the sandbox protocol ({self._broken})")
+        if status == "timeout":
+            self.kill()
+            self._drain_output(capture)
+            return Outcome(timed_out=True, died="timed out")
+        return Outcome(died=self._death(capture))
+
+    def _death(self, capture: OutputCapture) -> str:
+        """Describe how the child ended (its reply pipe closed): exit code or signal."""
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()  # whatever it left behind (and the child itself, if it hung on)
+        self._drain_output(capture)
+        code = self.proc.returncode
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else "?"
+            hint = " (killed: out of memory or CPU time?)" if -code == signal.SIGKILL else ""
+            return f"the interpreter died (signal {-code}, {name}){hint}"
+        return f"the interpreter exited with code {code}"
+
+    def _send(self, message: dict[str, Any], deadline: float) -> str:
+        """Write one message: "ok", or "timeout" / "closed" when that was not possible."""
+        data = memoryview(encode_message(message))
+        while data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout"
+            if not select.select([], [self._cmd_w], [], remaining)[1]:
+                continue
+            try:
+                data = data[os.write(self._cmd_w, data):]
+            except BrokenPipeError:
+                return "closed"
+        return "ok"
+
+    def _next_message(self, deadline: float, capture: OutputCapture) -> dict[str, Any] | str:
+        """The next reply, or "timeout" / "closed"; output read meanwhile goes to `capture`."""
+        while not self._frames:
+            if not self._resp_open or self._broken is not None:
+                return "closed"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout"
+            for fd, _ in self._poller.poll(max(1, int(remaining * 1000))):
+                if fd == self._out_r:
+                    self._read_output(capture, limit=1 << 20)
+                else:
+                    self._read_replies()
+        return self._frames.pop(0)
+
+    def _read_replies(self) -> None:
+        try:
+            chunk = os.read(self._resp_r, 1 << 16)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self._resp_open = False
+            self._poller.unregister(self._resp_r)
+            return
+        self._buffer += chunk
+        try:
+            self._frames += decode_frames(self._buffer)
+        except ProtocolError as exc:
+            self._broken = str(exc)
+
+    def _read_output(self, capture: OutputCapture, limit: int) -> None:
+        read = 0
+        while self._out_open and read < limit:
+            try:
+                chunk = os.read(self._out_r, 1 << 16)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self._out_open = False
+                self._poller.unregister(self._out_r)
+                return
+            capture.feed(chunk)
+            read += len(chunk)
+
+    def _drain_output(self, capture: OutputCapture) -> None:
+        self._read_output(capture, limit=1 << 62)
+
+    def kill(self) -> None:
+        """End the interpreter and everything it started, and reap it."""
+        if self.proc.returncode is None:
+            if self.namespaces:
+                # unshare's child is the namespace's init: when it dies the kernel kills every
+                # process in the namespace, and unshare reaps it and exits. As root, init is
+                # one of the sandbox uid's processes; otherwise find it by its parent.
+                if self.uid is not None:
+                    kill_uid(self.uid)
+                else:
+                    for p in list_processes():
+                        if p.ppid == self.proc.pid:
+                            _signal(p.pid, signal.SIGKILL)
+                try:
+                    self.proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    pass
+            _signal(-self.proc.pid, signal.SIGKILL)  # its process group (unshare, or the interpreter)
+            self.proc.wait()
+        if not self.namespaces and self.uid is not None and not kill_uid(self.uid):
+            log.warning("sandbox: processes of uid %d survived SIGKILL", self.uid)
+
+    def close(self) -> None:
+        """Ask the interpreter to exit (close its command pipe), make sure, free the pipes."""
+        if self._cmd_w >= 0:
+            os.close(self._cmd_w)
+            self._cmd_w = -1
+        try:
+            self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+        for fd in (self._resp_r, self._out_r, self._err_r):
+            if fd >= 0:
+                os.close(fd)
+        self._resp_r = self._out_r = self._err_r = -1
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _call_search(search: Callable[[str], str] | None, query: object) -> dict[str, Any]:
+    """Run the parent's search for the child; a failure becomes the model's error text."""
+    if search is None or not isinstance(query, str):
+        return {"op": "search_result", "error": "web_search is not available"}
+    try:
+        text = search(query)
+        if not isinstance(text, str):
+            raise TypeError(f"the search backend returned {type(text).__name__}, not str")
+    except Exception as exc:  # noqa: BLE001 - any backend failure is reported to the model
+        log.warning("sandbox: search for %r failed: %s: %s", query, type(exc).__name__, exc)
+        return {"op": "search_result", "error": f"web_search failed: {type(exc).__name__}: {exc}"}
+    return {"op": "search_result", "text": text}
