@@ -146,6 +146,18 @@ def test_judge_persistent_bad_reply_raises_teacher_failure(bad: str, problem: st
     assert problem in chat.calls[2][0][-1]["content"]  # each retry says what was wrong
 
 
+def test_a_reply_cut_at_the_token_cap_is_retried_with_a_note():
+    cut = judge_json(False, 1, "a long analysis " * 50)[:300]
+    calls: list[Messages] = []
+
+    def chat(messages: Messages, options: ChatOptions) -> ChatReply:
+        calls.append(messages)
+        return ChatReply(cut, 300, "length") if len(calls) == 1 else ChatReply(judge_json(False, 1), 20)
+
+    assert LLMTeacher(chat, model="m").judge(TASK, STEPS).tokens == 320
+    assert "token limit" in calls[1][-1]["content"]
+
+
 def test_retry_count_is_configurable():
     chat = Chat(replies(judge_json(False, 9)))
     with pytest.raises(TeacherFailure):

@@ -15,6 +15,7 @@ from score_distill.models.base import ModelError
 from score_distill.teachers.leak import WITHHELD, mentions_answer
 from score_distill.teachers.llm import LLMTeacher, TeacherFailure
 from score_distill.teachers.load import load_teacher
+from score_distill.teachers.reference import ReferenceTeacher
 from score_distill.types import Step, Task
 from tests.fake_teacher_server import FakeReply, FakeServer, all_text, script
 from tests.test_llm_teacher import FINAL, GOOD_STEP, PLAN, STEPS, TASK, WRONG, brain, judge_json, solver
@@ -148,3 +149,14 @@ def test_repair_of_a_search_task_withholds_a_name():
         teacher = teacher_for(server)
         teacher.repair(task, [plan], wrong, teacher.judge(task, [plan, wrong]))
     assert "quill" not in all_text(server.requests[1]).lower()
+
+
+def test_reference_spec_gives_the_reference_teacher(tmp_path: Path):
+    teacher = load_teacher("reference", tools=None, cache_dir=tmp_path)
+    assert isinstance(teacher, ReferenceTeacher) and not list(tmp_path.iterdir())
+
+
+def test_a_broken_reply_body_is_retried_by_the_client():
+    with FakeServer(script(FakeReply(body="<html>bad gateway</html>"), judge_json(True))) as server:
+        assert teacher_for(server).judge(TASK, STEPS).correct
+    assert server.hits == 2

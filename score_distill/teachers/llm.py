@@ -159,10 +159,13 @@ class LLMTeacher:
             try:
                 return parse(reply.text), tokens
             except ReplyError as e:
-                problems.append(str(e))
+                problem = str(e)
+                if reply.finish_reason == "length":
+                    problem += " (the reply was cut off at the token limit: keep it shorter)"
+                problems.append(problem)
                 replies.append(reply.text)
                 conversation = conversation + [{"role": "assistant", "content": reply.text},
-                                               {"role": "user", "content": RETRY_NOTE.format(problem=e)}]
+                                               {"role": "user", "content": RETRY_NOTE.format(problem=problem)}]
         raise TeacherFailure(op, task.id, problems, replies)
 
     def _options(self, temperature: float, json_mode: bool) -> ChatOptions:

@@ -1,6 +1,6 @@
 """Resolve a teacher spec to a `Teacher`: the one place that knows the spec syntax.
 
-    load_teacher("reference", tools=ToolConfig())                     # reference solutions, no LLM
+    load_teacher("reference")                                          # reference solutions, no LLM
     load_teacher("openai:Qwen/Qwen2.5-72B-Instruct@http://127.0.0.1:8000/v1",
                  cache_dir="runs/mps/teacher-cache", timeout_s=300)    # any OpenAI-compatible endpoint
 
@@ -19,6 +19,7 @@ from score_distill.models.load import OPENAI_PREFIX, parse_openai_spec
 from score_distill.models.openai_compat import OpenAIModel
 from score_distill.teachers.base import Teacher
 from score_distill.teachers.llm import LLMTeacher, LLMTeacherConfig, chat_fn_from_openai
+from score_distill.teachers.reference import ReferenceTeacher
 from score_distill.tools.config import ToolConfig
 
 REFERENCE = "reference"
@@ -28,16 +29,14 @@ def load_teacher(spec: str, *, tools: ToolConfig | None = None, cache_dir: str |
                  config: LLMTeacherConfig | None = None, **client_options: Any) -> Teacher:
     """The teacher named by `spec`: "reference" or "openai:<model>@<base-url>".
 
-    `tools` is the shared tool configuration (the teacher executes code with it);
-    `cache_dir` and `config` apply to the LLM teacher only.
+    `tools` (the shared tool configuration the LLM teacher solves with), `cache_dir` and
+    `config` apply to the LLM teacher; the reference teacher computes everything from the
+    reference solutions, so it ignores `tools` and `cache_dir` (a rerun costs nothing anyway).
     """
     if spec == REFERENCE:
         if client_options or config is not None:
             raise ValueError("the reference teacher takes no model options or LLMTeacherConfig")
-        # Imported here: the reference teacher brings the task suites' rule engines.
-        from score_distill.teachers.reference import ReferenceTeacher
-
-        return ReferenceTeacher(tools=tools or ToolConfig())
+        return ReferenceTeacher()
     if spec.startswith(OPENAI_PREFIX):
         model, base_url = parse_openai_spec(spec)
         # The teacher never needs token log-probabilities; some servers reject the field.
