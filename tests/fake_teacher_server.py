@@ -126,8 +126,7 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://127.0.0.1:{self._httpd.server_port}/v1"
 
     def start(self) -> FakeServer:
         self._thread.start()

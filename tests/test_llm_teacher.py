@@ -37,18 +37,23 @@ def judge_json(correct: bool, step: object = None, analysis: str = "ok", suggest
                        "suggestion": suggestion})
 
 
+def grab(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    assert match is not None, f"{pattern!r} not in the prompt"
+    return match.group(1)
+
+
 def brain(messages: Messages) -> str:
     """A competent teacher: answers each kind of prompt correctly by reading it."""
     system, user = messages[0]["content"], messages[-1]["content"]
     if system == JUDGE_SYSTEM:
-        gold = re.search(r"Gold answer: (.*)", user).group(1)
-        final = re.search(r"final answer: (.*)", user).group(1)
+        gold, final = grab(r"Gold answer: (.*)", user), grab(r"final answer: (.*)", user)
         if final == gold:
             return judge_json(True)
         return judge_json(False, 1, f"Step 1 multiplies by 8, so the answer is not {gold}.", f"Compute 6 * 7 = {gold}.")
     if system == EQUIVALENCE_SYSTEM:
         a, b = user.split("Step A", 1)[1].split("Step B", 1)
-        obs = [re.search(r"Observation: (.*)", part).group(1) for part in (a, b)]
+        obs = [grab(r"Observation: (.*)", part) for part in (a, b)]
         return json.dumps({"equivalent": obs[0] == obs[1], "reason": "compared the results"})
     if "<first_thought>" in user.split("Write step", 1)[1]:
         return "<first_thought>Multiply six by seven, then answer.</first_thought>"

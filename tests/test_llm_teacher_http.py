@@ -100,9 +100,8 @@ def test_server_errors_then_success():
 
 
 def test_a_dead_endpoint_is_a_model_error_not_a_teacher_failure():
-    with FakeServer(script(FakeReply(status=500))) as server:
-        with pytest.raises(ModelError, match="HTTP 500"):
-            teacher_for(server, max_retries=1).judge(TASK, STEPS)
+    with FakeServer(script(FakeReply(status=500))) as server, pytest.raises(ModelError, match="HTTP 500"):
+        teacher_for(server, max_retries=1).judge(TASK, STEPS)
     assert server.hits == 2
 
 
