@@ -196,3 +196,164 @@ def test_config_is_validated() -> None:
         SandboxConfig(isolation="docker")
     with pytest.raises(ValueError, match="timeout_s"):
         SandboxConfig(timeout_s=0)
+
+
+# ---------------------------------------------------------------- adversarial: one per property
+
+
+def test_fork_bomb_is_contained(make: MakeSandbox, isolation: str) -> None:
+    sb = make(isolation=isolation, timeout_s=1.5, max_processes=16)
+    sb.run("kept = 1")
+    r = sb.run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass")
+    assert r.timed_out and r.error == "the step timed out after 1.5 s"
+    assert sb.pid is None and sandbox_processes(sb, sb.uid) == []  # all of it killed at once
+    polite = sb.run("import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+                    "            time.sleep(60)\n        n += 1\nexcept OSError as e:\n    print(n, e.errno)")
+    forked = int(polite.output.split()[0])
+    assert 1 <= forked < 16 and polite.output.split()[1] == "11"  # EAGAIN at the process limit
+    # Its children end with the step: only the interpreter (and unshare) remain.
+    assert len(sandbox_processes(sb, sb.uid)) == (2 if sb.isolation == "namespaces" else 1)
+    assert sb.run("print(kept)").output == "1\n"
+    assert_healthy_and_clean(sb)
+
+
+def test_memory_bomb_is_a_memory_error(make: MakeSandbox) -> None:
+    sb = make(memory_mb=256)
+    r = sb.run("hog = bytearray(2 ** 31)")
+    assert r.error == "MemoryError (the interpreter may use at most 256 MB)"
+    r = sb.run("hog = []\nwhile True:\n    hog.append(bytearray(10 ** 7))")
+    assert r.error is not None and r.error.startswith("MemoryError")
+    assert sb.run("n = len(hog)\ndel hog\nprint(n < 26)").output == "True\n"
+    assert_healthy_and_clean(sb)
+
+
+def test_infinite_loop_times_out_and_state_is_rebuilt(make: MakeSandbox) -> None:
+    sb = make(timeout_s=1)
+    sb.run("x = 41\nprint('replayed output must not show')")
+    r = sb.run("import threading\ndef spin():\n    while True:\n        pass\n"
+               "threading.Thread(target=spin, daemon=True).start()\nprint('spinning', flush=True)\nspin()")
+    assert r.timed_out and r.output == "spinning\n" and 0.9 < r.duration_s < 5
+    after = sb.run("x += 1\nprint(x)")
+    assert (after.output, after.error) == ("42\n", None)  # rebuilt by replay; its output dropped
+    assert sb.history == ["x = 41\nprint('replayed output must not show')", "x += 1\nprint(x)"]
+    assert_healthy_and_clean(sb)
+
+
+def test_huge_output_is_capped(make: MakeSandbox) -> None:
+    sb = make(max_output_chars=1000)
+    started = time.monotonic()
+    r = sb.run("print('x' * 30_000_000)\nfor i in range(100_000):\n    print(i)")
+    assert time.monotonic() - started < 20
+    assert r.error is None and len(r.output) < 1100
+    total = 30_000_001 + sum(len(str(i)) + 1 for i in range(100_000))
+    assert r.output.startswith("x" * 500) and r.output.endswith("99998\n99999\n")
+    assert f"[{total - 1000} characters cut]" in r.output
+    assert_healthy_and_clean(sb)
+
+
+def test_environment_secrets_do_not_reach_model_code(make: MakeSandbox, isolation: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-for-models")
+    monkeypatch.setenv("SECRET", "hunter2-not-for-models")
+    sb = make(isolation=isolation)
+    code = (f"import os\nprint(sorted(os.environ))\nprint(os.environ.get('OPENAI_API_KEY'))\n"
+            f"try:\n    print(open('/proc/{os.getpid()}/environ', 'rb').read())\n"
+            f"except OSError as e:\n    print('blocked', type(e).__name__)")
+    r = sb.run(code)
+    assert r.error is None and "None" in r.output
+    assert "OPENAI_API_KEY" not in r.output.split("\n")[0] and "SECRET" not in r.output.split("\n")[0]
+    if protected(sb):
+        assert "not-for-models" not in r.output and "blocked" in r.output
+    else:  # documented: a same-uid child can read our /proc/<pid>/environ
+        assert "not-for-models" in r.output
+    assert_healthy_and_clean(sb)
+
+
+def test_network_is_unreachable(make: MakeSandbox, isolation: str) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    sb = make(isolation=isolation)
+    r = sb.run(f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+               f"    print('connected')\nexcept OSError as e:\n    print(type(e).__name__)\n"
+               f"socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)")
+    assert r.output == "PermissionError\n"
+    assert r.error is not None and r.error.startswith("PermissionError")
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nobody knocked
+    listener.close()
+    local = sb.run("import socket\na, b = socket.socketpair()\na.send(b'ok')\nprint(b.recv(2))")
+    assert local.output == "b'ok'\n"  # unix sockets between its own processes still work
+    assert_healthy_and_clean(sb)
+
+
+def test_writing_outside_the_workdir_fails(make: MakeSandbox, isolation: str, tmp_path: Path) -> None:
+    ours = tmp_path / "ours"  # a directory of the parent's, outside the work dir
+    ours.mkdir()
+    world = Path("/tmp") / f"score-distill-test-{os.getpid()}-{isolation}"  # world-writable /tmp
+    sb = make(isolation=isolation)
+    targets = [ours / "x", world] + ([Path.cwd() / "pwned.txt"] if protected(sb) else [])
+    code = "\n".join(f"try:\n    open({str(p)!r}, 'w').write('pwned')\n    print('wrote')\n"
+                     f"except OSError as e:\n    print(type(e).__name__)" for p in targets)
+    try:
+        got = sb.run(code).output.split()
+        if sb.isolation == "namespaces":  # read-only everywhere, even world-writable /tmp
+            assert got == ["PermissionError", "OSError", "OSError"]  # EACCES, then EROFS twice
+        elif sb.uid is not None:  # documented: its own uid, but world-writable places stay open
+            assert got == ["PermissionError", "wrote", "PermissionError"] and world.read_text() == "pwned"
+        else:  # documented: a process-isolated child of a normal user writes what we may write
+            assert got == ["wrote", "wrote"]
+        assert (ours / "x").exists() == (got[0] == "wrote") and not (Path.cwd() / "pwned.txt").exists()
+    finally:
+        world.unlink(missing_ok=True)
+        (ours / "x").unlink(missing_ok=True)
+    assert_healthy_and_clean(sb)
+
+
+def test_model_code_cannot_kill_its_parent(make: MakeSandbox, isolation: str) -> None:
+    sb = make(isolation=isolation)
+    if not protected(sb):  # documented: same uid, so aim at a stand-in rather than at us
+        stand_in = subprocess.Popen(["sleep", "60"])
+        sb.run(f"import os, signal\nos.kill({stand_in.pid}, signal.SIGKILL)")
+        assert stand_in.wait(timeout=5) == -signal.SIGKILL
+        assert_healthy_and_clean(sb)
+        return
+    r = sb.run(f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)")
+    assert r.error is not None and r.error.split(":")[0] in ("ProcessLookupError", "PermissionError")
+    sb.run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    assert os.getppid() > 0 and threading.main_thread().is_alive()  # we are here: not killed
+    assert_healthy_and_clean(sb)
+
+
+def test_os_exit_is_reported_and_state_rebuilt(make: MakeSandbox) -> None:
+    sb = make()
+    sb.run("x = 'before'")
+    r = sb.run("import os\nprint('bye', flush=True)\nos._exit(3)")
+    assert (r.output, r.error, r.timed_out) == ("bye\n", "the interpreter exited with code 3", False)
+    assert sb.run("print(x)").output == "before\n"
+    assert_healthy_and_clean(sb)
+
+
+def test_deep_recursion(make: MakeSandbox) -> None:
+    sb = make()
+    sb.run("x = 'before'")
+    r = sb.run("def down(n):\n    return down(n + 1)\ndown(0)")
+    assert r.error is not None and r.error.startswith("RecursionError: maximum recursion depth exceeded")
+    assert "[the line above repeated" in r.error
+    # Past the recursion limit, C code overflows the stack: the interpreter dies, is rebuilt.
+    r = sb.run("import sys, json\nsys.setrecursionlimit(10 ** 6)\nnest = []\n"
+               "for _ in range(10 ** 5):\n    nest = [nest]\njson.dumps(nest)")
+    assert r.error == "the interpreter died (signal 11, SIGSEGV)"
+    assert sb.run("print(x)").output == "before\n"
+    assert_healthy_and_clean(sb)
+
+
+def test_segfault_through_ctypes(make: MakeSandbox) -> None:
+    sb = make()
+    sb.run("x = 'before'")
+    r = sb.run("import ctypes\nctypes.string_at(0)")
+    assert r.error == "the interpreter died (signal 11, SIGSEGV)" and not r.timed_out
+    assert sb.run("print(x)").output == "before\n"
+    assert_healthy_and_clean(sb)
