@@ -122,8 +122,10 @@ def op_add(b: Builder, budget: int) -> int:
     r = b.cur
     if r.kind == "money":
         variants = ["{h} earn~ another {amt}.", "Later, {h} get~ {amt} from {q}.", "{h} find~ {amt} more."]
-    else:
+    elif r.kind == "count":
         variants = ["{h} then get~ another {amt}.", "Later, {h} get~ {amt} from {q}.", "{h} buy~ {amt} more."]
+    else:
+        variants = ["{h} then get~ another {amt}.", "Later, {h} get~ {amt} from {q}.", "{h} add~ {amt}."]
     i = b.rng.randrange(len(variants))
     b.say(variants[i], amt=amount(n, r.kind, unit, r.thing), q=b.other_person().name)
     b.feature("add", r.kind, i)

@@ -29,7 +29,7 @@ PLAN_ENDS = ("and finally {z}", "and at last {z}", "which leads to {z}")
 EXACT_NOTES = ("", " Keep the numbers exact with fractions.", " Use exact arithmetic throughout.")
 UNUSED_NOTES = ("", " Some numbers in the text are not needed.", " Not every number in the text matters.")
 THOUGHT_FRAMES = ("{Hint}, which gives {desc}.", "Now find {desc}: {hint}.", "To get {desc}, {hint}.",
-                  "Next is {desc}; {hint}.", "{Hint} to get {desc}.")
+                  "Next is {desc}; {hint}.")
 FINAL_FRAMES = ("That is the answer.", "This is what the question asks for.", "Report {desc}.")
 
 
