@@ -167,7 +167,7 @@ def walk(world: World, anchor: Entity, chain: tuple[str, ...], side: int) -> lis
         if value is None or (isinstance(value, Entity) and value.id in seen):
             return None
         kind = cur.category if cur.type == "work" else ""
-        noun = {"creator": _KIND_WORDS[kind][0] if kind else "", "publisher": _KIND_WORDS[kind][2] if kind else ""}.get(rel) or NOUNS[rel]
+        noun = _KIND_WORDS[kind][0 if rel == "creator" else 2] if rel in ("creator", "publisher") else NOUNS[rel]
         hops.append({"side": side, "source": cur.name, "source_type": cur.type, "kind": kind, "relation": rel,
                      "noun": noun, "value": value.name if isinstance(value, Entity) else str(value),
                      "value_type": value.type if isinstance(value, Entity) else "year"})
@@ -196,18 +196,22 @@ def _phrase(hops: list[dict], rng: random.Random) -> str:
 
 
 def verb(hop: dict) -> str:
+    """The verb of a work's creator or publisher ("wrote", "produced"); empty otherwise."""
     words = _KIND_WORDS.get(hop["kind"], ("", "", "", ""))
     return {"creator": words[1], "publisher": words[3]}.get(hop["relation"], "")
 
 
+def _subject(hops: list[dict], rng: random.Random) -> str:
+    """What the last hop of a chain is asked about: the anchor, or the phrase before it."""
+    h0 = hops[0]
+    return _phrase(hops[:-1], rng) if len(hops) > 1 else _display(h0["source"], h0["source_type"], h0["kind"], rng)
+
+
 def _question(t: Template, sides: list[list[dict]], rng: random.Random) -> str:
     if t.form == "bridge":
-        hops = sides[0]
-        inner = _phrase(hops[:-1], rng) if len(hops) > 1 else _display(hops[0]["source"], hops[0]["source_type"], hops[0]["kind"], rng)
-        last = hops[-1]
-        return rng.choice(QUESTION_FORMS[last["relation"]]).format(x=inner, noun=last["noun"], verb=verb(last))
-    a, b = (_phrase(s[:-1], rng) if len(s) > 1 else _display(s[0]["source"], s[0]["source_type"], s[0]["kind"], rng)
-            for s in sides)
+        last, x = sides[0][-1], _subject(sides[0], rng)
+        return rng.choice(QUESTION_FORMS[last["relation"]]).format(x=x, noun=last["noun"], verb=verb(last))
+    a, b = (_subject(s, rng) for s in sides)
     q = rng.choice(COMPARE_FORMS[(sides[0][-1]["relation"], t.direction)]).format(a=a, b=b)
     return q[0].upper() + q[1:]
 

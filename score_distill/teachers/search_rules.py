@@ -104,21 +104,23 @@ def _names_read(code: str) -> tuple[list[str], dict[str, str]] | None:
     does not parse."""
     try:
         tree = ast.parse(code)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # model text: unparsable is data
         return None
     reads = [n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
     assigns: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
             for target in node.targets:
-                if isinstance(target, ast.Name) and isinstance(node.value.value, (str, int)):
-                    assigns[target.id] = str(node.value.value)
+                value = node.value.value
+                if isinstance(target, ast.Name) and isinstance(value, (str, int)) and not isinstance(value, bool):
+                    assigns[target.id] = str(value)
     return reads, assigns
 
 
 @dataclass
 class _Trace:
-    """Per step: hops newly established, off-path items referred to, observation text."""
+    """Per step: hops newly established and off-path items referred to; `env` holds the
+    literal variables defined after the last step."""
 
     new: list[set[int]]
     offpath: list[set[str]]
@@ -161,17 +163,18 @@ def _facts_of(world: World, item: str) -> set[str]:
     return {world.entity(t).name.lower() for t in e.links.values()} | ({str(e.year)} if e.year else set())
 
 
-def _blame(p: _Path, steps: list[Step], trace: _Trace, item: str, depth: int = 0) -> int:
-    """The step to blame for off-path `item` (see the module docstring)."""
+def _blame(p: _Path, steps: list[Step], trace: _Trace, item: str, depth: int = 0) -> tuple[int, str]:
+    """The step to blame for off-path `item`, and the wrong item it brought in (see the
+    module docstring)."""
     first = next(t for t, refs in enumerate(trace.offpath) if item in refs)
     if depth > len(steps):  # a cycle of wrong items: stop at the first reference
-        return first
+        return first, item
     earlier = {y for refs in trace.offpath[:first] for y in refs}
     sources = {y for y in earlier if item in _facts_of(p.world, y)}
     if not sources:
         shown = next((o for o in range(first) if item in steps[o].observation.lower()), None)
         sources = (trace.offpath[shown] - {item}) if shown is not None else set()  # a search for a wrong entity
-    return min((_blame(p, steps, trace, y, depth + 1) for y in sources), default=first)
+    return min((_blame(p, steps, trace, y, depth + 1) for y in sources), default=(first, item))
 
 
 def _critical(steps: list[Step], p: _Path, trace: _Trace) -> dict[int, str]:
@@ -185,9 +188,11 @@ def _critical(steps: list[Step], p: _Path, trace: _Trace) -> dict[int, str]:
         first = next(t for t, refs in enumerate(trace.offpath) if x in refs)
         used = any(x in refs for refs in trace.offpath[first + 1 :]) or any(exact_match(x, f) for f in finals)
         if used:
-            t = _blame(p, steps, trace, x)
-            out.setdefault(t, f"step {t} leads off the solution path: later steps build on {x!r}, "
-                              "which has nothing to do with the question")
+            t, root = _blame(p, steps, trace, x)
+            entity = p.world.by_name(root)
+            root = entity.name if entity is not None else root
+            out.setdefault(t, f"step {t} brings in {root!r}, which is not on the way to the answer, "
+                              "and later steps build on it")
     return out
 
 
@@ -220,7 +225,7 @@ class SearchRules:
         critical = _critical(steps, p, trace)
         if critical:
             k = min(critical)
-            return Verdict(correct=False, first_error=k, analysis=critical[k].capitalize() + ".", suggestion=suggestion)
+            return Verdict(correct=False, first_error=k, analysis=critical[k][:1].upper() + critical[k][1:] + ".", suggestion=suggestion)
         progress = [t for t, hops in enumerate(trace.new) if hops]
         last = max(progress, default=0)
         if last + 1 < len(steps):
