@@ -201,3 +201,26 @@ def test_reference_code_names_facts_in_order() -> None:
         assert f'{hop["var"]} = ' in step.code  # the fact read from the previous search, as a literal
     assert ref[-1].code.endswith(f'final_answer({task.meta["path"][-1]["var"]})')
     assert task.answer not in "\n".join(s.code + s.thought for s in ref[:-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", SPLITS)
+def test_reference_solutions_run_in_the_sandbox(split: str) -> None:
+    """Each search of a reference shows the fact its next step writes down, and the last
+    step's final_answer is the gold answer."""
+    from score_distill.agent.format import format_observation
+    from score_distill.tools.config import ToolConfig, open_sandbox
+
+    tools = ToolConfig()
+    for task in generate(split, 30, seed=0):
+        assert task.reference is not None
+        observations, answer = [], None
+        with open_sandbox(tools, task) as sandbox:
+            for step in task.reference[1:]:
+                r = sandbox.run(step.code)
+                assert r.error is None and not r.timed_out, (task.id, step.code, r.error)
+                observations.append(format_observation(r.output, r.error, r.timed_out))
+                answer = r.final_answer
+        assert answer == task.answer, task.id
+        for hop, obs in zip(task.meta["path"], observations):  # move i searches hop i
+            assert hop["source"] in obs and hop["value"] in obs, (task.id, hop, obs)
