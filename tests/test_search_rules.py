@@ -9,6 +9,8 @@ import random
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from score_distill.agent.format import format_observation, render_step
 from score_distill.tasks.search_suite import generate, move_step, reference_steps, source_hop, walk
@@ -301,3 +303,24 @@ def test_equivalence_from_what_steps_establish() -> None:
 def test_judge_rejects_tasks_of_other_suites() -> None:
     with pytest.raises(ValueError, match="not a generated search task"):
         RULES.judge(Task(id="m", question="1+1?", answer="2", suite="math"), [])
+
+
+_PIECES = ["a", "b", " ", "=", '"', "'", "(", ")", "+", "\n", "1962", "Velora", "print(", "final_answer(", "\x00",
+           "((((", "x = ", "web_search(", "Tarsholm", "final_answer(x)"]
+_PIECES += sorted({h[k] for h in TASKS["comparison4"].meta["path"] for k in ("source", "value")})
+_PIECES += [e.name for e in build_world(0).of_type("city")[:3]]
+_TEXT = st.lists(st.sampled_from(_PIECES), max_size=20).map("".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_TEXT, _TEXT, st.one_of(st.none(), _TEXT), st.booleans()), max_size=7))
+def test_judge_and_equivalence_never_raise_on_model_text(raw: list[tuple[str, str, str | None, bool]]) -> None:
+    """Whatever the student wrote and saw, the verdict is well formed (steps are not run)."""
+    task = TASKS["comparison4"]
+    steps = [Step(kind="plan", thought="p")] + [
+        Step(kind="action", thought="t", code=code, observation=obs, final_answer=final,
+             parse_error="broken" if broken else None) for code, obs, final, broken in raw]
+    verdict = RULES.judge(task, steps)
+    assert verdict.correct or 0 <= verdict.first_error < len(steps)  # type: ignore[operator]
+    if len(steps) > 1:
+        assert RULES.equivalent(task, steps[:-1], steps[-1], steps[-1])
