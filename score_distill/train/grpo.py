@@ -1,0 +1,226 @@
+"""The tensor maths of GRPO: batching rendered sequences, token log-probabilities, the KL
+estimate and the clipped policy-gradient loss. Used by `train.rl`; no I/O, no state.
+
+Sequences are LEFT-padded, so every row's generated tokens sit at the end of the batch and
+the model only has to project the last `keep` positions onto the vocabulary
+(`logits_to_keep`): a short-horizon rollout has a long prompt + prefix and a short generated
+part, and the (B, T, V) logits of the prefix would be most of the memory.
+
+    batch = pad_left([ids_a, ids_b], [mask_a, mask_b], pad_id=0)
+    logp = token_logprobs(model, batch)          # (B, keep) log-probs of batch.targets
+    loss, stats = clipped_loss(logp, old_logp, advantages, batch.loss_mask, clip_eps=0.2)
+
+`score` measures the old and reference log-probs (and the KL) of a step's micro-batches,
+`update` runs the optimiser passes over them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class Batch:
+    """Left-padded sequences. `input_ids`/`attention_mask`/`position_ids` are (B, T);
+    `targets` and `loss_mask` are (B, keep): the last `keep` tokens of each row and whether
+    each is a generated token the loss applies to."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    targets: torch.Tensor
+    loss_mask: torch.Tensor
+
+    @property
+    def keep(self) -> int:
+        return self.targets.shape[1]
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
+                                              self.targets, self.loss_mask)))
+
+
+def pad_left(ids: list[list[int]], masks: list[list[int]], pad_id: int) -> Batch:
+    """Left-pad sequences into a `Batch`; `keep` covers every row's first masked token.
+
+    >>> b = pad_left([[5, 6, 7, 8], [9, 10]], [[0, 0, 1, 1], [0, 1]], pad_id=0)
+    >>> b.input_ids.tolist(), b.position_ids.tolist()
+    ([[5, 6, 7, 8], [0, 0, 9, 10]], [[0, 1, 2, 3], [0, 0, 0, 1]])
+    >>> b.targets.tolist(), b.loss_mask.int().tolist()
+    ([[7, 8], [9, 10]], [[1, 1], [0, 1]])
+    """
+    if len(ids) != len(masks) or any(len(i) != len(m) for i, m in zip(ids, masks)):
+        raise ValueError("ids and masks must have the same shapes")
+    width = max(len(i) for i in ids)
+    # The first target is predicted from the token before it, so a row's first masked token
+    # must not be its very first token.
+    firsts = [m.index(1) for m in masks if 1 in m]
+    if not firsts or min(firsts) == 0:
+        raise ValueError("every batch needs a masked token that has at least one token before it")
+    keep = max(len(m) - f for m, f in zip((m for m in masks if 1 in m), firsts))
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(ids), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(ids), width), dtype=torch.float32)
+    for r, (row, m) in enumerate(zip(ids, masks)):
+        input_ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention[r, width - len(row) :] = 1
+        loss_mask[r, width - len(row) :] = torch.tensor(m, dtype=torch.float32)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    return Batch(input_ids, attention, positions, input_ids[:, -keep:], loss_mask[:, -keep:])
+
+
+def token_logprobs(model: torch.nn.Module, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probabilities (B, keep) of `batch.targets` under `model`, computed in float32.
+    Logits are divided by `temperature` so the probabilities are those of the sampling
+    distribution (with top-p 1) the rollouts were drawn from."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, logits_to_keep=batch.keep + 1, use_cache=False)
+    logits = out.logits[:, :-1].float()  # (B, keep, V): position t predicts token t + 1
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, batch.targets[..., None]).squeeze(-1)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference) on tokens sampled from the policy:
+    exp(r) - r - 1 with r = ref_logp - logp. Non-negative, zero where they agree.
+
+    >>> kl_k3(torch.tensor([-1.0, -2.0]), torch.tensor([-1.0, -1.0])).tolist()[0]
+    0.0
+    >>> bool(kl_k3(torch.tensor([-2.0]), torch.tensor([-1.0])) > 0)
+    True
+    """
+    r = ref_logp - logp
+    return torch.exp(r) - r - 1.0
+
+
+@dataclass
+class LossStats:
+    """Sums over the tokens of one micro-batch (divide by `tokens` for means)."""
+
+    tokens: float
+    clipped: float
+    kl: float
+    ratio: float
+
+
+def clipped_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                 clip_eps: float, ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0,
+                 ) -> tuple[torch.Tensor, LossStats]:
+    """The PPO-clipped GRPO objective, SUMMED over masked tokens (the caller divides by the
+    step's token count, so micro-batches of any size weigh each token equally).
+
+    Per token: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + kl_coef * k3, with
+    ratio = exp(logp - old_logp) and A the sequence's advantage. At the first pass over a
+    batch the ratio is 1 and the gradient is the plain policy gradient -A * grad(logp).
+
+    >>> lp = torch.zeros(1, 2, requires_grad=True)
+    >>> loss, st = clipped_loss(lp, torch.zeros(1, 2), torch.tensor([2.0]), torch.tensor([[1.0, 0.0]]), 0.2)
+    >>> loss.item(), st.tokens
+    (-2.0, 1.0)
+    >>> loss.backward(); lp.grad[0, 0].item(), lp.grad[0, 1].item() == 0
+    (-2.0, True)
+    """
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]  # (B, 1) broadcast over tokens
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv)
+    per_token = -surrogate
+    kl = torch.zeros_like(logp)
+    if ref_logp is not None:
+        kl = kl_k3(logp, ref_logp)
+        if kl_coef:
+            per_token = per_token + kl_coef * kl
+    loss = (per_token * mask).sum()
+    with torch.no_grad():
+        clipped = ((ratio - 1.0).abs() > clip_eps).float()
+        stats = LossStats(tokens=float(mask.sum()), clipped=float((clipped * mask).sum()),
+                          kl=float((kl * mask).sum()), ratio=float((ratio * mask).sum()))
+    return loss, stats
+
+
+@dataclass
+class Scored:
+    """A micro-batch ready for the update: inputs, advantages (B,), and the log-probs (B, keep)
+    of the policy before the update and of the reference."""
+
+    batch: Batch
+    advantages: torch.Tensor
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor
+
+
+def micro_batches(seqs: list[tuple[list[int], list[int]]], advantages: list[float], size: int,
+                  pad_id: int) -> list[tuple[Batch, torch.Tensor]]:
+    """Sequences sorted by length (less padding) and cut into micro-batches of `size`.
+
+    >>> mbs = micro_batches([([1, 2, 3], [0, 1, 1]), ([4, 5], [0, 1])], [0.5, -0.5], 1, 0)
+    >>> [b.input_ids.tolist() for b, _ in mbs], [a.tolist() for _, a in mbs]
+    ([[[4, 5]], [[1, 2, 3]]], [[-0.5], [0.5]])
+    """
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
+    out = []
+    for lo in range(0, len(order), size):
+        chunk = order[lo : lo + size]
+        batch = pad_left([seqs[i][0] for i in chunk], [seqs[i][1] for i in chunk], pad_id)
+        out.append((batch, torch.tensor([advantages[i] for i in chunk], dtype=torch.float32)))
+    return out
+
+
+@torch.no_grad()
+def score(policy: torch.nn.Module, ref: torch.nn.Module, mbs: list[tuple[Batch, torch.Tensor]],
+          device: torch.device, temperature: float, bf16: bool) -> tuple[list[Scored], float, float]:
+    """Log-probs of the policy (before the update) and of the reference on every micro-batch;
+    returns them with the summed k3 KL and the number of generated tokens."""
+    scored, kl, tokens = [], 0.0, 0.0
+    for batch, adv in mbs:
+        b = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            old = token_logprobs(policy, b, temperature)
+            ref_lp = token_logprobs(ref, b, temperature)
+        kl += float((kl_k3(old, ref_lp) * b.loss_mask).sum())
+        tokens += float(b.loss_mask.sum())
+        scored.append(Scored(b, adv.to(device), old, ref_lp))
+    return scored, kl, tokens
+
+
+@dataclass
+class UpdateStats:
+    """Sums over the update's passes (tokens counted once per pass)."""
+
+    loss: float = 0.0
+    tokens: float = 0.0
+    clipped: float = 0.0
+    grad_norm: float = 0.0
+    passes: int = 0
+
+
+def update(model: torch.nn.Module, optimizer: Any, backward: Callable[[torch.Tensor], None],
+           clip_grad: Callable[[float], torch.Tensor], scored: list[Scored], *, clip_eps: float,
+           kl_coef: float, ppo_epochs: int, max_grad_norm: float, temperature: float, bf16: bool,
+           ) -> UpdateStats:
+    """`ppo_epochs` optimiser steps over `scored`, each a pass over all its micro-batches
+    with gradients accumulated and the loss normalised by the pass's token count.
+    `backward` and `clip_grad` come from the accelerator (they handle DDP and scaling)."""
+    stats = UpdateStats()
+    n_tokens = sum(float(s.batch.loss_mask.sum()) for s in scored)
+    if not scored or n_tokens == 0:
+        return stats
+    for _ in range(ppo_epochs):
+        optimizer.zero_grad(set_to_none=True)
+        for s in scored:
+            device_type = s.batch.input_ids.device.type
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                logp = token_logprobs(model, s.batch, temperature)
+            loss, st = clipped_loss(logp, s.old_logp, s.advantages, s.batch.loss_mask, clip_eps,
+                                    s.ref_logp, kl_coef)
+            backward(loss / n_tokens)
+            stats.loss += float(loss.detach())
+            stats.tokens += st.tokens
+            stats.clipped += st.clipped
+        stats.grad_norm += float(clip_grad(max_grad_norm))
+        optimizer.step()
+        stats.passes += 1
+    return stats

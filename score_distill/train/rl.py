@@ -1,0 +1,430 @@
+"""SCoRe-RL: short-horizon GRPO with the key-step reward, and its ablations and baseline.
+
+Each step takes `items_per_step` key-step items. For each, `group_size` rollouts start at
+the item's verified prefix (the rollout rebuilds the sandbox state by replaying the prefix's
+code), the student writes the key step and goes on to the end within the turn budget
+(prefix turns count). Rewards come from `train.rewards`, advantages are group-relative,
+and the loss is the PPO-clipped objective on the tokens generated in this rollout only
+(`render_trajectory` with `train_on` = steps at index >= len(prefix): not the prefix, not
+the observations). The k3 estimate of KL(policy || reference) on the generated tokens is
+measured and logged every step; its penalty (`kl_coef`) is off by default, as in the paper.
+
+    from score_distill.train.rl import RLOptions, train_rl
+    final = train_rl("runs/x/sft/final", items, tasks_by_id, teacher, ToolConfig(), "runs/x/rl",
+                     RLOptions(steps=50))
+
+Ablations and baseline, through the same code:
+- without the key-step reward: `key_step_reward=False` (outcome reward only, 1.0 / 0.0);
+- without the short horizon: `short_horizon=False`: rollouts start from the question; the
+  key step is the step at index `len(item.prefix)` of the fresh rollout (when it gets that
+  far), judged against chosen/rejected with the item's prefix as the judge's context; the
+  loss covers every generated step;
+- GRPO from the question with outcome reward only: `train_rl(..., outcome_items(tasks), ...,
+  RLOptions(key_step_reward=False, outcome_only_share=1.0))`.
+
+Why a compact trainer of our own (on `accelerate`) and not TRL's `GRPOTrainer` with a
+`rollout_func`: our episodes are multi-turn CodeAct rollouts that start from a prefix and
+interleave sandbox observations; they must be sampled by our engine (`LocalModel`, the one
+rollout loop) and rendered by our one loss-mask renderer. TRL's hook is marked experimental,
+wants prompt/completion token ids that we would have to re-derive from the renderer anyway,
+and it only loads a reference model when the KL penalty is on, whereas we log the KL with
+the penalty off. Ours is a few hundred lines, and `accelerate launch` runs it on several GPUs.
+
+Design notes:
+- Sampling uses the CURRENT weights: the engine is built around the very module being
+  trained (`engine.model` is the policy), and every trajectory's KV cache is released when
+  its rollout ends, so no cache outlives a weight update.
+- Default temperature 1.0, top-p 1.0: GRPO needs diverse groups, and then the sampling
+  distribution is the policy itself, so ratios and the KL are exact. With another
+  temperature the log-probs are taken from logits / T (top-p is not modelled).
+- Old log-probs are recomputed by a forward pass on the rendered sequence before the update,
+  not taken from the sampler: the renderer re-tokenises text, and the end-of-turn token that
+  the renderer adds after a stop string was not sampled.
+- The policy stays in eval mode (no dropout), so the first pass has ratio exactly 1.
+- Loss = sum of per-token losses / tokens of the sequences trained this step (token-level
+  mean, so long rollouts are not down-weighted per token). Groups whose rewards are all
+  equal have zero advantage; on one process they are skipped (no compute), on several all
+  sequences run so every process does the same number of backward passes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from score_distill.agent.rollout import Episode, RolloutConfig, rollout
+from score_distill.config import option, save_config
+from score_distill.teachers.base import Teacher
+from score_distill.tools.config import ToolConfig
+from score_distill.train.render import render_trajectory
+from score_distill.train.rewards import (KeyStepJudge, RewardResult, group_advantages, reward_summary,
+                                         rollout_reward)
+from score_distill.types import KeyStepItem, Step, Task, Trajectory, write_jsonl  # noqa: F401 (Step: doctests)
+
+if TYPE_CHECKING:  # grpo imports torch; this module stays light for the command line
+    from score_distill.train.grpo import UpdateStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RLOptions:
+    steps: int = option(0, "optimiser steps; 0 = derived from epochs")
+    epochs: float = option(1.0, "passes over the RL items (used when steps is 0)")
+    items_per_step: int = option(8, "items (prompts) per step, split across processes")
+    group_size: int = option(4, "rollouts per item (paper: 16; 4 keeps CPU runs affordable)")
+    ppo_epochs: int = option(1, "optimisation passes over each step's rollouts")
+    micro_batch_size: int = option(4, "sequences per forward pass")
+    lr: float = option(2e-5, "AdamW learning rate, constant. Paper: 7e-7 for 7B at 128 prompts x 16; "
+                             "a 135M model with a few dozen small steps needs larger steps, and the "
+                             "clipped objective plus grad-norm clipping keep them safe")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient norm clip")
+    clip_eps: float = option(0.2, "PPO ratio clip")
+    kl_coef: float = option(0.0, "weight of the k3 KL penalty to the starting checkpoint (KL is logged either way)")
+    scale_advantages: bool = option(True, "divide advantages by the group's reward std")
+    temperature: float = option(1.0, "sampling temperature of RL rollouts (1.0: samples = policy)")
+    top_p: float = option(1.0, "nucleus mass of RL rollouts (1.0 keeps ratios exact)")
+    max_new_tokens: int = option(256, "token cap for one turn")
+    max_turns: int = option(8, "assistant turns per episode, prefix turns included")
+    max_length: int = option(4096, "rendered sequences are cut to this many tokens")
+    outcome_only_share: float = option(0.25, "share of the items WITHOUT an intervention that join the "
+                                             "RL pool (from the question, outcome reward only)")
+    key_step_reward: bool = option(True, "False = ablation: outcome reward only for every item")
+    short_horizon: bool = option(True, "False = ablation: rollouts from the question instead of the prefix")
+    bf16: bool = option(False, "bf16 autocast for rollouts and loss (on GPUs; fp32 keeps CPU ratios exact)")
+    seed: int = option(0, "seed of item order and sampling")
+    cpu_threads: int = option(0, "torch CPU threads; 0 = every core this process may use (1 is faster for tiny models)")
+    save_every: int = option(25, "checkpoint every N steps (0 = only at the end)")
+    samples_per_step: int = option(2, "trajectories per step written to samples.jsonl for reading")
+
+
+def outcome_items(tasks: list[Task]) -> list[KeyStepItem]:
+    """Outcome-only items (empty prefix, no chosen/rejected) for tasks: the GRPO baseline.
+
+    >>> [i.task_id for i in outcome_items([Task(id="a", question="q", answer="1", suite="math")])]
+    ['a']
+    """
+    return [KeyStepItem(task_id=t.id, question=t.question, answer=t.answer, suite=t.suite) for t in tasks]
+
+
+def select_pool(items: list[KeyStepItem], outcome_only_share: float, seed: int) -> list[KeyStepItem]:
+    """Every item with an intervention plus a seeded `outcome_only_share` of the others.
+
+    >>> key = KeyStepItem("k", "q", "1", "math", chosen=Step(kind="plan", thought="p"))
+    >>> rest = outcome_items([Task(id=str(i), question="q", answer="1", suite="math") for i in range(4)])
+    >>> len(select_pool([key] + rest, 0.5, 0)), len(select_pool([key] + rest, 0.0, 0))
+    (3, 1)
+    """
+    keyed = [i for i in items if i.chosen is not None]
+    plain = [i for i in items if i.chosen is None]
+    random.Random(f"pool-{seed}").shuffle(plain)
+    return keyed + plain[: round(outcome_only_share * len(plain))]
+
+
+def items_for_step(n_pool: int, step: int, per_step: int, seed: int) -> list[int]:
+    """Pool indices of a step's items: consecutive slices of a fresh seeded permutation per
+    epoch. A pure function of the step, so a resumed run continues the same sequence.
+
+    >>> first = items_for_step(5, 0, 5, 0)
+    >>> sorted(first), items_for_step(5, 0, 5, 0) == first
+    ([0, 1, 2, 3, 4], True)
+    >>> len(items_for_step(5, 1, 3, 0))
+    3
+    """
+    out = []
+    for i in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(i, n_pool)
+        order = list(range(n_pool))
+        random.Random(f"order-{seed}-{epoch}").shuffle(order)
+        out.append(order[pos])
+    return out
+
+
+def total_steps(opts: RLOptions, n_pool: int) -> int:
+    """`opts.steps`, or enough steps for `opts.epochs` passes over the pool.
+
+    >>> total_steps(RLOptions(epochs=2.0, items_per_step=4), 10)
+    5
+    """
+    return opts.steps or max(1, math.ceil(opts.epochs * n_pool / opts.items_per_step))
+
+
+@dataclass
+class Sample:
+    """One rollout of a step: its item, trajectory, first trained step index and reward."""
+
+    item: KeyStepItem
+    question: str
+    traj: Trajectory
+    start: int
+    result: RewardResult
+    advantage: float = 0.0
+
+
+def collect(engine: Any, items: list[KeyStepItem], tasks_by_id: dict[str, Task], tools: ToolConfig,
+            judge: KeyStepJudge | None, opts: RLOptions, step: int) -> list[Sample]:
+    """Run `group_size` rollouts per item (consecutive samples form a group), score them and
+    set their advantages. Sample indices are unique within the step, so no two live
+    trajectories share a cache key, and the stage names the step, so every step draws new
+    samples."""
+    episodes = []
+    for slot, item in enumerate(items):
+        prefix = list(item.prefix) if opts.short_horizon else []
+        episodes += [Episode(tasks_by_id[item.task_id], prefix=prefix, sample=slot * opts.group_size + k)
+                     for k in range(opts.group_size)]
+    config = RolloutConfig(max_turns=opts.max_turns, max_new_tokens=opts.max_new_tokens,
+                           temperature=opts.temperature, top_p=opts.top_p, batch_size=len(episodes),
+                           seed=opts.seed, stage=f"rl-{step}")
+    # The rollout releases each trajectory's KV cache as it ends, so no cache outlives the
+    # weights it was computed with.
+    trajs = rollout(engine, episodes, tools, config)
+    samples = []
+    for ep, traj in zip(episodes, trajs):
+        item = items[ep.sample // opts.group_size]
+        result = rollout_reward(traj, item, ep.task, judge, opts.key_step_reward, key_index=len(item.prefix))
+        samples.append(Sample(item, ep.task.question, traj, len(ep.prefix), result))
+    advantages = group_advantages([s.result.reward for s in samples], opts.group_size, opts.scale_advantages)
+    for s, a in zip(samples, advantages):
+        s.advantage = a
+    return samples
+
+
+def render_samples(tokenizer: Any, samples: list[Sample], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(ids, mask) per sample with the loss on the steps generated in this rollout only."""
+    out = []
+    for s in samples:
+        ids, mask = render_trajectory(tokenizer, s.question, s.traj.steps, train_on=lambda i, _, k=s.start: i >= k)
+        out.append((ids[:max_length], mask[:max_length]))
+    return out
+
+
+class RunFiles:
+    """The run directory: config, JSONL log, samples, checkpoints and the final model."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out = Path(out_dir)
+        self.final = self.out / "final"
+        self.checkpoints = self.out / "checkpoints"
+        self.log_path = self.out / "rl_log.jsonl"
+        self.samples_path = self.out / "samples.jsonl"
+
+    def latest_checkpoint(self) -> tuple[int, Path] | None:
+        found = sorted((int(p.name.split("-")[1]), p) for p in self.checkpoints.glob("step-*")
+                       if (p / "state.json").is_file())
+        return found[-1] if found else None
+
+    def trim(self, step: int) -> None:
+        """Drop log records and samples of steps after `step`: a resumed run redoes them."""
+        _trim_jsonl(self.log_path, lambda r: r["step"] <= step)
+        _trim_jsonl(self.samples_path, lambda r: r["meta"]["rl_step"] <= step)
+
+    def append_log(self, record: dict[str, Any]) -> None:
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save(self, target: Path, model: Any, tokenizer: Any, extra: dict[str, Any] | None = None) -> None:
+        """Write a transformers-loadable directory atomically: tmp dir, then rename."""
+        import torch
+
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            torch.save(extra["optimizer"], tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": extra["step"]}))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+
+
+def _trim_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    if not path.exists():
+        return
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the torn last line of a killed run
+            continue
+        if keep(record):
+            lines.append(line + "\n")
+    path.write_text("".join(lines))
+
+
+def format_line(r: dict[str, Any], total: int) -> str:
+    """The one readable log line of a step.
+
+    >>> format_line({"step": 3, "reward": 0.41, "r1.0": 0.25, "r0.5": 0.125, "r0.1": 0.0, "r0": 0.625,
+    ...              "signal": 0.75, "kl": 0.0012, "loss": -0.013, "gen_tok_s": 1234.0, "time_s": 12.3}, 50)
+    'step 3/50 | reward 0.410 (1:25% .5:12% .1:0% 0:62%) | signal 75% | kl 0.0012 | loss -0.0130 | tok/s 1.2e+03 | 12.3s'
+    """
+    return (f"step {r['step']}/{total} | reward {r['reward']:.3f} (1:{r['r1.0']:.0%} .5:{r['r0.5']:.0%} "
+            f".1:{r['r0.1']:.0%} 0:{r['r0']:.0%}) | signal {r['signal']:.0%} | kl {r['kl']:.4f} | "
+            f"loss {r['loss']:.4f} | tok/s {r['gen_tok_s']:.2g} | {r['time_s']:.1f}s")
+
+
+def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[str, Task],
+             teacher: Teacher | None, tools: ToolConfig, out_dir: str | Path, opts: RLOptions) -> Path:
+    """Train the model in `model_dir` with GRPO on `items`; returns `<out_dir>/final`.
+
+    Writes `rl_config.yaml`, `rl_log.jsonl` (one record per step), `samples.jsonl` (a few
+    scored trajectories per step) and checkpoints; resumes from the latest checkpoint (and
+    trims the log to it) when rerun, and returns at once when `final` exists. `teacher` judges
+    key-step equivalence; it may be None when no item has an intervention or the key-step
+    reward is off."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from score_distill.models.local import LocalConfig, LocalModel
+
+    files = RunFiles(out_dir)
+    if (files.final / "config.json").is_file():
+        return files.final
+    pool = select_pool(items, opts.outcome_only_share, opts.seed)
+    if opts.short_horizon:  # a prefix that fills the turn budget leaves nothing to generate
+        pool = [i for i in pool if len(i.prefix) < opts.max_turns]
+    _check_inputs(pool, tasks_by_id, teacher, opts)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if opts.items_per_step % accelerator.num_processes:
+        raise ValueError(f"items_per_step={opts.items_per_step} does not split over {accelerator.num_processes} processes")
+    total = total_steps(opts, len(pool))
+    resume = files.latest_checkpoint()
+    start, start_dir = resume if resume is not None else (0, Path(model_dir))
+    # The engine owns the policy: generation always runs on the weights being trained.
+    engine = LocalModel(start_dir, LocalConfig(device=str(accelerator.device), autocast_bf16=opts.bf16, seed=opts.seed,
+                                             num_threads=opts.cpu_threads))
+    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ref.to(accelerator.device).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(engine.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    if resume is not None:
+        optimizer.load_state_dict(torch.load(start_dir / "optimizer.pt", weights_only=True))
+    model, optimizer = accelerator.prepare(engine.model, optimizer)
+    judge = KeyStepJudge(teacher) if teacher is not None else None
+    if accelerator.is_main_process:
+        files.out.mkdir(parents=True, exist_ok=True)
+        save_config(opts, files.out / "rl_config.yaml")
+        files.trim(start)
+        log.info("RL: %d items in the pool (%d with an intervention), %d steps, from %s", len(pool),
+                 sum(i.chosen is not None for i in pool), total, start_dir)
+    run = _Run(engine, model, ref, optimizer, accelerator, pool, tasks_by_id, tools, judge, opts)
+    for step in range(start, total):
+        record = run.step(step)
+        if accelerator.is_main_process:
+            files.append_log(record)
+            write_jsonl(files.samples_path, run.last_samples, append=True)
+            log.info(format_line(record, total))
+        if opts.save_every and (step + 1) % opts.save_every == 0 and step + 1 < total:
+            _checkpoint(files, accelerator, model, engine.tokenizer, optimizer, step + 1)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        files.save(files.final, accelerator.unwrap_model(model), engine.tokenizer)
+        shutil.rmtree(files.checkpoints, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return files.final
+
+
+def _check_inputs(pool: list[KeyStepItem], tasks_by_id: dict[str, Task], teacher: Teacher | None,
+                  opts: RLOptions) -> None:
+    if not pool:
+        raise ValueError("no RL items: the pool is empty (no interventions and outcome_only_share=0?)")
+    missing = sorted({i.task_id for i in pool} - set(tasks_by_id))
+    if missing:
+        raise KeyError(f"RL items refer to unknown tasks: {missing[:5]}")
+    if teacher is None and opts.key_step_reward and any(i.chosen is not None for i in pool):
+        raise ValueError("items with interventions need a teacher to judge key-step equivalence "
+                         "(or key_step_reward=False)")
+
+
+def _checkpoint(files: RunFiles, accelerator: Any, model: Any, tokenizer: Any, optimizer: Any, step: int) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        target = files.checkpoints / f"step-{step:06d}"
+        files.checkpoints.mkdir(parents=True, exist_ok=True)
+        files.save(target, accelerator.unwrap_model(model), tokenizer,
+                   {"optimizer": optimizer.state_dict(), "step": step})
+        for old in files.checkpoints.glob("step-*"):
+            if old != target:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+class _Run:
+    """What one training step needs, so `step` reads as the algorithm."""
+
+    def __init__(self, engine: Any, model: Any, ref: Any, optimizer: Any, accelerator: Any,
+                 pool: list[KeyStepItem], tasks_by_id: dict[str, Task], tools: ToolConfig,
+                 judge: KeyStepJudge | None, opts: RLOptions) -> None:
+        self.engine, self.model, self.ref, self.optimizer = engine, model, ref, optimizer
+        self.acc, self.pool, self.tasks_by_id, self.tools, self.judge, self.opts = (
+            accelerator, pool, tasks_by_id, tools, judge, opts)
+        tok = engine.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.last_samples: list[Trajectory] = []
+
+    def step(self, step: int) -> dict[str, Any]:
+        """Roll out, score, update; returns the step's log record (reduced over processes)."""
+        from score_distill.train.grpo import micro_batches, score, update
+
+        opts, acc = self.opts, self.acc
+        t0 = time.perf_counter()
+        mine = items_for_step(len(self.pool), step, opts.items_per_step, opts.seed)
+        items = [self.pool[i] for i in mine[acc.process_index :: acc.num_processes]]
+        samples = collect(self.engine, items, self.tasks_by_id, self.tools, self.judge, opts, step)
+        rollout_s = time.perf_counter() - t0
+        seqs = render_samples(self.engine.tokenizer, samples, opts.max_length)
+        alone = acc.num_processes == 1
+        usable = [i for i, (_, m) in enumerate(seqs) if 1 in m]
+        trained = [i for i in usable if samples[i].advantage != 0 or opts.kl_coef or not alone]
+        others = [i for i in usable if i not in trained]
+
+        def mbs(idx: list[int]) -> list:
+            return micro_batches([seqs[i] for i in idx], [samples[i].advantage for i in idx],
+                                 opts.micro_batch_size, self.pad_id) if idx else []
+
+        train_mbs = mbs(trained)
+        scored, kl, kl_tokens = score(self.model, self.ref, train_mbs + mbs(others), acc.device,
+                                      opts.temperature, opts.bf16)
+        stats = update(self.model, self.optimizer, acc.backward,
+                       lambda n: acc.clip_grad_norm_(self.model.parameters(), n), scored[: len(train_mbs)],
+                       clip_eps=opts.clip_eps, kl_coef=opts.kl_coef, ppo_epochs=opts.ppo_epochs,
+                       max_grad_norm=opts.max_grad_norm, temperature=opts.temperature, bf16=opts.bf16)
+        self.last_samples = [_annotate(s, step + 1) for s in samples[: opts.samples_per_step]]
+        return self._record(step, samples, len(trained), kl, kl_tokens, stats, rollout_s, t0)
+
+    def _record(self, step: int, samples: list[Sample], n_trained: int, kl: float, kl_tokens: float,
+                stats: UpdateStats, rollout_s: float, t0: float) -> dict[str, Any]:
+        """The step's log record, with sums and rewards taken over every process."""
+        import torch
+
+        acc = self.acc
+        local = [kl, kl_tokens, stats.loss, stats.tokens, stats.clipped, n_trained,
+                 sum(s.traj.generated_tokens for s in samples), sum(s.traj.n_turns - s.start for s in samples),
+                 sum(s.traj.finished for s in samples)]
+        (kl, kl_tokens, loss, tokens, clipped, n_trained, gen_tokens, turns, finished) = acc.reduce(
+            torch.tensor(local, dtype=torch.float64, device=acc.device), "sum").tolist()
+        rewards = acc.gather(torch.tensor([s.result.reward for s in samples], device=acc.device)).tolist()
+        n = max(1, len(rewards))
+        return {"step": step + 1, **reward_summary(rewards, self.opts.group_size),
+                "kl": kl / max(1.0, kl_tokens), "loss": loss / max(1.0, tokens), "clip_frac": clipped / max(1.0, tokens),
+                "grad_norm": stats.grad_norm / max(1, stats.passes), "trained_seqs": int(n_trained),
+                "gen_tokens": int(gen_tokens), "gen_tok_s": gen_tokens / max(rollout_s, 1e-9),
+                "turns": turns / n, "finished": finished / n,
+                "judge_calls": self.judge.calls if self.judge is not None else 0,
+                "rollout_s": round(rollout_s, 3), "time_s": round(time.perf_counter() - t0, 3)}
+
+
+def _annotate(s: Sample, step: int) -> Trajectory:
+    """A trajectory with its RL context in `meta`, for samples.jsonl."""
+    s.traj.meta.update({"rl_step": step, "reward": s.result.reward, "reward_kind": s.result.kind,
+                        "advantage": s.advantage, "prefix_len": s.start, "key_index": s.item.step_index})
+    return s.traj

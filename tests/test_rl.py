@@ -1,0 +1,366 @@
+"""SCoRe-RL trainer: rollouts from the verified prefix, loss masks, the GRPO maths, KL,
+checkpoints and resume, and a smoke run in which a tiny policy really learns."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from score_distill.agent.format import render_step
+from score_distill.models.scripted import ScriptedModel
+from score_distill.teachers.base import TeacherUsage
+from score_distill.tools.config import ToolConfig
+from score_distill.tools.sandbox import SandboxConfig
+from score_distill.train import rl
+from score_distill.train.grpo import clipped_loss, pad_left, token_logprobs
+from score_distill.train.rewards import KeyStepJudge, reward_summary
+from score_distill.train.rl import (RLOptions, collect, items_for_step, outcome_items, render_samples,
+                                    select_pool, train_rl)
+from score_distill.types import KeyStepItem, Step, Task, Trajectory, read_jsonl, write_jsonl
+
+TOOLS = ToolConfig(sandbox=SandboxConfig(timeout_s=5.0))
+PLAN = Step(kind="plan", thought="recall the secret, then add one")
+SET_SECRET = Step(kind="action", thought="set it", code="secret = 41\nprint('set')", observation="set")
+
+
+def act(code: str) -> str:
+    return f"<thought>step</thought>\n<code>\n{code}\n</code>"
+
+
+class CodeTeacher:
+    """Equivalence = same code."""
+
+    usage = TeacherUsage()
+
+    def equivalent(self, task: Task, prefix: list[Step], a: Step, b: Step) -> bool:
+        return a.code == b.code
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    from score_distill.models.builtin import builtin_path
+
+    old = os.environ.get("SCORE_DISTILL_CACHE")
+    os.environ["SCORE_DISTILL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        return builtin_path("tiny")
+    finally:
+        if old is None:
+            del os.environ["SCORE_DISTILL_CACHE"]
+        else:
+            os.environ["SCORE_DISTILL_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+def secret_item() -> tuple[Task, KeyStepItem]:
+    task = Task(id="s0", question="What is the secret plus one?", answer="42", suite="math")
+    item = KeyStepItem(task_id="s0", question=task.question, answer="42", suite="math",
+                       prefix=[PLAN, SET_SECRET], chosen=Step(kind="action", thought="t", code="print(secret)"),
+                       rejected=Step(kind="action", thought="t", code="print(0)"))
+    return task, item
+
+
+def turn_index(messages: list[dict[str, str]]) -> int:
+    return sum(m["role"] == "assistant" for m in messages)
+
+
+# ---------------------------------------------------------------- item order and pool
+
+
+def test_items_for_step_visits_every_item_once_per_epoch():
+    n, per = 7, 3
+    seen = [i for step in range(7) for i in items_for_step(n, step, per, seed=1)]  # 3 epochs
+    for epoch in range(3):
+        assert sorted(seen[epoch * n : (epoch + 1) * n]) == list(range(n))
+    assert seen[:n] != seen[n : 2 * n] or seen[n : 2 * n] != seen[2 * n :]  # epochs reshuffle
+    assert items_for_step(n, 4, per, seed=1) == seen[12:15]  # a pure function of the step
+
+
+def test_pool_keeps_every_intervention_and_a_share_of_the_rest():
+    _, keyed = secret_item()
+    plain = outcome_items([Task(id=f"p{i}", question="q", answer="1", suite="math") for i in range(10)])
+    for share in (0.0, 0.3, 1.0):
+        pool = select_pool([keyed] + plain, share, seed=0)
+        assert keyed in pool
+        assert sum(i.chosen is None for i in pool) == round(share * 10)
+    assert select_pool(plain, 0.5, 0) == select_pool(plain, 0.5, 0)
+
+
+def test_reward_summary_counts_levels_and_groups_with_signal():
+    rewards = [1.0, 1.0, 0.1, 0.0, 0.5, 0.5]
+    s = reward_summary(rewards, 2)
+    assert s["reward"] == pytest.approx(sum(rewards) / 6)
+    assert s["r1.0"] + s["r0.5"] + s["r0.1"] + s["r0"] == pytest.approx(1.0)
+    assert s["signal"] == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------- rollouts from the prefix
+
+
+def test_rollouts_start_at_the_prefix_with_rebuilt_state(tokenizer):
+    task, item = secret_item()
+    seen_turns = []
+
+    def policy(messages):
+        seen_turns.append(turn_index(messages))
+        return act("print(secret)") if turn_index(messages) == 2 else act("final_answer(secret + 1)")
+
+    opts = RLOptions(group_size=2, max_turns=5)
+    samples = collect(ScriptedModel(policy), [item], {task.id: task}, TOOLS, KeyStepJudge(CodeTeacher()), opts, 0)
+    assert len(samples) == 2 and min(seen_turns) == 2  # the prefix turns were never generated
+    for s in samples:
+        assert s.start == 2 and s.traj.steps[:2] == item.prefix
+        assert s.traj.steps[2].observation == "41"  # the prefix's variable lives in the new sandbox
+        assert s.traj.final_answer == "42" and s.result.kind == "correct"
+    # The loss mask covers exactly the generated turns (each with its end-of-turn token).
+    ids, mask = render_samples(tokenizer, samples[:1], 4096)[0]
+    runs, cur = [], []
+    for t, m in zip(ids, mask):
+        if m:
+            cur.append(t)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    runs += [cur] if cur else []
+    generated = samples[0].traj.steps[2:]
+    assert [tokenizer.decode(r) for r in runs] == [render_step(s) + tokenizer.eos_token for s in generated]
+    unmasked = tokenizer.decode([t for t, m in zip(ids, mask) if not m])
+    assert "secret = 41" in unmasked and "Observation: 41" in unmasked
+
+
+def test_without_short_horizon_rollouts_start_from_the_question():
+    task, item = secret_item()
+    script = {0: "<first_thought>go</first_thought>", 1: act("secret = 1"), 2: act("final_answer(secret)")}
+    model = ScriptedModel(lambda messages: script[min(turn_index(messages), 2)])
+    opts = RLOptions(group_size=2, max_turns=5, short_horizon=False)
+    samples = collect(model, [item], {task.id: task}, TOOLS, KeyStepJudge(CodeTeacher()), opts, 0)
+    for s in samples:
+        assert s.start == 0 and s.traj.steps[0].thought == "go"
+        # the key step (index 2 = len(prefix)) is judged: it is neither chosen nor rejected
+        assert s.result.kind == "neither" and s.result.reward == 0.1
+
+
+def test_group_advantages_are_set_per_item():
+    task, item = secret_item()
+    answers = iter(["42", "0", "42", "0"])
+    model = ScriptedModel(lambda messages: act(f"final_answer({next(answers)})"))
+    samples = collect(model, [item], {task.id: task}, TOOLS, KeyStepJudge(CodeTeacher()),
+                      RLOptions(group_size=4, max_turns=5), 0)
+    rewards = [s.result.reward for s in samples]
+    assert sorted(rewards) == [0.1, 0.1, 1.0, 1.0]  # a wrong answer that is neither chosen nor rejected
+    assert all((s.advantage > 0) == (s.result.reward == 1.0) for s in samples)
+    assert sum(s.advantage for s in samples) == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- GRPO maths
+
+
+def tiny_policy(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+
+
+def test_left_padding_gives_the_unpadded_log_probs(tiny_dir, tokenizer):
+    model = tiny_policy(tiny_dir)
+    a = tokenizer("Observation: 7 final_answer(x)", add_special_tokens=False)["input_ids"]
+    b = tokenizer("print(x)", add_special_tokens=False)["input_ids"]
+    ma, mb = [0] * 3 + [1] * (len(a) - 3), [0] + [1] * (len(b) - 1)
+    both = token_logprobs(model, pad_left([a, b], [ma, mb], pad_id=0))
+    for row, (ids, m) in enumerate([(a, ma), (b, mb)]):
+        alone = token_logprobs(model, pad_left([ids], [m], pad_id=0))
+        n = alone.shape[1]
+        torch.testing.assert_close(both[row, -n:], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_loss_is_the_policy_gradient_on_generated_tokens_only(tiny_dir, tokenizer):
+    """Independent check: the gradient of the loss equals the gradient of -advantage times the
+    log-probs of the tokens the renderer masks in (the generated turns), gathered by hand from
+    a plain unpadded forward pass."""
+    model = tiny_policy(tiny_dir)
+    task, item = secret_item()
+    steps = item.prefix + [Step(kind="action", thought="s", code="print(secret)", observation="41"),
+                           Step(kind="action", thought="f", code="final_answer(42)", observation="")]
+    traj = Trajectory(task_id="s0", steps=steps, final_answer="42", finished=True)
+    sample = rl.Sample(item, task.question, traj, 2, None, 0.7)  # type: ignore[arg-type]
+    ids, mask = render_samples(tokenizer, [sample], 4096)[0]
+    batch = pad_left([ids], [mask], pad_id=0)
+    logp = token_logprobs(model, batch)
+    loss, stats = clipped_loss(logp, logp.detach(), torch.tensor([0.7]), batch.loss_mask, 0.2)
+    loss.backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    full = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1], -1)
+    by_hand = full.gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
+    (-0.7 * sum(by_hand[t - 1] for t in range(1, len(ids)) if mask[t])).backward()
+    for mine, want in zip(ours, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(mine, want, atol=1e-5, rtol=1e-4)
+    assert loss.item() == pytest.approx(-0.7 * sum(mask))  # ratio 1 on the first pass
+    assert stats.tokens == sum(mask) < len(ids)
+
+
+def test_clip_stops_the_gradient_only_past_the_trust_region():
+    old = torch.zeros(1, 1)
+    for adv, moved, zero in [(1.0, 0.5, True), (-1.0, 0.5, False), (1.0, -0.5, False), (-1.0, -0.5, True)]:
+        logp = torch.full((1, 1), moved, requires_grad=True)  # ratio e^0.5 > 1.2 or e^-0.5 < 0.8
+        loss, stats = clipped_loss(logp, old, torch.tensor([adv]), torch.ones(1, 1), 0.2)
+        loss.backward()
+        assert (logp.grad.abs().item() == 0) == zero, (adv, moved)
+        assert stats.clipped == 1.0
+
+
+# ---------------------------------------------------------------- the trainer end to end
+
+
+def plain_world(n: int) -> tuple[list[Task], dict[str, Task]]:
+    tasks = [Task(id=f"m{i}", question=f"What is {i} + 1?", answer=str(i + 1), suite="math") for i in range(n)]
+    return tasks, {t.id: t for t in tasks}
+
+
+SMOKE = RLOptions(steps=3, items_per_step=2, group_size=2, max_new_tokens=6, max_turns=2, save_every=1,
+                  outcome_only_share=1.0, key_step_reward=False, micro_batch_size=2, cpu_threads=1)
+
+
+def test_smoke_run_logs_kl_zero_at_the_start_and_saves_a_loadable_model(tiny_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tasks, by_id = plain_world(3)
+    final = train_rl(tiny_dir, outcome_items(tasks), by_id, None, TOOLS, tmp_path, SMOKE)
+    records = [json.loads(line) for line in (tmp_path / "rl_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[0]["kl"] == 0.0  # policy and reference are the same model at step 1
+    assert all(r["gen_tokens"] > 0 and r["gen_tok_s"] > 0 for r in records)
+    assert AutoModelForCausalLM.from_pretrained(final).config.vocab_size > 0
+    assert not (tmp_path / "checkpoints").exists()
+    samples = read_jsonl(tmp_path / "samples.jsonl", Trajectory)
+    assert samples and all("reward" in s.meta for s in samples)
+
+
+def test_rerun_resumes_from_the_checkpoint_and_trims_the_log(tiny_dir, tmp_path, monkeypatch):
+    tasks, by_id = plain_world(3)
+    real_step = rl._Run.step
+
+    def dies_at_third(self, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_step(self, step)
+
+    monkeypatch.setattr(rl._Run, "step", dies_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        train_rl(tiny_dir, outcome_items(tasks), by_id, None, TOOLS, tmp_path, SMOKE)
+    assert (tmp_path / "checkpoints" / "step-000002" / "state.json").is_file()
+    with (tmp_path / "rl_log.jsonl").open("a") as f:
+        f.write('{"step": 3, "torn"')  # a record the killed run half wrote
+    stale = Trajectory(task_id="m0", meta={"rl_step": 3})  # as if written after the checkpoint
+    write_jsonl(tmp_path / "samples.jsonl", [stale], append=True)
+    monkeypatch.setattr(rl._Run, "step", real_step)
+    started = []
+    monkeypatch.setattr(rl, "items_for_step", lambda *a: started.append(a[1]) or items_for_step(*a))
+    final = train_rl(tiny_dir, outcome_items(tasks), by_id, None, TOOLS, tmp_path, SMOKE)
+    assert started == [2]
+    records = [json.loads(line) for line in (tmp_path / "rl_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    steps = [t.meta["rl_step"] for t in read_jsonl(tmp_path / "samples.jsonl", Trajectory)]
+    assert steps == sorted(steps) and set(steps) == {1, 2, 3} and len(steps) == 3 * SMOKE.samples_per_step
+    assert train_rl(tiny_dir, outcome_items(tasks), by_id, None, TOOLS, tmp_path, SMOKE) == final
+    assert started == [2]  # the third call found `final` and did nothing
+
+
+def test_inputs_that_cannot_train_are_refused(tiny_dir, tmp_path):
+    task, item = secret_item()
+    opts = RLOptions(max_turns=5)
+    with pytest.raises(ValueError, match="need a teacher"):
+        train_rl(tiny_dir, [item], {task.id: task}, None, TOOLS, tmp_path, opts)
+    with pytest.raises(KeyError, match="unknown tasks"):
+        train_rl(tiny_dir, [item], {}, CodeTeacher(), TOOLS, tmp_path, opts)
+    with pytest.raises(ValueError, match="pool is empty"):  # the prefix fills the turn budget
+        train_rl(tiny_dir, [item], {task.id: task}, CodeTeacher(), TOOLS, tmp_path, RLOptions(max_turns=2))
+    with pytest.raises(ValueError, match="pool is empty"):
+        train_rl(tiny_dir, outcome_items([task]), {task.id: task}, None, TOOLS, tmp_path,
+                 RLOptions(outcome_only_share=0.0))
+
+
+# ---------------------------------------------------------------- it learns
+
+ANSWERS = range(1, 9)
+GOOD = 7
+
+
+def action_text(v: int) -> str:
+    return act(f"final_answer({v})").replace("step", "t")
+
+
+def build_word_model(out: Path) -> None:
+    """A 1-layer Llama over a word-level vocabulary in which each candidate action is ONE
+    token: sampling a well-formed step is likely from the start, and the correct one is one
+    choice among eight, so the reward has room to rise."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from score_distill.models.builtin import CHATML_TEMPLATE
+
+    vocab = {"<unk>": 0, "<|endoftext|>": 1, "<|im_start|>": 2, "<|im_end|>": 3}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", unk_token="<unk>")
+    tok.add_tokens([action_text(v) for v in ANSWERS])
+    tok.chat_template = CHATML_TEMPLATE
+    tok.save_pretrained(out)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+                         bos_token_id=2, eos_token_id=3, pad_token_id=1, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = 3, 1
+    model.save_pretrained(out)
+
+
+def word_items(n: int) -> tuple[list[Task], list[KeyStepItem]]:
+    """Items whose key step is an answer: the fix answers GOOD, the mistake answered 3."""
+    tasks = [Task(id=f"w{i}", question=f"Question {i}", answer=str(GOOD), suite="math") for i in range(n)]
+    items = [KeyStepItem(task_id=t.id, question=t.question, answer=t.answer, suite="math",
+                         prefix=[Step(kind="plan", thought="answer")],
+                         chosen=Step(kind="action", thought="t", code=f"final_answer({GOOD})"),
+                         rejected=Step(kind="action", thought="t", code="final_answer(3)")) for t in tasks]
+    return tasks, items
+
+
+@pytest.mark.slow
+def test_grpo_with_key_step_reward_learns_the_right_step(tmp_path):
+    build_word_model(tmp_path / "model")
+    tasks, items = word_items(4)
+    opts = RLOptions(steps=12, items_per_step=2, group_size=4, lr=0.02, max_new_tokens=3, max_turns=3,
+                     save_every=0, samples_per_step=0, micro_batch_size=16, cpu_threads=1)
+    train_rl(tmp_path / "model", items, {t.id: t for t in tasks}, CodeTeacher(), TOOLS, tmp_path / "run", opts)
+    records = [json.loads(line) for line in (tmp_path / "run" / "rl_log.jsonl").read_text().splitlines()]
+    first = sum(r["reward"] for r in records[:3]) / 3
+    last = sum(r["reward"] for r in records[-3:]) / 3
+    assert records[0]["kl"] == 0.0 and records[-1]["kl"] > 0.0
+    assert last > first + 0.25 and last > 0.6, (first, last)
+
+
+def test_several_passes_clip_and_the_kl_penalty_runs_in_bf16(tmp_path):
+    """ppo_epochs > 1 moves the ratio away from 1, so the clip engages after the first pass;
+    with a KL penalty every sequence is trained and the KL leaves 0 after the first update."""
+    build_word_model(tmp_path / "model")
+    tasks, items = word_items(2)
+    opts = RLOptions(steps=2, items_per_step=2, group_size=4, lr=0.05, ppo_epochs=3, kl_coef=0.1, bf16=True,
+                     max_new_tokens=3, max_turns=3, save_every=0, samples_per_step=0, micro_batch_size=3,
+                     cpu_threads=1)
+    train_rl(tmp_path / "model", items, {t.id: t for t in tasks}, CodeTeacher(), TOOLS, tmp_path / "run", opts)
+    records = [json.loads(line) for line in (tmp_path / "run" / "rl_log.jsonl").read_text().splitlines()]
+    assert records[0]["kl"] == 0.0 and records[1]["kl"] > 0.0
+    assert records[0]["clip_frac"] > 0.0
+    assert all(r["trained_seqs"] == 8 and math.isfinite(r["loss"]) for r in records)
