@@ -191,6 +191,21 @@ def test_cpu_time_limit_stops_a_cell_and_keeps_state(make: MakeSandbox) -> None:
     assert sb.run("print(kept)").output == "yes\n"
 
 
+def test_auto_falls_back_to_process_isolation_with_one_warning(
+        make: MakeSandbox, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from score_distill.tools import sandbox as sandbox_module
+
+    monkeypatch.setattr(sandbox_module, "_namespaces_unusable", None)  # restored afterwards
+    monkeypatch.setattr(sandbox_module.shutil, "which", lambda name: None)  # no unshare here
+    with pytest.raises(sandbox_module.SandboxError, match="unshare"):
+        make(isolation="namespaces")
+    boxes = [make(), make()]
+    assert [b.isolation for b in boxes] == ["process", "process"]
+    assert boxes[1].run("print(1 + 1)").output == "2\n"
+    warnings = [r.getMessage() for r in caplog.records if "process isolation" in r.getMessage()]
+    assert len(warnings) == 1 and "unshare" in warnings[0] and "lost" in warnings[0]
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="isolation"):
         SandboxConfig(isolation="docker")
@@ -211,8 +226,9 @@ def test_fork_bomb_is_contained(make: MakeSandbox, isolation: str) -> None:
                     "            time.sleep(60)\n        n += 1\nexcept OSError as e:\n    print(n, e.errno)")
     forked = int(polite.output.split()[0])
     assert 1 <= forked < 16 and polite.output.split()[1] == "11"  # EAGAIN at the process limit
-    # Its children end with the step: only the interpreter (and unshare) remain.
-    assert len(sandbox_processes(sb, sb.uid)) == (2 if sb.isolation == "namespaces" else 1)
+    # Its children end with the step: only the interpreter remains (with namespaces, also
+    # unshare and the namespace's pid 1).
+    assert len(sandbox_processes(sb, sb.uid)) == (3 if sb.isolation == "namespaces" else 1)
     assert sb.run("print(kept)").output == "1\n"
     assert_healthy_and_clean(sb)
 
@@ -332,6 +348,9 @@ def test_os_exit_is_reported_and_state_rebuilt(make: MakeSandbox) -> None:
     sb.run("x = 'before'")
     r = sb.run("import os\nprint('bye', flush=True)\nos._exit(3)")
     assert (r.output, r.error, r.timed_out) == ("bye\n", "the interpreter exited with code 3", False)
+    assert sb.run("print(x)").output == "before\n"
+    r = sb.run("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    assert r.error == "the interpreter died (signal 9, SIGKILL) (killed: out of memory or CPU time?)"
     assert sb.run("print(x)").output == "before\n"
     assert_healthy_and_clean(sb)
 

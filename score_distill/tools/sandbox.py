@@ -113,7 +113,7 @@ def _fall_back(reason: str) -> None:
     with _fallback_lock:
         if _namespaces_unusable is None:
             _namespaces_unusable = reason
-            lost = ("the network stays blocked (seccomp) and the limits hold; lost: a private pid "
+            lost = ("the limits and the seccomp network block hold; lost: a private pid "
                     "namespace and a read-only file system, so model code can see other processes "
                     "and write to world-writable places such as /tmp")
             if os.geteuid() != 0:
@@ -128,6 +128,7 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig | None = None, search: Callable[[str], str] | None = None) -> None:
         self._closed = False
+        self._lock = threading.RLock()  # one cell at a time, whichever thread asks
         self.config = config or SandboxConfig()
         self._search = search
         self._history: list[str] = []
@@ -170,10 +171,16 @@ class Sandbox:
 
     def run(self, code: str) -> CellResult:
         """Run one cell in the persistent interpreter."""
+        with self._lock:
+            return self._run(code)
+
+    def _run(self, code: str) -> CellResult:
         if self._closed:
             raise SandboxError("run() on a closed sandbox")
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
+        if self._interp is not None and not self._interp.alive():
+            self._stop()  # killed between cells (e.g. a background thread of the model): rebuild
         if self._interp is None:
             self._rebuild()
         assert self._interp is not None
@@ -196,28 +203,31 @@ class Sandbox:
 
     def replay(self, cells: Sequence[str]) -> list[CellResult]:
         """A fresh interpreter, then `cells` in order: the state of a prefix, with results."""
-        self.reset()
-        return [self.run(code) for code in cells]
+        with self._lock:
+            self.reset()
+            return [self._run(code) for code in cells]
 
     def reset(self) -> None:
         """A fresh, empty interpreter (history cleared)."""
-        if self._closed:
-            raise SandboxError("reset() on a closed sandbox")
-        self._history = []
-        self._stop()
-        self._start()
+        with self._lock:
+            if self._closed:
+                raise SandboxError("reset() on a closed sandbox")
+            self._history = []
+            self._stop()
+            self._start()
 
     def close(self) -> None:
         """Kill the interpreter and everything it started; remove the work dir. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stop()
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
-        if self._lease is not None:
-            self._lease.release()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop()
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+            if self._lease is not None:
+                self._lease.release()
 
     def __enter__(self) -> Sandbox:
         return self

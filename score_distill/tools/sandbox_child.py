@@ -12,6 +12,7 @@ wire format: a 4-byte big-endian length and a UTF-8 JSON object, both ways.
     child -> parent  {"op": "ready"} | {"op": "setup_error", "message": str}
                      {"op": "search", "query": str}
                      {"op": "done", "error": str | None, "final_answer": str | None}
+                     {"op": "exit", "code": int} or {"op": "exit", "signal": int}  (pid 1, below)
 
 stdout and stderr (fds 1 and 2) are one pipe of their own, which the parent reads as it comes.
 
@@ -36,7 +37,10 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 HEADER = struct.Struct(">I")
 MAX_MESSAGE_BYTES = 8 << 20
@@ -291,6 +295,26 @@ def serve(session: Session) -> None:
         channel.send({"op": "done", "error": error, "final_answer": session.final})
 
 
+def supervise(worker: int, channel: Channel) -> None:
+    """pid 1 of the namespace (with namespaces only): reap orphans, and tell the parent how
+    the interpreter ended, since unshare cannot pass on a death by SIGKILL. Keeping model code
+    out of pid 1 also gives it ordinary signals (pid 1 ignores the ones it has no handler for)."""
+    os.close(channel.read_fd)
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == worker:
+            break
+    if os.WIFSIGNALED(status):
+        report = {"op": "exit", "signal": os.WTERMSIG(status)}
+    else:
+        report = {"op": "exit", "code": os.waitstatus_to_exitcode(status)}
+    try:
+        channel.send(report)
+    except BrokenPipeError:
+        pass  # the parent is gone already
+    os._exit(0)  # the kernel now ends whatever is left in the namespace
+
+
 def main(argv: list[str]) -> int:
     settings = json.loads(argv[1])
     for fd in (1, 2):  # model output: one pipe for both, read by the parent as it comes
@@ -307,6 +331,10 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         channel.send({"op": "setup_error", "message": f"{type(exc).__name__}: {exc}"})
         return 1
+    if settings["mode"] == "namespaces":
+        worker = os.fork()
+        if worker > 0:
+            supervise(worker, channel)
     session = Session(settings, channel)
     signal.signal(signal.SIGXCPU, session.on_cpu_limit)
     threading.Thread(target=_exit_with_parent, args=(channel.read_fd,), daemon=True).start()

@@ -31,7 +31,10 @@ import re
 import resource
 import signal
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 # Linux constants (the same on x86_64 and aarch64).
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8

@@ -101,11 +101,6 @@ def list_processes() -> list[ProcessInfo]:
     return out
 
 
-def processes_of(uid: int, live_only: bool = True) -> list[int]:
-    """Pids of the processes running as `uid`; with live_only, zombies (dead) left out."""
-    return [p.pid for p in list_processes() if p.uid == uid and not (live_only and p.state in ("Z", "X"))]
-
-
 def busy_uids() -> set[int]:
     """The owners of /proc/<pid>: a quick look (stat only) at which uids have processes. A
     process that made itself undumpable shows as root, so this is for choosing, not killing."""
@@ -204,6 +199,7 @@ class Interpreter:
                  uid: int | None, namespaces: bool) -> None:
         self.uid, self.namespaces = uid, namespaces
         self._broken: str | None = None  # set when the child sent garbage
+        self._exit_report: dict[str, Any] | None = None  # how pid 1 saw the interpreter end
         cmd_r, self._cmd_w = os.pipe()
         self._resp_r, resp_w = os.pipe()
         self._out_r, out_w = os.pipe()
@@ -262,6 +258,10 @@ class Interpreter:
             if isinstance(message, str):
                 status = message
                 break
+            if message["op"] == "exit":  # from pid 1 of the namespace: the interpreter is gone
+                self._exit_report = message
+                status = "closed"
+                break
             if message["op"] == "search":
                 started = time.monotonic()
                 reply = _call_search(search, message.get("query"))
@@ -293,12 +293,12 @@ class Interpreter:
             pass
         self.kill()  # whatever it left behind (and the child itself, if it hung on)
         self._drain_output(capture)
-        code = self.proc.returncode
-        if code < 0:
-            name = signal.Signals(-code).name if -code in signal.valid_signals() else "?"
-            hint = " (killed: out of memory or CPU time?)" if -code == signal.SIGKILL else ""
-            return f"the interpreter died (signal {-code}, {name}){hint}"
-        return f"the interpreter exited with code {code}"
+        report = self._exit_report
+        if report is not None and isinstance(report.get("signal"), int):
+            return describe_exit(-report["signal"])
+        if report is not None and isinstance(report.get("code"), int):
+            return describe_exit(report["code"])
+        return describe_exit(self.proc.returncode)
 
     def _send(self, message: dict[str, Any], deadline: float) -> str:
         """Write one message: "ok", or "timeout" / "closed" when that was not possible."""
@@ -362,6 +362,10 @@ class Interpreter:
     def _drain_output(self, capture: OutputCapture) -> None:
         self._read_output(capture, limit=1 << 62)
 
+    def alive(self) -> bool:
+        """Whether it can still take a cell (something may have killed it between cells)."""
+        return self.proc.poll() is None and self._resp_open and self._broken is None
+
     def kill(self) -> None:
         """End the interpreter and everything it started, and reap it."""
         if self.proc.returncode is None:
@@ -389,15 +393,39 @@ class Interpreter:
         if self._cmd_w >= 0:
             os.close(self._cmd_w)
             self._cmd_w = -1
+        # Its reply pipe closes when the interpreter (and unshare) are gone: wait for that on
+        # the pipe, since Popen.wait(timeout) polls with sleeps of up to 50 ms.
+        deadline = time.monotonic() + 1.0
+        while self._resp_open and self._broken is None and time.monotonic() < deadline:
+            self._frames.clear()
+            self._next_message(deadline, OutputCapture(1))
         try:
             self.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
             pass
-        self.kill()
+        if self.proc.returncode is None:
+            self.kill()
+        elif not self.namespaces and self.uid is not None and self.uid in busy_uids():
+            # Its last cell ended every process of the uid (kill(-1)); a quick look is enough
+            # to catch what a thread of the model started after that.
+            kill_uid(self.uid)
         for fd in (self._resp_r, self._out_r, self._err_r):
             if fd >= 0:
                 os.close(fd)
         self._resp_r = self._out_r = self._err_r = -1
+
+
+def describe_exit(code: int) -> str:
+    """An exit status (negative: killed by that signal) in words.
+
+    >>> describe_exit(-11)
+    'the interpreter died (signal 11, SIGSEGV)'
+    """
+    if code >= 0:
+        return f"the interpreter exited with code {code}"
+    name = signal.Signals(-code).name if -code in signal.valid_signals() else "?"
+    hint = " (killed: out of memory or CPU time?)" if -code == signal.SIGKILL else ""
+    return f"the interpreter died (signal {-code}, {name}){hint}"
 
 
 def _signal(pid: int, sig: int) -> None:
