@@ -1,0 +1,75 @@
+"""`score-distill mentor`: Mentored Problem-Solving (SCoRe stage 1).
+
+    score-distill mentor --student smollm2-135m --teacher reference --tasks math:train --n 200 \
+        --exclude runs/bc --out runs/mps
+    score-distill mentor --student runs/bc/final --teacher openai:qwen2.5-72b@http://127.0.0.1:8000/v1 \
+        --tasks my-train.jsonl --max-interventions 5 --out runs/mps
+
+Writes DIR/records.jsonl (one line per finished task), mps_trajectories.jsonl, keysteps.jsonl,
+summary.json, config.yaml and export/ (SFT/RL split, TRL/LLaMA-Factory/verl files), and
+prints the summary. Killed at any moment, the same command resumes where it stopped. Every
+config field is a flag (e.g. `--rollout.temperature 0.6`, `--split.sft-share 0.5`); `--seed`
+also seeds sampling and the split unless `--rollout.seed` / `--split.seed` are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "mentored problem-solving: student rollouts, teacher fixes at the first error; writes MPS records"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from score_distill.config import add_arguments as add_config
+    from score_distill.mentor import MentorConfig
+
+    parser.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
+    parser.add_argument("--config", default=None, help="YAML file of MentorConfig values (flags override it)")
+    add_config(parser, MentorConfig)
+
+
+def seed_overrides(args: argparse.Namespace, sections: tuple[str, ...]) -> list[str]:
+    """`--seed K` also sets `<section>.seed` for each section not given explicitly.
+
+    >>> seed_overrides(argparse.Namespace(**{"seed": "3", "rollout.seed": None, "split.seed": "1"}), ("rollout", "split"))
+    ['rollout.seed=3']
+    """
+    if getattr(args, "seed", None) is None:
+        return []
+    return [f"{s}.seed={args.seed}" for s in sections if getattr(args, f"{s}.seed", None) is None]
+
+
+def excluded_ids(spec: str) -> set[str]:
+    """Task ids to leave out: a BC output directory (its `chosen_ids.json`) or a JSON file
+    holding a list of ids."""
+    from pathlib import Path
+
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "chosen_ids.json"
+    ids = json.loads(path.read_text())
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"{path}: expected a JSON list of task ids")
+    return set(ids)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from score_distill.config import apply_overrides, load_yaml, overrides_from_args
+    from score_distill.mentor import MentorConfig, mentor
+    from score_distill.models.load import load_model
+    from score_distill.tasks.load import load_tasks
+    from score_distill.teachers.load import load_teacher
+
+    overrides = overrides_from_args(args, MentorConfig) + seed_overrides(args, ("rollout", "split"))
+    cfg = load_yaml(MentorConfig, args.config, overrides) if args.config else apply_overrides(MentorConfig(), overrides)
+    tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed)
+    if cfg.exclude:
+        skip = excluded_ids(cfg.exclude)
+        tasks = [t for t in tasks if t.id not in skip]
+    teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache")
+    summary = mentor(load_model(cfg.student), teacher, tasks, args.out, cfg)
+    print(json.dumps(summary, indent=2))
+    return 0

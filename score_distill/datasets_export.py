@@ -1,0 +1,245 @@
+"""Training sets from MPS records: the SCoRe SFT/RL split, and exports for other trainers.
+
+The split (SCORE_METHOD.md, stages 2-3), seeded and made BY QUESTION: solved tasks are
+grouped by their normalised question text, the groups are shuffled with `seed`, and the
+first `sft_share` of them (50%) form the SFT half, the rest the RL half, so no question is
+in both. Then, each decided by its own seeded draw (independent of the other tasks):
+- SFT set: the final trajectories of the SFT-half tasks; a trajectory solved with zero
+  interventions is kept with probability `keep_zero_intervention` (0.5);
+- RL set: the key-step items of the RL-half tasks, plus, for a share
+  `outcome_only_share` of the RL-half tasks solved without interventions, an outcome-only
+  item (empty prefix, `chosen`/`rejected` None) that starts RL from the question.
+
+Files written by `export_mentor(records, DIR, config)` (BC data goes through `export_sft`):
+- `split.json`: {"seed", "counts", "sft_tasks": [...], "rl_tasks": [...]} (task ids sorted);
+- `sft_trajectories.jsonl`: our own format, `Trajectory` records with `meta["question"]`;
+  `read_sft_examples` turns it into the (question, steps) pairs that `train.sft` takes. Our
+  trainer renders them with `train/render.py`, the single place that decides loss masks;
+- `sft_trl.jsonl`: TRL's conversational format, one {"messages": [{"role", "content"}, ...]}
+  per trajectory, from `agent.format.to_messages` (system, question, then assistant steps
+  and "Observation: ..." user turns; the observation after the final step is dropped).
+  TRL's assistant-only loss needs a chat template with generation markers
+  ({% generation %}); with other templates TRL trains on every token, observations included;
+- `sft_sharegpt.jsonl` + `dataset_info.json`: LLaMA-Factory's ShareGPT format, one
+  {"conversations": [{"from": "human"|"gpt", "value"}...], "system": SYSTEM_PROMPT} per
+  trajectory. Turns alternate human/gpt, starting with the question and ending with the last
+  step (an even count, as LLaMA-Factory requires). Observations are "human" turns holding
+  "Observation: ...", exactly the user turns our rollout shows the model; LLaMA-Factory's
+  "observation" role would be rendered with the template's tool-result wrapper instead.
+  `dataset_info.json` is the entry to merge into LLaMA-Factory's data/dataset_info.json
+  (formatting "sharegpt", columns messages=conversations and system=system);
+- `rl_items.jsonl`: our own format, `KeyStepItem` records;
+- `rl_verl.parquet`: verl's RL format, one row per item: `data_source` ("score-distill/<suite>"),
+  `prompt` (chat messages up to the prefix: system, question, each prefix step and its
+  observation, ready for the key step), `ability` (the suite), `reward_model`
+  {"style": "rule", "ground_truth": gold answer}, `extra_info` {"split", "index", "task_id",
+  "step_index", "intervention", "outcome_only", "question", "prefix", "chosen", "rejected"}
+  where prefix/chosen/rejected are JSON texts of our `Step` records ("" when absent), which
+  a reward function needs to compare the key step with the teacher's and student's steps.
+
+    from score_distill.datasets_export import SplitConfig, export_mentor, load_mentor_records
+    export_mentor(load_mentor_records("runs/mps"), "runs/mps/export", SplitConfig(seed=0))
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from score_distill.agent.format import SYSTEM_PROMPT, to_messages
+from score_distill.agent.rollout import derive_seed
+from score_distill.config import option
+from score_distill.types import KeyStepItem, Step, Trajectory, read_jsonl, write_jsonl
+
+if TYPE_CHECKING:
+    from score_distill.mentor import MentorRecord
+
+
+@dataclass
+class SplitConfig:
+    seed: int = option(0, "seed of the split and of the keep/outcome-only draws")
+    sft_share: float = option(0.5, "share of solved questions in the SFT half (the rest go to RL)")
+    keep_zero_intervention: float = option(0.5, "probability that an SFT-half trajectory solved without help is kept")
+    outcome_only_share: float = option(1.0, "share of RL-half tasks solved without help that become outcome-only RL items")
+
+
+@dataclass
+class SFTExample:
+    """A trajectory to fine-tune on: the question and the steps with their observations."""
+
+    task_id: str
+    question: str
+    answer: str
+    suite: str
+    steps: list[Step]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Split:
+    sft_tasks: list[str]
+    rl_tasks: list[str]
+    sft: list[SFTExample]
+    rl: list[KeyStepItem]
+
+
+def question_key(question: str) -> str:
+    """The grouping key of a question: lower case, whitespace collapsed.
+
+    >>> question_key("  How many   Apples? ") == question_key("how many apples?")
+    True
+    """
+    return re.sub(r"\s+", " ", question.strip().lower())
+
+
+def draw(seed: int, what: str, task_id: str) -> float:
+    """A uniform number in [0, 1) for one decision about one task, independent of the others.
+
+    >>> draw(0, "keep", "t1") == draw(0, "keep", "t1") != draw(1, "keep", "t1")
+    True
+    """
+    return random.Random(derive_seed("split", seed, what, task_id)).random()
+
+
+def split_records(records: list[MentorRecord], cfg: SplitConfig) -> Split:
+    """The seeded SFT/RL split of the solved tasks (see the module docstring)."""
+    solved = [r for r in records if r.status == "solved"]
+    groups: dict[str, list[MentorRecord]] = {}
+    for r in solved:
+        groups.setdefault(question_key(r.question), []).append(r)
+    keys = sorted(groups)
+    random.Random(derive_seed("split", cfg.seed, "groups")).shuffle(keys)
+    n_sft = round(cfg.sft_share * len(keys))
+    # Sorted by id: the split depends on the set of records, not on their order on disk.
+    sft_recs = sorted((r for k in keys[:n_sft] for r in groups[k]), key=lambda r: r.task_id)
+    rl_recs = sorted((r for k in keys[n_sft:] for r in groups[k]), key=lambda r: r.task_id)
+    sft = [SFTExample(r.task_id, r.question, r.answer, r.suite, r.trajectory.steps,
+                      {"interventions": len(r.interventions)})
+           for r in sft_recs
+           if r.interventions or draw(cfg.seed, "keep", r.task_id) < cfg.keep_zero_intervention]
+    rl: list[KeyStepItem] = []
+    for r in rl_recs:
+        rl.extend(r.keysteps)
+        if not r.interventions and draw(cfg.seed, "outcome", r.task_id) < cfg.outcome_only_share:
+            rl.append(KeyStepItem(task_id=r.task_id, question=r.question, answer=r.answer, suite=r.suite,
+                                  meta={"outcome_only": True}))
+    return Split([r.task_id for r in sft_recs], [r.task_id for r in rl_recs], sft, rl)
+
+
+def sft_messages(question: str, steps: list[Step]) -> list[dict[str, str]]:
+    """Chat messages of a finished trajectory for SFT (no trailing observation).
+
+    >>> [m["role"] for m in sft_messages("q", [Step(kind="plan", thought="p")])]
+    ['system', 'user', 'assistant']
+    """
+    messages = to_messages(question, steps)
+    return messages[:-1] if steps else messages
+
+
+def sharegpt_row(question: str, steps: list[Step]) -> dict[str, Any]:
+    """One LLaMA-Factory ShareGPT row.
+
+    >>> [t["from"] for t in sharegpt_row("q", [Step(kind="plan", thought="p")])["conversations"]]
+    ['human', 'gpt']
+    """
+    messages = sft_messages(question, steps)
+    names = {"user": "human", "assistant": "gpt"}
+    turns = [{"from": names[m["role"]], "value": m["content"]} for m in messages if m["role"] != "system"]
+    return {"conversations": turns, "system": messages[0]["content"]}
+
+
+def dataset_info(name: str, file_name: str) -> dict[str, Any]:
+    """The LLaMA-Factory dataset_info.json entry for a ShareGPT file written here."""
+    return {name: {"file_name": file_name, "formatting": "sharegpt",
+                   "columns": {"messages": "conversations", "system": "system"},
+                   "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}}}
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def export_sft(examples: list[SFTExample], out_dir: str | Path, name: str = "sft") -> dict[str, int]:
+    """Write an SFT set in our format, TRL's and LLaMA-Factory's (see the module docstring)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trajs = [Trajectory(task_id=e.task_id, steps=e.steps, final_answer=e.steps[-1].final_answer if e.steps else None,
+                        finished=True, meta={"question": e.question, "answer": e.answer, "suite": e.suite, **e.meta})
+             for e in examples]
+    write_jsonl(out / f"{name}_trajectories.jsonl", trajs)
+    _write_rows(out / f"{name}_trl.jsonl", [{"messages": sft_messages(e.question, e.steps)} for e in examples])
+    _write_rows(out / f"{name}_sharegpt.jsonl", [sharegpt_row(e.question, e.steps) for e in examples])
+    info = dataset_info(f"score_distill_{name}", f"{name}_sharegpt.jsonl")
+    (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return {name: len(examples)}
+
+
+def read_sft_examples(path: str | Path) -> list[tuple[str, list[Step]]]:
+    """The (question, steps) pairs of a `*_trajectories.jsonl` SFT file, for `train.sft`."""
+    return [(t.meta["question"], t.steps) for t in read_jsonl(path, Trajectory)]
+
+
+def _step_json(step: Step | None) -> str:
+    return "" if step is None else step.to_json()
+
+
+def verl_rows(items: list[KeyStepItem]) -> list[dict[str, Any]]:
+    """verl rows (data_source, prompt, ability, reward_model, extra_info) for RL items."""
+    rows = []
+    for i, it in enumerate(items):
+        rows.append({
+            "data_source": f"score-distill/{it.suite}",
+            "prompt": to_messages(it.question, it.prefix, system=SYSTEM_PROMPT),
+            "ability": it.suite,
+            "reward_model": {"style": "rule", "ground_truth": it.answer},
+            "extra_info": {"split": "train", "index": i, "task_id": it.task_id, "step_index": it.step_index,
+                           "intervention": int(it.meta.get("intervention", 0)),
+                           "outcome_only": bool(it.meta.get("outcome_only", False)), "question": it.question,
+                           "prefix": json.dumps([s.to_dict() for s in it.prefix], ensure_ascii=False),
+                           "chosen": _step_json(it.chosen), "rejected": _step_json(it.rejected)},
+        })
+    return rows
+
+
+def write_verl(items: list[KeyStepItem], path: str | Path) -> None:
+    """Write RL items as a verl parquet file, with a fixed schema (also for zero rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = pa.string()
+    message = pa.struct([("role", text), ("content", text)])
+    extra = pa.struct([("split", text), ("index", pa.int64()), ("task_id", text), ("step_index", pa.int64()),
+                       ("intervention", pa.int64()), ("outcome_only", pa.bool_()), ("question", text),
+                       ("prefix", text), ("chosen", text), ("rejected", text)])
+    schema = pa.schema([("data_source", text), ("prompt", pa.list_(message)), ("ability", text),
+                        ("reward_model", pa.struct([("style", text), ("ground_truth", text)])),
+                        ("extra_info", extra)])
+    pq.write_table(pa.Table.from_pylist(verl_rows(items), schema=schema), str(path))
+
+
+def export_mentor(records: list[MentorRecord], out_dir: str | Path, cfg: SplitConfig) -> dict[str, Any]:
+    """Split the solved MPS tasks and write every export into `out_dir`; returns the counts."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    split = split_records(records, cfg)
+    counts = {"sft_tasks": len(split.sft_tasks), "rl_tasks": len(split.rl_tasks), "sft_examples": len(split.sft),
+              "rl_items": len(split.rl), "rl_outcome_only": sum(bool(i.meta.get("outcome_only")) for i in split.rl)}
+    (out / "split.json").write_text(json.dumps({"seed": cfg.seed, "counts": counts, "sft_tasks": split.sft_tasks,
+                                                 "rl_tasks": split.rl_tasks}, indent=2) + "\n")
+    export_sft(split.sft, out, name="sft")
+    write_jsonl(out / "rl_items.jsonl", split.rl)
+    write_verl(split.rl, out / "rl_verl.parquet")
+    return counts
+
+
+def load_mentor_records(mentor_dir: str | Path) -> list[MentorRecord]:
+    """The records of an MPS output directory, in file order."""
+    from score_distill.mentor import MentorRecord
+
+    return read_jsonl(Path(mentor_dir) / "records.jsonl", MentorRecord)

@@ -1,0 +1,433 @@
+"""Mentored Problem-Solving (SCoRe stage 1): the student acts, the teacher fixes its first
+critical error, the student carries on from the fix.
+
+For each task:
+1. the student rolls out a full trajectory (sampling seeded per (stage, task, sample, turn));
+2. if its final answer scores wrong (`tasks.scoring.score_answer`, the scorer evaluation and
+   RL rewards use), the teacher judges it and names the first critical error k;
+3. the teacher writes one replacement for step k. It runs in a FRESH sandbox that replays
+   the successful cells of the verified prefix steps[:k], never in the state left by the
+   discarded steps, and gets its observation in the one observation format;
+4. the student continues from prefix + fixed step up to the turn budget (8 turns overall);
+   a fixed step that calls final_answer ends the episode;
+5. 2-4 repeat up to `max_interventions` times. A trajectory that ends correct is "solved",
+   one that never does is "hard_to_teach". A failed judge or repair (`TeacherFailure`, a
+   step out of range, "no error" in a wrong trajectory, a malformed step) marks the task
+   "teacher_failed" with its reason: recorded, never dropped.
+
+Work moves in rounds: every task in flight gets its rollout in ONE `rollout()` call (the
+student generates for all of them together), then the teacher phase runs in threads. A
+task's result depends only on its own seeds and teacher replies, never on which tasks share
+a round, so a resumed run equals an uninterrupted one.
+
+Output directory:
+- `records.jsonl`: the source of truth, one `MentorRecord` per finished task, appended with
+  one write + fsync (`RecordLog`). Killed at any moment and started again, a run cuts a torn
+  last line, skips finished tasks and redoes only those in flight (their teacher calls hit
+  the LLM teacher's content cache). Teacher calls and tokens are stored per task, so totals
+  never count work repeated after a crash;
+- `mps_trajectories.jsonl`: every task's final trajectory, kept or not, with
+  `meta["status"]`, `meta["interventions"]` and each step's author;
+- `keysteps.jsonl`: one `KeyStepItem` per intervention of a solved task whose fix survives
+  in the final trajectory (a later fix at an earlier step discards it): prefix = the
+  verified steps before k, chosen = the teacher's step and rejected = the student's step,
+  each with its observation, meta {"intervention" (1-based), "analysis", "suggestion",
+  "step_index"};
+- `summary.json` (printed by the command), `config.yaml`, and `export/` (the SFT/RL split,
+  `datasets_export`). All but `records.jsonl` are rebuilt from it at the end.
+
+    summary = mentor(student_model, teacher, tasks, "runs/mps", MentorConfig())
+    score-distill mentor --student smollm2-135m --teacher reference --tasks math:train --out runs/mps
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Generic, Iterator, TypeVar
+
+from tqdm import tqdm
+
+from score_distill.agent.format import format_observation, parse_turn, render_step
+from score_distill.agent.rollout import Episode, RolloutConfig, rollout
+from score_distill.config import option, save_config, to_dict
+from score_distill.datasets_export import SplitConfig, export_mentor
+from score_distill.models.base import ChatModel
+from score_distill.tasks.scoring import score_answer
+from score_distill.teachers.base import Teacher
+from score_distill.teachers.llm import TeacherFailure
+from score_distill.tools.config import ToolConfig, open_sandbox
+from score_distill.types import Intervention, KeyStepItem, Record, SchemaError, Step, Task, Trajectory, write_jsonl
+
+R = TypeVar("R", bound=Record)
+
+
+class RecordLog(Generic[R]):
+    """An append-only JSONL file of finished work: one line per finished item, written with
+    one write() + flush + fsync, so a crash loses at most the line being written.
+
+    `load()` cuts a torn last line off the file (the writer died mid-line), then returns the
+    records by key; a malformed line elsewhere, or a key seen twice, raises (corruption or
+    our bug, not a crash). Only one thread appends (the caller's main loop).
+    """
+
+    def __init__(self, path: str | Path, cls: type[R], key: Callable[[R], str]):
+        self.path, self.cls, self.key = Path(path), cls, key
+
+    def load(self) -> dict[str, R]:
+        if not self.path.exists():
+            return {}
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            os.truncate(self.path, end)
+        out: dict[str, R] = {}
+        for i, line in enumerate(data[:end].decode("utf-8").split("\n")):
+            if not line.strip():
+                continue
+            try:
+                record = self.cls.from_dict(json.loads(line))
+            except (json.JSONDecodeError, SchemaError) as e:
+                raise SchemaError(f"{self.path}:{i + 1}: {e}") from None
+            k = self.key(record)
+            if k in out:
+                raise SchemaError(f"{self.path}:{i + 1}: {k!r} is recorded twice")
+            out[k] = record
+        return out
+
+    def append(self, record: R) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(record.to_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def open_run_dir(out: Path, config: Any, resume_free: tuple[str, ...] = ()) -> None:
+    """Create `out` and save the resolved config. When `out` already holds a run, its config
+    must match (keys under `resume_free` may differ: they change speed, not results), so a
+    resumed run never mixes records made under other settings."""
+    import yaml
+
+    path = out / "config.yaml"
+    if path.exists():
+        old = _flat(yaml.safe_load(path.read_text()) or {})
+        new = _flat(json.loads(json.dumps(to_dict(config))))
+        free = lambda k: any(k == f or k.startswith(f + ".") for f in resume_free)  # noqa: E731
+        diff = sorted(k for k in set(old) | set(new) if not free(k) and old.get(k) != new.get(k))
+        if diff:
+            raise ValueError(f"{out} holds a run made with other settings ({', '.join(diff)}); "
+                             "rerun with the same settings to resume, or use a new output directory")
+    save_config(config, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _mps_rollout() -> RolloutConfig:
+    return RolloutConfig(temperature=0.6, top_p=0.95, stage="mps")
+
+
+@dataclass
+class MentorConfig:
+    student: str = option("smollm2-135m", "student: built-in name, local HF directory, or openai:<model>@<base-url>")
+    teacher: str = option("reference", "teacher: reference, or openai:<model>@<base-url>")
+    tasks: str = option("math:train", "SUITE:SPLIT of a built-in suite, or a task JSONL file")
+    n: int | None = option(None, "number of tasks (default: a suite's default size / the whole file)")
+    seed: int = option(0, "seed of the task generator (sampling is seeded by rollout.seed)")
+    exclude: str | None = option(None, "leave out these tasks: a BC output directory (its chosen_ids.json) or a JSON list of ids")
+    max_interventions: int = option(3, "teacher fixes per task before it is marked hard to teach")
+    teacher_concurrency: int = option(8, "teacher calls (judge, repair, fix execution) run at once")
+    max_in_flight: int = option(256, "tasks worked on at once; they move through rounds together")
+    rollout: RolloutConfig = field(default_factory=_mps_rollout, metadata={"help": "student sampling and turn budget"})
+    tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
+    split: SplitConfig = field(default_factory=SplitConfig, metadata={"help": "SFT/RL split and exports"})
+
+
+# Settings that change speed, not results: a run may be resumed with other values.
+RESUME_FREE = ("teacher_concurrency", "max_in_flight", "rollout.batch_size", "split")
+
+
+@dataclass
+class MentorRecord(Record):
+    """Everything MPS produced for one task, written as one line when the task finishes."""
+
+    task_id: str
+    question: str
+    answer: str
+    suite: str
+    status: str
+    trajectory: Trajectory
+    interventions: list[Intervention] = field(default_factory=list)
+    keysteps: list[KeyStepItem] = field(default_factory=list)
+    reason: str | None = None
+    teacher_calls: int = 0
+    teacher_tokens: int = 0
+    student_tokens: int = 0
+
+    _nested: ClassVar[dict[str, tuple[type, bool]]] = {
+        "trajectory": (Trajectory, False),
+        "interventions": (Intervention, True),
+        "keysteps": (KeyStepItem, True),
+    }
+
+
+def prefix_cells(steps: list[Step]) -> list[str]:
+    """The cells that rebuild a prefix's interpreter state: its successful actions, in order
+    (the rule the rollout uses when it starts from a prefix).
+
+    >>> prefix_cells([Step(kind="plan", thought="p"), Step(kind="action", thought="t", code="x = 1"),
+    ...               Step(kind="action", thought="t", code="1/0", error="ZeroDivisionError")])
+    ['x = 1']
+    """
+    return [s.code for s in steps if s.kind == "action" and s.ok]
+
+
+def run_fix(task: Task, prefix: list[Step], fixed: Step, tools: ToolConfig) -> Step:
+    """Execute the teacher's step in a fresh sandbox holding the state of `prefix` (its
+    successful cells replayed; their output is discarded) and return it with its
+    observation. A plan step is not executed."""
+    step = Step(kind=fixed.kind, thought=fixed.thought, code=fixed.code, author="teacher", n_tokens=fixed.n_tokens)
+    if step.kind == "plan":
+        return step
+    sandbox = open_sandbox(tools, task)
+    try:
+        sandbox.replay(prefix_cells(prefix))
+        r = sandbox.run(step.code)
+    finally:
+        sandbox.close()
+    step.error, step.timed_out, step.final_answer = r.error, r.timed_out, r.final_answer
+    step.observation = format_observation(r.output, r.error, r.timed_out, tools.sandbox.timeout_s)
+    return step
+
+
+def fix_problem(fixed: Step, index: int) -> str | None:
+    """Why a repaired step cannot be used at `index` (None when it can): it must be a plan
+    for index 0, an action otherwise, and render to text that parses back cleanly.
+
+    >>> fix_problem(Step(kind="action", thought="t", code="x = 2"), 0)
+    'expected a plan step at index 0, got action'
+    >>> fix_problem(Step(kind="action", thought="t", code="x = 2"), 3) is None
+    True
+    """
+    kind = "plan" if index == 0 else "action"
+    if fixed.kind != kind:
+        return f"expected a {kind} step at index {index}, got {fixed.kind}"
+    if fixed.parse_error is not None or fixed.raw is not None:
+        return f"the step is malformed: {fixed.parse_error or 'raw text'}"
+    error = parse_turn(render_step(fixed), kind).error
+    return None if error is None else f"the step does not parse back: {error}"
+
+
+@dataclass
+class _Work:
+    """One task in flight: its latest trajectory and what the teacher did so far."""
+
+    task: Task
+    prefix: list[Step] = field(default_factory=list)  # where the next rollout starts
+    steps: list[Step] = field(default_factory=list)  # the latest trajectory's steps
+    final_answer: str | None = None
+    interventions: list[Intervention] = field(default_factory=list)
+    prefixes: list[list[Step]] = field(default_factory=list)  # verified prefix of each intervention
+    status: str | None = None
+    reason: str | None = None
+    teacher_calls: int = 0
+    teacher_tokens: int = 0
+    gen_tokens: int = 0
+    prompt_tokens: int = 0
+    model_time_s: float = 0.0
+    tool_time_s: float = 0.0
+
+    def absorb(self, traj: Trajectory) -> None:
+        self.steps, self.final_answer = traj.steps, traj.final_answer
+        self.gen_tokens += traj.generated_tokens
+        self.prompt_tokens += traj.prompt_tokens
+        self.model_time_s += traj.model_time_s
+        self.tool_time_s += traj.tool_time_s
+
+
+FAILED = "teacher_failed"
+
+
+def _teach(w: _Work, teacher: Teacher, cfg: MentorConfig) -> tuple[str, str | None] | None:
+    """The teacher phase of one task: score the latest trajectory, judge it, repair the
+    first error and run the fix. Returns (status, reason) when the task is finished, None
+    when the student carries on from the fix."""
+    while True:
+        if score_answer(w.task.suite, w.final_answer, w.task.answer, w.task.question).correct:
+            return "solved", None
+        if len(w.interventions) >= cfg.max_interventions:
+            return "hard_to_teach", None
+        w.teacher_calls += 1
+        try:
+            verdict = teacher.judge(w.task, w.steps)
+        except TeacherFailure as e:
+            return FAILED, f"judge_failed: {e}"
+        w.teacher_tokens += verdict.tokens
+        if verdict.correct:
+            return FAILED, "judge_no_error: the judge found no error in a wrong trajectory"
+        k = verdict.first_error
+        if k is None or not 0 <= k < len(w.steps):
+            return FAILED, f"judge_out_of_range: step {k} of a {len(w.steps)}-step trajectory"
+        prefix, mistaken = w.steps[:k], w.steps[k]
+        w.teacher_calls += 1
+        try:
+            proposed = teacher.repair(w.task, prefix, mistaken, verdict)
+        except TeacherFailure as e:
+            return FAILED, f"repair_failed: {e}"
+        w.teacher_tokens += proposed.n_tokens
+        problem = fix_problem(proposed, k)
+        if problem is not None:
+            return FAILED, f"repair_malformed: {problem}"
+        fixed = run_fix(w.task, prefix, proposed, cfg.tools)
+        w.interventions.append(Intervention(k, mistaken, fixed, verdict.analysis, verdict.suggestion))
+        w.prefixes.append(prefix)
+        w.prefix = prefix + [fixed]
+        if fixed.final_answer is None and len(w.prefix) < cfg.rollout.max_turns:
+            return None  # the student carries on in the next round
+        # The episode ended at the fix (it answered, or the turn budget is spent).
+        w.steps, w.final_answer = w.prefix, fixed.final_answer
+
+
+def _record(w: _Work) -> MentorRecord:
+    """The finished task as one record (final trajectory, interventions, key steps)."""
+    assert w.status is not None
+    t = w.task
+    score = score_answer(t.suite, w.final_answer, t.answer, t.question)
+    meta = {"status": w.status, "interventions": len(w.interventions), "correct": bool(score.correct)}
+    if w.reason:
+        meta["reason"] = w.reason
+    traj = Trajectory(task_id=t.id, steps=w.steps, final_answer=w.final_answer, finished=w.final_answer is not None,
+                      score=float(score.value), prompt_tokens=w.prompt_tokens, generated_tokens=w.gen_tokens,
+                      model_time_s=round(w.model_time_s, 4), tool_time_s=round(w.tool_time_s, 4), meta=meta)
+    keysteps = []
+    for i, (iv, prefix) in enumerate(zip(w.interventions, w.prefixes), start=1):
+        k = iv.step_index
+        # Final success verifies only the fixes that are still in the trajectory.
+        if w.status == "solved" and k < len(w.steps) and w.steps[k] == iv.fixed:
+            keysteps.append(KeyStepItem(task_id=t.id, question=t.question, answer=t.answer, suite=t.suite,
+                                        prefix=prefix, chosen=iv.fixed, rejected=iv.mistaken,
+                                        meta={"intervention": i, "analysis": iv.analysis,
+                                              "suggestion": iv.suggestion, "step_index": k}))
+    return MentorRecord(task_id=t.id, question=t.question, answer=t.answer, suite=t.suite, status=w.status,
+                        trajectory=traj, interventions=w.interventions, keysteps=keysteps, reason=w.reason,
+                        teacher_calls=w.teacher_calls, teacher_tokens=w.teacher_tokens, student_tokens=w.gen_tokens)
+
+
+def _rounds(student: ChatModel, teacher: Teacher, tasks: list[Task], cfg: MentorConfig,
+            pool: ThreadPoolExecutor) -> Iterator[MentorRecord]:
+    """Move tasks through rollout/teacher rounds; yield each record as its task finishes."""
+    queue = list(tasks)[::-1]
+    active: list[_Work] = []
+    rnd = 0
+    while queue or active:
+        while queue and len(active) < cfg.max_in_flight:
+            active.append(_Work(queue.pop()))
+        rnd += 1
+        episodes = [Episode(w.task, prefix=w.prefix) for w in active]
+        for w, traj in zip(active, rollout(student, episodes, cfg.tools, cfg.rollout)):
+            w.absorb(traj)
+        futures = {pool.submit(_teach, w, teacher, cfg): w for w in active}
+        for fut in as_completed(futures):
+            outcome = fut.result()  # our bugs raise here; the teacher's mistakes are outcomes
+            if outcome is not None:
+                w = futures[fut]
+                w.status, w.reason = outcome
+                yield _record(w)
+        active = [w for w in active if w.status is None]
+        tqdm.write(f"mps round {rnd} | in flight {len(active)} | queued {len(queue)}", file=sys.stderr)
+
+
+def summarize(records: list[MentorRecord]) -> dict:
+    """The summary of finished tasks (wall time is added by the caller).
+
+    >>> s = summarize([])
+    >>> s["tasks"], s["solved_by_interventions"], s["first_error_step_hist"]
+    (0, {'0': 0, '1': 0, '2+': 0}, {})
+    """
+    solved = {"0": 0, "1": 0, "2+": 0}
+    hist: Counter[int] = Counter()
+    reasons: Counter[str] = Counter()
+    for r in records:
+        hist.update(iv.step_index for iv in r.interventions)
+        if r.status == "solved":
+            solved[str(min(len(r.interventions), 2)).replace("2", "2+")] += 1
+        if r.reason:
+            reasons[r.reason.split(":", 1)[0]] += 1
+    by_status = Counter(r.status for r in records)
+    return {
+        "tasks": len(records),
+        "solved_by_interventions": solved,
+        "hard_to_teach": by_status["hard_to_teach"],
+        "first_error_step_hist": {str(k): hist[k] for k in sorted(hist)},
+        "teacher_calls": sum(r.teacher_calls for r in records),
+        "teacher_tokens": sum(r.teacher_tokens for r in records),
+        "student_tokens": sum(r.student_tokens for r in records),
+        "wall_time_s": 0.0,
+        "solved": by_status["solved"],
+        "teacher_failed": by_status["teacher_failed"],
+        "teacher_failure_reasons": dict(sorted(reasons.items())),
+        "keysteps": sum(len(r.keysteps) for r in records),
+        "discarded_fixes": sum(len(r.interventions) - len(r.keysteps) for r in records if r.status == "solved"),
+    }
+
+
+def write_outputs(records: list[MentorRecord], out: Path, split: SplitConfig) -> dict:
+    """Rebuild the derived files from the records (in task order) and export the splits."""
+    write_jsonl(out / "mps_trajectories.jsonl", [r.trajectory for r in records])
+    write_jsonl(out / "keysteps.jsonl", [k for r in records for k in r.keysteps])
+    summary = summarize(records)
+    summary["export"] = export_mentor(records, out / "export", split)
+    return summary
+
+
+def mentor(student: ChatModel, teacher: Teacher, tasks: list[Task], out_dir: str | Path,
+           cfg: MentorConfig) -> dict:
+    """Run MPS on `tasks` into `out_dir` (resuming from its records); returns the summary."""
+    out = Path(out_dir)
+    open_run_dir(out, cfg, RESUME_FREE)
+    log = RecordLog(out / "records.jsonl", MentorRecord, key=lambda r: r.task_id)
+    done = log.load()
+    ids = [t.id for t in tasks]
+    if len(set(ids)) != len(ids):
+        raise ValueError("task ids are not unique")
+    stray = set(done) - set(ids)
+    if stray:
+        raise ValueError(f"{log.path} holds tasks that are not in this task list (e.g. {sorted(stray)[:3]}); "
+                         "use a new output directory")
+    t0 = time.perf_counter()
+    todo = [t for t in tasks if t.id not in done]
+    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="mps", unit="task") as bar, \
+            ThreadPoolExecutor(max_workers=max(1, cfg.teacher_concurrency)) as pool:
+        for record in _rounds(student, teacher, todo, cfg, pool):
+            log.append(record)
+            done[record.task_id] = record
+            bar.update(1)
+    summary = write_outputs([done[i] for i in ids], out, cfg.split)
+    summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    summary["resumed_tasks"] = len(tasks) - len(todo)
+    # What this process spent (cache hits excluded); the totals above are per-task sums.
+    summary["teacher_usage_this_run"] = {"calls": teacher.usage.calls, "tokens": teacher.usage.tokens,
+                                         "by_op": dict(teacher.usage.by_op)}
+    write_json(out / "summary.json", summary)
+    return summary
