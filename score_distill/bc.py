@@ -1,0 +1,221 @@
+"""Cold-start BC data (SCoRe stage 0): the teacher solves a fraction of the training tasks,
+and only its correct solutions are kept (rejection sampling).
+
+1. A seeded shuffle of the task ids picks `fraction` of them (20% by default: enough for the
+   student to learn the CodeAct loop, not enough to stop it making informative mistakes).
+   The chosen ids go to `chosen_ids.json` before any work starts; `score-distill mentor
+   --exclude DIR` leaves them out of MPS.
+2. The teacher solves each chosen task (`Teacher.solve`, concurrently). Whatever the
+   teacher, its steps are executed again in a fresh sandbox built from the shared tool
+   configuration, stopping at the first `final_answer`, so every observation is a real one
+   in the one observation format. A teacher whose steps came with observations that differ
+   from the re-execution is rejected ("observation_mismatch"): its later thoughts read
+   outputs the student would never see.
+3. A solution is kept when its final answer scores correct. Otherwise it is rejected with a
+   reason: "wrong_answer", "no_answer", "malformed" (a step that does not render and parse
+   back cleanly, or plan/action out of order), "too_long" (more than `max_turns` steps),
+   "observation_mismatch". A `TeacherFailure` marks the task "teacher_failed".
+
+Output directory (resumable exactly like MPS, see `mentor.RecordLog`):
+- `records.jsonl`: one `BCRecord` per chosen task (kept or not), fsynced per line;
+- `bc_trajectories.jsonl`: the kept `Trajectory` records (steps authored "teacher"), in task
+  order, with `meta["question"]`, so `datasets_export.read_sft_examples` reads them;
+- `chosen_ids.json`, `summary.json` (printed at the end), `config.yaml`, and `export/`: the
+  kept set as TRL and LLaMA-Factory files (`datasets_export.export_sft`).
+
+    from score_distill.bc import BCConfig, collect_bc
+    summary = collect_bc(teacher, tasks, "runs/bc", BCConfig())
+
+or `score-distill bc --teacher reference --tasks math:train --n 200 --out runs/bc`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from tqdm import tqdm
+
+from score_distill.agent.format import format_observation, parse_turn, render_step
+from score_distill.agent.rollout import derive_seed
+from score_distill.config import option
+from score_distill.datasets_export import SFTExample, export_sft
+from score_distill.mentor import RecordLog, open_run_dir, write_json
+from score_distill.tasks.scoring import score_answer
+from score_distill.teachers.base import Teacher
+from score_distill.teachers.llm import TeacherFailure
+from score_distill.tools.config import ToolConfig, open_sandbox
+from score_distill.types import Record, Step, Task, Trajectory, write_jsonl
+
+
+@dataclass
+class BCConfig:
+    teacher: str = option("reference", "teacher: reference, or openai:<model>@<base-url>")
+    tasks: str = option("math:train", "SUITE:SPLIT of a built-in suite, or a task JSONL file")
+    n: int | None = option(None, "number of tasks (default: a suite's default size / the whole file)")
+    seed: int = option(0, "seed of the task generator and of the choice of tasks")
+    fraction: float = option(0.2, "share of the tasks the teacher solves")
+    max_turns: int = option(8, "longest solution kept, in assistant turns (the plan included)")
+    teacher_concurrency: int = option(8, "tasks solved at once")
+    tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
+
+
+RESUME_FREE = ("teacher_concurrency",)
+
+
+@dataclass
+class BCRecord(Record):
+    """The outcome of one chosen task: kept, rejected (with reason) or teacher_failed."""
+
+    task_id: str
+    question: str
+    answer: str
+    suite: str
+    status: str
+    trajectory: Trajectory
+    reason: str | None = None
+    teacher_calls: int = 0
+    teacher_tokens: int = 0
+
+    _nested: ClassVar[dict[str, tuple[type, bool]]] = {"trajectory": (Trajectory, False)}
+
+
+def choose_tasks(task_ids: list[str], fraction: float, seed: int) -> list[str]:
+    """The ids the teacher solves: a seeded shuffle, the first `fraction` of it, returned
+    in the input order.
+
+    >>> ids = [f"t{i}" for i in range(10)]
+    >>> chosen = choose_tasks(ids, 0.2, seed=0)
+    >>> len(chosen), chosen == choose_tasks(ids, 0.2, seed=0), set(chosen) <= set(ids)
+    (2, True, True)
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    shuffled = sorted(task_ids)
+    random.Random(derive_seed("bc-choice", seed)).shuffle(shuffled)
+    chosen = set(shuffled[: round(fraction * len(shuffled))])
+    return [i for i in task_ids if i in chosen]
+
+
+def execute_steps(task: Task, steps: list[Step], tools: ToolConfig) -> list[Step]:
+    """Run a solution's actions in order in one fresh sandbox, filling in real observations;
+    steps after the first `final_answer` are dropped. Steps are copied, authored "teacher"."""
+    out: list[Step] = []
+    sandbox = open_sandbox(tools, task)
+    try:
+        for s in steps:
+            step = Step(kind=s.kind, thought=s.thought, code=s.code, author="teacher", n_tokens=s.n_tokens)
+            out.append(step)
+            if step.kind != "action":
+                continue
+            r = sandbox.run(step.code)
+            step.error, step.timed_out, step.final_answer = r.error, r.timed_out, r.final_answer
+            step.observation = format_observation(r.output, r.error, r.timed_out, tools.sandbox.timeout_s)
+            if step.final_answer is not None:
+                break
+    finally:
+        sandbox.close()
+    return out
+
+
+def solution_problem(steps: list[Step], max_turns: int) -> str | None:
+    """Why a solution cannot be training data, before running it (None when it can).
+
+    >>> plan, act = Step(kind="plan", thought="p"), Step(kind="action", thought="t", code="final_answer(1)")
+    >>> solution_problem([plan, act], 8) is None, solution_problem([act], 8)
+    (True, 'malformed: step 0 is action, expected plan')
+    """
+    if len(steps) > max_turns:
+        return f"too_long: {len(steps)} steps, the budget is {max_turns}"
+    for i, s in enumerate(steps):
+        kind = "plan" if i == 0 else "action"
+        if s.kind != kind:
+            return f"malformed: step {i} is {s.kind}, expected {kind}"
+        error = s.parse_error or parse_turn(render_step(s), kind).error
+        if error is not None or s.raw is not None:
+            return f"malformed: step {i} does not parse back ({error or 'raw text'})"
+    return None
+
+
+def solve_one(teacher: Teacher, task: Task, cfg: BCConfig) -> BCRecord:
+    """Solve, re-execute and check one task."""
+    def record(status: str, steps: list[Step], reason: str | None = None, answer: str | None = None) -> BCRecord:
+        score = score_answer(task.suite, answer, task.answer, task.question)
+        traj = Trajectory(task_id=task.id, steps=steps, final_answer=answer, finished=answer is not None,
+                          score=float(score.value), generated_tokens=sum(s.n_tokens for s in steps),
+                          meta={"question": task.question, "status": status, "correct": bool(score.correct)})
+        return BCRecord(task.id, task.question, task.answer, task.suite, status, traj, reason,
+                        teacher_calls=1, teacher_tokens=traj.generated_tokens)
+
+    try:
+        proposed = teacher.solve(task)
+    except TeacherFailure as e:
+        return record("teacher_failed", [], f"teacher_failed: {e}")
+    steps = execute_steps(task, proposed, cfg.tools)
+    answer = steps[-1].final_answer if steps else None
+    problem = solution_problem(steps, cfg.max_turns)
+    if problem is None:
+        for i, (given, ran) in enumerate(zip(proposed, steps)):
+            if given.observation and ran.kind == "action" and given.observation != ran.observation:
+                problem = f"observation_mismatch: step {i}"
+                break
+    if problem is None and answer is None:
+        problem = "no_answer: the solution never called final_answer"
+    if problem is None and not score_answer(task.suite, answer, task.answer, task.question).correct:
+        problem = f"wrong_answer: {answer!r}"
+    return record("rejected" if problem else "kept", steps, problem, answer)
+
+
+def summarize_bc(records: list[BCRecord], n_tasks: int, fraction: float) -> dict:
+    """Counts of a BC run (wall time is added by the caller).
+
+    >>> summarize_bc([], 10, 0.2)["chosen"]
+    0
+    """
+    status = Counter(r.status for r in records)
+    reasons = Counter(r.reason.split(":", 1)[0] for r in records if r.status == "rejected" and r.reason)
+    return {"tasks": n_tasks, "fraction": fraction, "chosen": len(records), "kept": status["kept"],
+            "rejected": status["rejected"], "rejected_reasons": dict(sorted(reasons.items())),
+            "teacher_failed": status["teacher_failed"], "teacher_calls": sum(r.teacher_calls for r in records),
+            "teacher_tokens": sum(r.teacher_tokens for r in records), "wall_time_s": 0.0}
+
+
+def collect_bc(teacher: Teacher, tasks: list[Task], out_dir: str | Path, cfg: BCConfig) -> dict:
+    """Collect cold-start data into `out_dir` (resuming from its records); returns the summary."""
+    out = Path(out_dir)
+    open_run_dir(out, cfg, RESUME_FREE)
+    chosen_ids = choose_tasks([t.id for t in tasks], cfg.fraction, cfg.seed)
+    write_json(out / "chosen_ids.json", chosen_ids)
+    log = RecordLog(out / "records.jsonl", BCRecord, key=lambda r: r.task_id)
+    done = log.load()
+    stray = set(done) - set(chosen_ids)
+    if stray:
+        raise ValueError(f"{log.path} holds tasks that were not chosen (e.g. {sorted(stray)[:3]}); use a new output directory")
+    by_id = {t.id: t for t in tasks}
+    todo = [by_id[i] for i in chosen_ids if i not in done]
+    t0 = time.perf_counter()
+    with tqdm(total=len(chosen_ids), initial=len(chosen_ids) - len(todo), desc="bc", unit="task") as bar, \
+            ThreadPoolExecutor(max_workers=max(1, cfg.teacher_concurrency)) as pool:
+        futures = [pool.submit(solve_one, teacher, t, cfg) for t in todo]
+        for fut in as_completed(futures):
+            record = fut.result()
+            log.append(record)
+            done[record.task_id] = record
+            bar.update(1)
+    records = [done[i] for i in chosen_ids]
+    kept = [r for r in records if r.status == "kept"]
+    write_jsonl(out / "bc_trajectories.jsonl", [r.trajectory for r in kept])
+    summary = summarize_bc(records, len(tasks), cfg.fraction)
+    summary["export"] = export_sft([SFTExample(r.task_id, r.question, r.answer, r.suite, r.trajectory.steps)
+                                    for r in kept], out / "export", name="bc")
+    summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    summary["resumed_tasks"] = len(chosen_ids) - len(todo)
+    summary["teacher_usage_this_run"] = {"calls": teacher.usage.calls, "tokens": teacher.usage.tokens,
+                                         "by_op": dict(teacher.usage.by_op)}
+    write_json(out / "summary.json", summary)
+    return summary

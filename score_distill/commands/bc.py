@@ -1,0 +1,44 @@
+"""`score-distill bc`: cold-start BC data (SCoRe stage 0): the teacher solves a fraction of
+the training tasks; its correct solutions are kept.
+
+    score-distill bc --teacher reference --tasks math:train --n 200 --fraction 0.2 --out runs/bc
+    score-distill bc --teacher openai:qwen2.5-72b@http://127.0.0.1:8000/v1 --tasks my-train.jsonl --out runs/bc
+
+Writes DIR/records.jsonl (one line per chosen task), bc_trajectories.jsonl (kept solutions
+with real observations), chosen_ids.json, summary.json, config.yaml and export/ (TRL and
+LLaMA-Factory files), and prints the summary. Killed at any moment, the same command
+resumes. Every config field is a flag (e.g. `--tools.sandbox.timeout-s 5`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "cold-start BC data: teacher solutions of a fraction of the tasks, rejection-sampled"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from score_distill.bc import BCConfig
+    from score_distill.config import add_arguments as add_config
+
+    parser.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
+    parser.add_argument("--config", default=None, help="YAML file of BCConfig values (flags override it)")
+    add_config(parser, BCConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from score_distill.bc import BCConfig, collect_bc
+    from score_distill.config import apply_overrides, load_yaml, overrides_from_args
+    from score_distill.tasks.load import load_tasks
+    from score_distill.teachers.load import load_teacher
+
+    overrides = overrides_from_args(args, BCConfig)
+    cfg = load_yaml(BCConfig, args.config, overrides) if args.config else apply_overrides(BCConfig(), overrides)
+    tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed)
+    teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache")
+    summary = collect_bc(teacher, tasks, args.out, cfg)
+    print(json.dumps(summary, indent=2))
+    return 0
