@@ -63,25 +63,25 @@ def op_rate(b: Builder, budget: int, op: str) -> int:
         sentence = ["Each {one} costs ${r}.", "{h} sell~ each {one} for ${r}.", "Each {one} costs {r} cents."][i]
         question = ("How many {what} {does} {h} earn?" if i == 1 else f"How many {{what}} do all the {r.thing} cost?")
         kind, var, desc = "money", "earnings" if i == 1 else "cost", "the money for all of them"
+        stock = i == 1    # money earned is held; a price tag is not
     elif op == "weight":
         i, unit, rate = rng.randrange(2), "g", rng.randrange(20, 501, 10)
         sentence = ["Each {one} weighs {r} grams.", "One {one} weighs {r} grams."][i]
         question = f"How many {{what}} do the {r.thing} weigh in total?"
-        kind, var, desc = "mass", "weight", "the total weight"
+        kind, var, desc, stock = "mass", "weight", "the total weight", False
     else:
         i, unit, rate = rng.randrange(2), "min", rng.randint(2, 15)
         sentence = ["It takes {h} {r} minutes to wrap each {one}.", "{h} need~ {r} minutes to pack each {one}."][i]
         question = ["How many {what} does it take {h} to wrap all of them?",
                     "How many {what} {does} {h} need to pack all of them?"][i]
-        kind, var, desc = "time", "time", "the total time"
+        kind, var, desc, stock = "time", "time", "the total time", False
     b.say(sentence, one=r.one, r=rate)
     b.feature(op, r.kind, i)
     g = b.given(rate, "the rate")
     value = r.value * rate
     b.move(kind=kind, unit=unit)
     name = b.emit(op, value, var, "{x} * " + str(rate), [r], [g], desc, f"multiply the count by {rate}")
-    b.move(value=value, node=name, desc=desc, thing="", var=var, one="", stock=kind == "money",
-           ask=ask(question, r.holder))
+    b.move(value=value, node=name, desc=desc, thing="", var=var, one="", stock=stock, ask=ask(question, r.holder))
     return 1
 
 
@@ -119,13 +119,15 @@ def op_unit_rate(b: Builder, budget: int, op: str) -> int:
                     f"How many {{what}} {{does}} {{h}} pay for the {r.label}?")
         thing, var, kind, unit, value = "", "pay", "money", "dollar", base * rate
         desc, hint = "the amount paid", f"multiply by the {rate} dollars per {per}"
+        stock = r.kind == "time"    # wages are held; money paid out is not
     else:
         containers = ("bags", "boxes") if r.kind == "mass" else ("bottles", "cups")
         thing = b.rng.choice(PURCHASES if r.kind == "money" else containers)
+        verb = "pour~" if r.kind == "volume" else "pack~"
         variants = (["{h} spend~ all of it on {t} that cost ${r} each."] if r.kind == "money" else
-                    ["{h} fill~ {t} with {r} {u} each.", "{h} pour~ it into {t} of {r} {u} each."])
+                    ["{h} fill~ {t} with {r} {u} each.", "{h} " + verb + " it into {t} of {r} {u} each."])
         question = "How many {what} {does} {h} " + ("buy?" if r.kind == "money" else "fill?")
-        var, kind, unit, value = thing, "count", "item", base / rate
+        var, kind, unit, value, stock = thing, "count", "item", base / rate, True
         desc = f"the number of {thing}"
         hint = f"divide by the price of {rate} dollars" if r.kind == "money" else f"divide by the {rate} {UNITS[need][1]} in each"
     i = b.rng.randrange(len(variants))
@@ -135,7 +137,7 @@ def op_unit_rate(b: Builder, budget: int, op: str) -> int:
     b.move(kind=kind, unit=unit)
     expr = "{x} * " + str(rate) if op == "pay" else "Fraction({x}, " + str(rate) + ")"
     name = b.emit(op, value, var, expr, [r], [g], desc, hint, [Fraction(1, rate)])
-    b.move(value=value, node=name, desc=desc, thing=thing, var=var, one="", stock=True, label=thing or r.label,
+    b.move(value=value, node=name, desc=desc, thing=thing, var=var, one="", stock=stock, label=thing or r.label,
            ask=ask(question, r.holder))
     return cost
 
@@ -199,9 +201,11 @@ def _apply_one(b: Builder, budget: int, prefer: frozenset[str], only: list[tuple
     """Try operations in a weighted random order; return the nodes the first that applies added."""
     last = b.ops[-1] if b.ops else ""
     pool = [(name, w, f) for name, w, f in OPS if b.closed is False and (only is None or name in only[0])]
-    so_far = set(b.features) | {":".join(f.split(":")[:2]) for f in b.features}
-    so_far |= {f"pair:{a}>{c}" for a, c in zip(b.ops, b.ops[1:])}
-    boost = 6.0 if prefer and not prefer & so_far else 1.0   # until one preferred feature is in
+    boost = 1.0
+    if prefer:   # boost preferred operations until the problem has one preferred feature
+        so_far = set(b.features) | {":".join(f.split(":")[:2]) for f in b.features}
+        so_far |= {f"pair:{a}>{c}" for a, c in zip(b.ops, b.ops[1:])}
+        boost = 1.0 if prefer & so_far else 6.0
     weights = []
     for name, w, _ in pool:
         wanted = f"{name}:{b.cur.kind}" in prefer or f"pair:{last}>{name}" in prefer
@@ -220,7 +224,8 @@ def _apply_one(b: Builder, budget: int, prefer: frozenset[str], only: list[tuple
 def distractor(b: Builder) -> str:
     """A sentence with a number no solution needs."""
     rng, first = b.rng, b.first
-    i = rng.randrange(4)
+    used = {f for f in b.features if f.startswith("distractor:")}
+    i = rng.choice([i for i in range(4) if f"distractor:{i}" not in used] or [0])
     if i == 0:
         n, text = rng.randint(8, 70), "{h} is {n} years old."
     elif i == 1:

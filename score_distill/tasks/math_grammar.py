@@ -259,13 +259,21 @@ class Builder:
 
     def pick(self, options: Sequence[O], value_of: Callable[[O], Fraction], kind: str) -> O | None:
         """Choose a parameter that gives a valid result. Whole results are preferred, except
-        with probability `fraction_rate` (counts are always whole)."""
-        good = [(o, v) for o in options if self.ok_value(v := value_of(o), kind)]
-        whole = [o for o, v in good if v.denominator == 1]
-        parts = [o for o, v in good if v.denominator != 1]
-        if parts and (not whole or self.rng.random() < self.fraction_rate):
-            return self.rng.choice(parts)
-        return self.rng.choice(whole) if whole else None
+        with probability `fraction_rate` (counts are always whole). Options are tried in a
+        random order until one of the wanted sort turns up (trying all is slow)."""
+        order = list(options)
+        self.rng.shuffle(order)
+        want_part = self.rng.random() < self.fraction_rate
+        other: O | None = None
+        for o in order:
+            v = value_of(o)
+            if not self.ok_value(v, kind):
+                continue
+            if (v.denominator != 1) == want_part:
+                return o
+            if other is None:
+                other = o
+        return other
 
     def say(self, template: str, holder: Holder | None = None, **kw: object) -> str:
         text = phrase(template, holder or self.cur.holder, **kw)

@@ -170,7 +170,7 @@ PERCENT_VARIANTS: dict[tuple[str, str], list[str]] = {
                                     "{h} pay~ {p}% of it in rent."],
     ("percent_decrease", "other"): ["{h} use~ {p}% of it.", "{h} spill~ {p}% of it.", "{p}% of it goes to waste."],
     ("percent_increase", "count"): ["{h} get~ {p}% more {label}.", "The number of {label} {h} {has} grows by {p}%."],
-    ("percent_increase", "money"): ["{h} invest~ it and it grows by {p}%.", "{poss} savings grow by {p}%."],
+    ("percent_increase", "money"): ["{h} invest~ it and it grows by {p}%.", "{gen} savings grow by {p}%."],
     ("percent_increase", "other"): ["{h} add~ {p}% more {label}.", "The amount of {label} grows by {p}%."],
     ("percent_of", "count"): ["{h} keep~ {p}% of them and give~ the rest away.",
                               "Only {p}% of them are good, and {h} keep~ just those."],
@@ -190,7 +190,7 @@ def op_percent(b: Builder, budget: int, op: str) -> int:
         return 0
     variants = PERCENT_VARIANTS[(op, r.kind if r.kind in ("count", "money") else "other")]
     i = b.rng.randrange(len(variants))
-    b.say(variants[i], p=p, label=stuff(r))
+    b.say(variants[i], p=p, label=stuff(r), gen="their" if r.holder.plural else f"{r.holder.name}'s")
     b.feature(op, r.kind, i)
     g = b.given(p, "the percentage")
     value = r.value * factor(p) / 100
@@ -246,6 +246,8 @@ def op_switch(b: Builder, budget: int, op: str) -> int:
         return 0
     q = b.other_person()
     many = "many" if r.kind == "count" else "much"
+    # "they" (after a merge) reads badly in a comparison: name the pair instead
+    ref = Holder("the two of them", "their", True, person=False) if r.holder.plural else r.holder
     if op == "multiply":
         k = b.pick(list(range(2, 7)), lambda k: r.value * k, r.kind)
         if k is None:
@@ -253,7 +255,7 @@ def op_switch(b: Builder, budget: int, op: str) -> int:
         a, c = 1, k
         variants = ["{q} has {k} times as {many} {s} as {h}.", "{q} has {k} times the {s} that {h} {has}."]
         i = b.rng.randrange(len(variants))
-        b.say(variants[i], q=q.name, k=k, many=many, s=stuff(r))
+        b.say(variants[i], ref, q=q.name, k=k, many=many, s=stuff(r))
         givens = [b.given(k, "the multiple")]
         expr, hint, aux = "{x} * " + str(k), f"multiply by {k}", []
     else:
@@ -262,10 +264,9 @@ def op_switch(b: Builder, budget: int, op: str) -> int:
         if pair is None:
             return 0
         a, c = pair
-        s = stuff(r) if r.kind != "money" else "dollars"
         variants = ["For every {a} {s} {h} {has}, {q} has {c}.", "The ratio of {h}'s {s} to {q}'s is {a} to {c}."]
-        i = b.rng.randrange(len(variants))
-        b.say(variants[i], q=q.name, a=a, c=c, s=s)
+        i = b.rng.randrange(len(variants) if r.holder.person else 1)   # "each friend's" reads badly
+        b.say(variants[i], ref, q=q.name, a=a, c=c, s=r.what)
         givens = [b.given(a, "the first ratio term"), b.given(c, "the second ratio term")]
         expr, hint = "{x} * Fraction(" + f"{c}, {a})", f"multiply by {c}/{a}"
         aux = [r.value / a, r.value * c, Fraction(c, a), Fraction(a, c)]
