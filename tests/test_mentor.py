@@ -266,15 +266,45 @@ def test_mentor_command_with_the_reference_teacher(tmp_path, capsys, monkeypatch
     (tmp_path / "skip.json").write_text(json.dumps(["math-5-train-0"]))
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
-    args = parser.parse_args(["--student", "scripted", "--teacher", "reference", "--tasks", "math:train", "--n", "4",
+    args = parser.parse_args(["--student", "scripted", "--teacher", "reference", "--tasks", "math:train", "--n", "3",
                               "--seed", "5", "--exclude", str(tmp_path / "skip.json"), "--max-interventions", "4",
                               "--tools.sandbox.timeout-s", "5", "--out", str(tmp_path / "out")])
     assert command.run(args) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["tasks"] == 3 and summary["teacher_calls"] > 0
+    assert summary["tasks"] == 2 and summary["teacher_calls"] > 0
     records = read_jsonl(tmp_path / "out" / "records.jsonl", MentorRecord)
     assert "math-5-train-0" not in {r.task_id for r in records}
     # The reference teacher's fixes lead the student to the gold answer.
     assert summary["solved_by_interventions"]["1"] + summary["solved_by_interventions"]["2+"] >= 1
     config_text = (tmp_path / "out" / "config.yaml").read_text()
     assert "seed: 5" in config_text and config_text.count("seed: 5") == 3  # --seed reaches rollout and split
+
+
+def test_llm_teacher_over_a_fake_server_and_its_cache_after_lost_records(tmp_path):
+    """MPS with the LLM teacher over an OpenAI-compatible endpoint. A crash that lost the
+    records of tasks in flight costs no teacher call on the rerun: every call is answered
+    from the teacher's content cache, and the records come out the same."""
+    from score_distill.teachers.load import load_teacher
+    from tests.fake_teacher_server import FakeServer, system
+
+    def reply(request: dict) -> str:
+        if system(request).startswith("You grade"):
+            return json.dumps({"is_correct": False, "error_analysis": "step 1 answers 0 without computing",
+                               "first_error_step": 1, "suggestion": "multiply the two numbers"})
+        return "<thought>Multiply the two numbers.</thought>\n<code>\nfinal_answer(6 * 7)\n</code>"
+
+    tasks = [make_task("stubborn", i) for i in range(3)]
+    out = tmp_path / "out"
+    with FakeServer(reply) as server:
+        spec = f"openai:fake@{server.url}"
+        summary = mentor(make_student(), load_teacher(spec, tools=TOOLS, cache_dir=tmp_path / "cache"), tasks, out,
+                         config())
+        assert server.hits == 6 and summary["solved_by_interventions"] == {"0": 0, "1": 3, "2+": 0}
+        first = _records(out)
+        (out / "records.jsonl").unlink()
+        again = mentor(make_student(), load_teacher(spec, tools=TOOLS, cache_dir=tmp_path / "cache"), tasks, out,
+                       config())
+        assert server.hits == 6 and again["teacher_usage_this_run"]["calls"] == 0
+    assert _records(out) == first and again["teacher_calls"] == summary["teacher_calls"] == 6
+    fixed = first["stubborn-0"]["trajectory"]["steps"][1]
+    assert fixed["author"] == "teacher" and fixed["final_answer"] == "42"
