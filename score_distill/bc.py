@@ -144,13 +144,16 @@ def solution_problem(steps: list[Step], max_turns: int) -> str | None:
 
 def solve_one(teacher: Teacher, task: Task, cfg: BCConfig) -> BCRecord:
     """Solve, re-execute and check one task."""
+    proposed: list[Step] = []
+
     def record(status: str, steps: list[Step], reason: str | None = None, answer: str | None = None) -> BCRecord:
         score = score_answer(task.suite, answer, task.answer, task.question)
+        tokens = sum(s.n_tokens for s in proposed)
         traj = Trajectory(task_id=task.id, steps=steps, final_answer=answer, finished=answer is not None,
-                          score=float(score.value), generated_tokens=sum(s.n_tokens for s in steps),
+                          score=float(score.value), generated_tokens=tokens,
                           meta={"question": task.question, "status": status, "correct": bool(score.correct)})
         return BCRecord(task.id, task.question, task.answer, task.suite, status, traj, reason,
-                        teacher_calls=1, teacher_tokens=traj.generated_tokens)
+                        teacher_calls=1, teacher_tokens=tokens)
 
     try:
         proposed = teacher.solve(task)

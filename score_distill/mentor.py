@@ -154,7 +154,7 @@ class MentorConfig:
     teacher: str = option("reference", "teacher: reference, or openai:<model>@<base-url>")
     tasks: str = option("math:train", "SUITE:SPLIT of a built-in suite, or a task JSONL file")
     n: int | None = option(None, "number of tasks (default: a suite's default size / the whole file)")
-    seed: int = option(0, "seed of the task generator (sampling is seeded by rollout.seed)")
+    seed: int = option(0, "seed of the task generator; the command's --seed also sets rollout.seed and split.seed")
     exclude: str | None = option(None, "leave out these tasks: a BC output directory (its chosen_ids.json) or a JSON list of ids")
     max_interventions: int = option(3, "teacher fixes per task before it is marked hard to teach")
     teacher_concurrency: int = option(8, "teacher calls (judge, repair, fix execution) run at once")
