@@ -7,6 +7,8 @@ used, so `score-distill exec` does not pay for importing torch.
     score-distill exec < cells.json           # run code cells in the sandbox
     score-distill tasks generate --suite math --split train --n 100 --out tasks.jsonl
     score-distill eval --model smollm2-135m --tasks math:test --n 50 --out runs/eval
+    score-distill bc --teacher reference --tasks math:train --out runs/bc
+    score-distill mentor --student smollm2-135m --teacher reference --tasks math:train --out runs/mps
     score-distill run --preset demo           # the whole pipeline
 """
 
@@ -21,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "exec": "exec_cells",
     "tasks": "tasks",
     "eval": "evaluate",
+    "bc": "bc",
+    "mentor": "mentor",
     "run": "run",
 }
 
