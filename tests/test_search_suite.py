@@ -167,6 +167,10 @@ def test_difficulty_parameters() -> None:
     assert {t.meta["form"] for t in comps} == {"comparison"}
     with pytest.raises(ValueError, match="ask for fewer"):
         generate("dev", 100_000, seed=0, min_hops=2, max_hops=2, comparison_share=0.0)
+    with pytest.raises(ValueError, match="bad search difficulty"):
+        generate("train", 1, seed=0, min_hops=3, max_hops=2)
+    one = generate("train", 20, seed=0, min_hops=1, max_hops=1)
+    assert {t.meta["hops"] for t in one} == {1} and all(len(t.reference or []) == 3 for t in one)
     with pytest.raises(ValueError, match="unknown split"):
         generate("validation", 1, seed=0)
     with pytest.raises(ValueError, match="no ood templates"):

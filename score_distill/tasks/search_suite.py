@@ -90,6 +90,10 @@ class Difficulty:
     max_hops: int = option(4, "most searches a question needs")
     comparison_share: float = option(0.3, "fraction of comparison questions (the rest are bridges)")
 
+    def __post_init__(self) -> None:
+        if not (1 <= self.min_hops <= self.max_hops and 0.0 <= self.comparison_share <= 1.0):
+            raise ValueError(f"bad search difficulty {self}: need 1 <= min_hops <= max_hops, 0 <= comparison_share <= 1")
+
 
 @dataclass(frozen=True)
 class Template:
