@@ -44,6 +44,7 @@ def test_documents_are_short_and_state_only_their_own_facts() -> None:
         e = w.entity(doc["id"])
         sentences = [s for s in re.split(r"(?<=\.)\s+", doc["text"]) if s]
         assert 1 <= len(sentences) <= 3, doc
+        assert len(doc["text"]) <= SearchConfig().snippet_chars  # results show whole documents
         assert doc["text"].startswith(e.name) or e.name in doc["text"]
         # Only the entity itself and its outgoing links are named, so a chain of relations
         # needs one search per hop.

@@ -18,8 +18,9 @@ functional links to other entities:
 
 One document per entity, one to three sentences, states the entity's own year and links
 (never the links that point at it), so following a chain of relations takes one search per
-hop. Building a world of a few thousand documents takes well under a second; worlds are
-cached per seed.
+hop. Documents stay under 150 characters, so a search result's snippet shows them whole.
+Building a world of a few thousand documents takes well under a second; worlds are cached
+per seed.
 
     >>> w = build_world(0)
     >>> doc = w.corpus()[0]
