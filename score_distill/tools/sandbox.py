@@ -16,36 +16,37 @@ prefix on purpose: MPS and RL start from prefixes. Inside the interpreter, `fina
 stops the cell and reports str(x); `web_search(q)` calls, over the pipe, the `search`
 function given to the parent (which may hold an API key the child never sees).
 
-Isolation ("namespaces", chosen by isolation="auto" when `unshare` works; else "process",
-with one warning line). As root, every sandbox also runs as a uid of its own (2000000000+).
+Isolation: "namespaces" (new network, pid and mount namespaces through `unshare`), chosen by
+isolation="auto" where it works; else "process", with one warning line saying what is lost.
+As root, each sandbox also runs as a uid of its own (2000000000 + slot); without root the
+namespaces come from a user namespace (our uid, no capabilities). `Sandbox.isolation` says
+which is in use; tests/test_sandbox.py attacks each line below.
 
     protects against                                 | does not protect against
     -------------------------------------------------|---------------------------------------------
-    reading our secrets: the child's environment is  | reading world-readable files (project code,
-      built from scratch (PATH, LANG, HOME=workdir)  |   data, a world-readable .env); home
-      and /proc shows it no process of ours          |   directories are hidden with namespaces only
-    network: seccomp refuses every non-AF_UNIX       | unix-domain sockets at paths it may write to
-      socket, and a new net namespace has only lo    |   (e.g. a world-writable socket file)
-      (down)                                         |
-    writing outside its working directory: every     | filling memory with files: the workdir tmpfs
-      mount read-only (namespaces); own uid, so only |   (disk_mb) counts as memory; in process mode
-      world-writable paths stay open (process mode)  |   world-writable dirs (/tmp) stay writable
-    killing or tracing us: other uid (root) and its  | a same-uid child (process mode, not root) CAN
-      own pid namespace                              |   signal our processes and read our files
-    fork bombs: RLIMIT_NPROC on its own uid (or      | memory: the limit is per process, so up to
-      user namespace); after each cell every other   |   max_processes x memory_mb in all; use a
-      process of the sandbox is killed and reaped    |   container/cgroup limit for a hard total
-    memory bombs: RLIMIT_AS (MemoryError or death)   | CPU: a cell can lift its soft CPU limit up
-    infinite loops: wall clock (process group / pid  |   to cpu_total_s; the wall clock still holds
-      namespace killed), CPU soft + hard limits      | kernel exploits; side channels; /dev/shm and
-    huge output: head + tail kept, middle cut        |   other tmpfs writes (process mode)
-    crashes (os._exit, segfault, stack overflow):    | escaped processes after the parent is killed
-      reported, interpreter rebuilt by replay        |   -9 in process mode (setsid'd children)
-
-Without root the namespaces come from a user namespace (the child keeps our uid but loses
-every capability and sees home directories as empty); without namespaces and without root
-("process" mode as a normal user) model code runs as our own uid: only the limits, seccomp and
-the clean environment remain. `Sandbox.isolation` says which is in use.
+    our secrets: the child's environment is built    | world-readable files: project code, data, a
+      from scratch (PATH, LANG, HOME=workdir); our   |   world-readable .env (home directories are
+      /proc entries are out of its reach (own pid    |   hidden with namespaces only)
+      namespace, or another uid)                     |
+    network: seccomp refuses socket() for all but    | unix-domain sockets at paths it may write to
+      AF_UNIX (and io_uring); the net namespace has  |   (a world-writable daemon socket)
+      only lo, down                                  |
+    writes outside its work dir: every mount is      | process mode: world-writable places (/tmp,
+      read-only in its namespace, the work dir a     |   /dev/shm) stay writable, and it can see
+      private tmpfs; as root, an own uid too         |   (not touch) our processes
+    killing or tracing us: own pid namespace, or     | process mode without root: it runs as OUR
+      another uid; no_new_privs, no capabilities     |   uid, so it CAN read and write our files,
+                                                     |   read our environ and kill our processes
+    fork bombs: RLIMIT_NPROC for its uid (or user    | total memory: the limits are per process,
+      namespace); after each cell, every other       |   so up to max_processes x memory_mb, plus
+      process of the sandbox is killed and reaped    |   the work-dir tmpfs (disk_mb); use a cgroup
+    memory bombs: RLIMIT_AS (MemoryError, or death)  |   or container limit for a hard total
+    infinite loops: the wall clock (everything of    | CPU: a cell may lift its soft limit, up to
+      the sandbox killed), a soft CPU limit per cell |   cpu_total_s (the wall clock still holds)
+      and a hard one per interpreter                 | kernel bugs, side channels, kernel-wide
+    huge output: streamed; head + tail kept          |   tables (inotify, keyrings) filled up
+    crashes (os._exit, segfault, stack overflow):    | process mode: a detached (setsid) child may
+      reported; the interpreter rebuilt by replay    |   outlive a parent killed with SIGKILL
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from typing import Callable, Sequence
 
 from score_distill.config import option
 from score_distill.tools import sandbox_confine
-from score_distill.tools.sandbox_process import (CHILD_SCRIPT, Interpreter, OutputCapture, SandboxError,
+from score_distill.tools.sandbox_process import (Interpreter, OutputCapture, SandboxError,
                                                  SandboxStartError, UidLease, cap_output, list_processes)
 
 __all__ = ["SandboxConfig", "CellResult", "Sandbox", "SandboxError", "run_cells", "cap_output"]
@@ -289,17 +290,15 @@ class Sandbox:
             workdir.mkdir(mode=0o700, exist_ok=True)
             if self.uid is not None:
                 os.chown(workdir, self.uid, self.uid)
-        python = [sys.executable, "-S", "-s", "-P", "-B", str(CHILD_SCRIPT)]
+        argv = [sys.executable]
         if self.isolation == "namespaces":
             unshare = shutil.which("unshare")
             if unshare is None:
                 raise SandboxStartError("the unshare program (util-linux) is not installed")
+            user = ["--user", "--map-root-user"] if os.geteuid() != 0 else []
             argv = [unshare, "--net", "--pid", "--mount", "--propagation", "private", "--fork",
-                    "--kill-child", "--mount-proc"]
-            if os.geteuid() != 0:
-                argv += ["--user", "--map-root-user"]
-            python = argv + python
-        return Interpreter(python, self._environment(), self._settings(), self.uid, self.isolation == "namespaces")
+                    "--kill-child", "--mount-proc", *user, *argv]
+        return Interpreter(argv, self._environment(), self._settings(), self.uid, self.isolation == "namespaces")
 
     def _environment(self) -> dict[str, str]:
         """Built from nothing: no variable of ours (API keys, tokens) reaches model code."""

@@ -1,11 +1,12 @@
 """The interpreter process behind `score_distill.tools.sandbox.Sandbox`: model code runs here.
 
-`Sandbox` starts it as `python -S -s -P -B sandbox_child.py SETTINGS_JSON`, inside `unshare`
-(new network, pid and mount namespaces) when namespaces are used. It uses the standard library
-only: with `-S` neither site-packages nor the project is importable at start. First
-`sandbox_confine.start` confines it (read-only file system, limits, own uid, no sockets); then
-it serves cells until the command pipe closes. The parent imports this module too, for the
-wire format: a 4-byte big-endian length and a UTF-8 JSON object, both ways.
+`Sandbox` starts `python -S -s -P -B -c LAUNCH TOOLS_DIR SETTINGS_JSON` (see
+sandbox_process.LAUNCH; inside `unshare` when namespaces are used), which imports this module
+and `sandbox_confine` from their directory, as top-level modules, and calls `main`. Both use
+the standard library only: with `-S` neither site-packages nor the project is importable.
+First `sandbox_confine.start` confines the process (read-only file system, limits, own uid,
+no sockets); then it serves cells until the command pipe closes. The parent imports this
+module too, for the wire format: a 4-byte big-endian length and a UTF-8 JSON object.
 
     parent -> child  {"op": "run", "code": str, "index": int}
                      {"op": "search_result", "text": str} or {"op": "search_result", "error": str}
@@ -40,7 +41,7 @@ import traceback
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable
 
 HEADER = struct.Struct(">I")
 MAX_MESSAGE_BYTES = 8 << 20
@@ -227,7 +228,10 @@ def format_syntax_error(exc: SyntaxError) -> str:
 def format_error(exc: BaseException, index: int, memory_mb: int = 0) -> str:
     """The exception line, then the traceback limited to lines of model code (the current
     cell and functions defined in earlier ones). A one-line cell gets no traceback."""
-    head = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if isinstance(exc, CPUTimeLimitExceeded):  # ours: no module prefix, like a built-in
+        head = f"{type(exc).__name__}: {exc}"
+    else:
+        head = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     if isinstance(exc, MemoryError):
         head += f" (the interpreter may use at most {memory_mb} MB)"
     frames: list[list[Any]] = []  # [line, times in a row]
@@ -315,19 +319,15 @@ def supervise(worker: int, channel: Channel) -> None:
     os._exit(0)  # the kernel now ends whatever is left in the namespace
 
 
-def main(argv: list[str]) -> int:
-    settings = json.loads(argv[1])
+def main(settings_json: str, confine: Callable[[dict[str, Any]], None]) -> int:
+    """The interpreter's life: confine (`sandbox_confine.start`), then serve cells."""
+    settings = json.loads(settings_json)
     for fd in (1, 2):  # model output: one pipe for both, read by the parent as it comes
         os.dup2(settings["out_fd"], fd)
     os.close(settings["out_fd"])
     channel = Channel(settings["cmd_fd"], settings["resp_fd"])
-    # Run as a script with -P, so the sibling module is found through our own directory,
-    # which leaves sys.path again before any model code runs.
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import sandbox_confine
-    del sys.path[0]
     try:
-        sandbox_confine.start(settings)
+        confine(settings)
     except OSError as exc:
         channel.send({"op": "setup_error", "message": f"{type(exc).__name__}: {exc}"})
         return 1
@@ -341,7 +341,3 @@ def main(argv: list[str]) -> int:
     channel.send({"op": "ready"})
     serve(session)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

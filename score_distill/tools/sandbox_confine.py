@@ -143,7 +143,7 @@ def reach_python_dirs(dirs: list[tuple[str, int]]) -> None:
     sys.path[:] = kept
     sys.path_importer_cache.clear()
     for module in list(sys.modules.values()):
-        paths = getattr(module, "__path__", None)
+        paths = module.__dict__.get("__path__")  # packages only; a namespace package's is no list
         if isinstance(paths, list):
             for i, p in enumerate(paths):
                 for old, new in swaps.items():

@@ -33,7 +33,12 @@ log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 60.0  # generous: 64 interpreters starting at once on two cores take a while
 UID_BASE, UID_SLOTS = 2_000_000_000, 1 << 16  # uids no real account uses
-CHILD_SCRIPT = Path(__file__).with_name("sandbox_child.py")
+# The interpreter's command line after `python -S -s -P -B -c`: import the two child modules
+# from their directory (argv[1]) as top-level modules, so their cached bytecode is used, and
+# leave that directory off sys.path again before any model code runs.
+LAUNCH = ("import sys; sys.path.insert(0, sys.argv[1]); import sandbox_child, sandbox_confine; "
+          "del sys.path[0]; sys.exit(sandbox_child.main(sys.argv[2], sandbox_confine.start))")
+CHILD_DIR = str(Path(__file__).parent)
 
 
 def cap_output(text: str, max_chars: int) -> str:
@@ -192,8 +197,8 @@ class Outcome:
 
 
 class Interpreter:
-    """A started child interpreter. `argv` is the command without the settings argument;
-    `namespaces` says whether argv[0] is `unshare` (the interpreter is then its child)."""
+    """A started child interpreter. `argv` is the command up to the Python executable
+    (`unshare ...` with namespaces: the interpreter is then its child, as `namespaces` says)."""
 
     def __init__(self, argv: list[str], env: dict[str, str], settings: dict[str, Any],
                  uid: int | None, namespaces: bool) -> None:
@@ -209,7 +214,8 @@ class Interpreter:
         settings = dict(settings, cmd_fd=cmd_r, resp_fd=resp_w, out_fd=out_w)
         try:
             self.proc = subprocess.Popen(
-                argv + [json.dumps(settings)], stdin=subprocess.DEVNULL, stdout=err_w, stderr=err_w,
+                argv + ["-S", "-s", "-P", "-B", "-c", LAUNCH, CHILD_DIR, json.dumps(settings)],
+                stdin=subprocess.DEVNULL, stdout=err_w, stderr=err_w,
                 pass_fds=(cmd_r, resp_w, out_w), env=env, cwd="/", start_new_session=True)
         except OSError:
             for fd in (self._cmd_w, self._resp_r, self._out_r, self._err_r):
