@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -341,6 +342,28 @@ def test_model_code_cannot_kill_its_parent(make: MakeSandbox, isolation: str) ->
     sb.run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
     assert os.getppid() > 0 and threading.main_thread().is_alive()  # we are here: not killed
     assert_healthy_and_clean(sb)
+
+
+def test_nothing_outlives_a_parent_killed_mid_cell(isolation: str) -> None:
+    script = ("import sys\nfrom score_distill.tools.sandbox import Sandbox, SandboxConfig\n"
+              f"sb = Sandbox(SandboxConfig(isolation={isolation!r}, timeout_s=60))\n"
+              "print(sb.uid, sb.pid, flush=True)\n"
+              "sb.run(\"import subprocess\\nsubprocess.Popen(['sleep', '60'])\\nwhile True:\\n    pass\")\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    uid_text, pid_text = parent.stdout.readline().split()
+    uid = None if uid_text == "None" else int(uid_text)
+    time.sleep(0.5)  # let the cell start its child and spin
+    parent.kill()  # SIGKILL: no close(), no __del__
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = [p.pid for p in list_processes() if p.state not in ("Z", "X")
+                and (p.uid == uid or p.pid == int(pid_text))]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert left == []
 
 
 def test_os_exit_is_reported_and_state_rebuilt(make: MakeSandbox) -> None:

@@ -275,12 +275,17 @@ def _end_stray_processes(settings: dict[str, Any]) -> None:
             time.sleep(0.001)
 
 
-def _exit_with_parent(fd: int) -> None:
+def _exit_with_parent(fd: int, sweep: bool) -> None:
     """Watchdog thread: poll() for hang-up only (events 0) on the command pipe; the parent
-    closing it, or dying, ends the interpreter even in the middle of a cell."""
+    closing it, or dying, ends the interpreter and what it started, even in mid-cell."""
     poller = select.poll()
     poller.register(fd, 0)
     poller.poll()
+    if sweep:
+        try:
+            os.kill(-1, signal.SIGKILL)  # all other processes of the sandbox (uid or namespace)
+        except ProcessLookupError:
+            pass
     os._exit(0)
 
 
@@ -337,7 +342,7 @@ def main(settings_json: str, confine: Callable[[dict[str, Any]], None]) -> int:
             supervise(worker, channel)
     session = Session(settings, channel)
     signal.signal(signal.SIGXCPU, session.on_cpu_limit)
-    threading.Thread(target=_exit_with_parent, args=(channel.read_fd,), daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(channel.read_fd, settings["sweep"]), daemon=True).start()
     channel.send({"op": "ready"})
     serve(session)
     return 0

@@ -9,7 +9,7 @@ before it runs any model code. Standard library only (the child starts with `pyt
 2. resource limits: address space, file size, processes, CPU time, no core dumps;
 3. drop privileges: switch to the sandbox's own uid (when started as root), or, as root of a
    user namespace, clear every capability and the bounding set; then no_new_privs (setuid
-   programs grant nothing) and a parent-death signal;
+   programs grant nothing) and, with namespaces, a parent-death signal;
 4. a seccomp filter: socket() fails with EACCES for every family but AF_UNIX, io_uring_setup
    with ENOSYS (io_uring could open sockets without calling socket());
 5. keep Python's own directories importable through descriptors opened in step 1
@@ -186,8 +186,6 @@ def drop_privileges(uid: int | None) -> None:
         data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable (x2): all empty
         _check(_libc.capset(header, data), "capset")
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    # Die with our parent (unshare): a uid change cleared what unshare --kill-child set.
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class _SockFilter(ctypes.Structure):
@@ -243,6 +241,11 @@ def start(settings: dict[str, Any]) -> None:
     drop_privileges(settings["uid"])
     if settings["seccomp"] and not install_seccomp():
         raise OSError(f"no seccomp filter for machine {os.uname().machine!r}")
+    if settings["mode"] == "namespaces":
+        # Die with unshare: the uid change cleared what its --kill-child set. (Not in process
+        # mode: the parent there is our thread that started us, which may end any time; the
+        # interpreter's watchdog thread notices the parent's death instead.)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     reach_python_dirs(dirs)
     os.chdir(settings["workdir"])
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-big file is an OSError, not death
