@@ -45,8 +45,10 @@ which is in use; tests/test_sandbox.py attacks each line below.
       the sandbox killed), a soft CPU limit per cell |   cpu_total_s (the wall clock still holds)
       and a hard one per interpreter                 | kernel bugs, side channels, kernel-wide
     huge output: streamed; head + tail kept          |   tables (inotify, keyrings) filled up
-    crashes (os._exit, segfault, stack overflow):    | process mode: a detached (setsid) child may
-      reported; the interpreter rebuilt by replay    |   outlive a parent killed with SIGKILL
+    crashes (os._exit, segfault, stack overflow):    | process mode without root: processes a cell
+      reported; the interpreter rebuilt by replay    |   started are not swept after the cell, and
+    a parent killed mid-cell: a watchdog ends the    |   may outlive a parent killed with SIGKILL
+      whole sandbox when our end of its pipe closes  |
 """
 
 from __future__ import annotations
