@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import pytest
 
 from score_distill.tools.sandbox import CellResult, Sandbox, SandboxConfig, cap_output, run_cells
-from score_distill.tools.sandbox_process import list_processes
+from score_distill.tools.sandbox_uids import list_processes
 
 MakeSandbox = Callable[..., Sandbox]
 

@@ -67,8 +67,9 @@ from typing import Callable, Sequence
 
 from score_distill.config import option
 from score_distill.tools import sandbox_confine
-from score_distill.tools.sandbox_process import (Interpreter, OutputCapture, SandboxError,
-                                                 SandboxStartError, UidLease, cap_output, list_processes)
+from score_distill.tools.sandbox_process import (Interpreter, OutputCapture, SandboxError, SandboxStartError,
+                                                 cap_output)
+from score_distill.tools.sandbox_uids import UidLease, list_processes
 
 __all__ = ["SandboxConfig", "CellResult", "Sandbox", "SandboxError", "run_cells", "cap_output"]
 log = logging.getLogger(__name__)

@@ -133,7 +133,6 @@ class Session:
         self.settings, self.channel = settings, channel
         self.main_pid = os.getpid()
         self.in_cell = False
-        self.index = 0
         self.final: str | None = None
         raw = io.BufferedWriter(io.FileIO(1, "w", closefd=False))
         # One stream for stdout and stderr, so prints and warnings keep their order.
@@ -180,7 +179,7 @@ class Session:
 
     def run(self, code: str, index: int) -> str | None:
         """Run one cell in the persistent globals; the error text, or None."""
-        self.index, self.final = index, None
+        self.final = None
         filename = f"<cell {index}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         try:

@@ -3,7 +3,7 @@
 `Sandbox` (score_distill/tools/sandbox.py) owns the policy (history, replay, timeouts as
 results); this module owns the mechanics: the three pipes to the child (commands, replies,
 output), the wait for a reply under a deadline while output streams in, the search call-back,
-and the end of every process the interpreter started. It also leases the per-sandbox uid.
+and the end of every process the interpreter started (with sandbox_uids.py).
 
     >>> capture = OutputCapture(8)
     >>> capture.feed("héllo wörld, ".encode() + b"bye")
@@ -14,25 +14,23 @@ and the end of every process the interpreter started. It also leases the per-san
 from __future__ import annotations
 
 import codecs
-import fcntl
 import json
 import logging
 import os
 import select
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from score_distill.tools.sandbox_child import ProtocolError, decode_frames, encode_message
+from score_distill.tools.sandbox_uids import SandboxError, busy_uids, kill_uid, list_processes, signal_process
 
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 60.0  # generous: 64 interpreters starting at once on two cores take a while
-UID_BASE, UID_SLOTS = 2_000_000_000, 1 << 16  # uids no real account uses
 # The interpreter's command line after `python -S -s -P -B -c`: import the two child modules
 # from their directory (argv[1]) as top-level modules, so their cached bytecode is used, and
 # leave that directory off sys.path again before any model code runs.
@@ -76,107 +74,6 @@ class OutputCapture:
         head = self._head[: self.max_chars // 2]
         tail = self._tail[len(self._tail) - (self.max_chars - len(head)):]
         return f"{head}\n... [{self.total - len(head) - len(tail)} characters cut] ...\n{tail}"
-
-
-# ---------------------------------------------------------------- processes and uids
-
-
-@dataclass(frozen=True)
-class ProcessInfo:
-    pid: int
-    ppid: int
-    uid: int  # real uid
-    state: str  # R, S, Z, ...
-    threads: int
-
-
-def list_processes() -> list[ProcessInfo]:
-    """Every process on the machine that /proc shows us (those that vanish meanwhile skipped)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/status", encoding="utf-8", errors="replace") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:  # it exited between listdir and open
-            continue
-        out.append(ProcessInfo(int(name), int(fields["PPid"]), int(fields["Uid"].split()[0]),
-                               fields["State"].split()[0], int(fields["Threads"])))
-    return out
-
-
-def busy_uids() -> set[int]:
-    """The owners of /proc/<pid>: a quick look (stat only) at which uids have processes. A
-    process that made itself undumpable shows as root, so this is for choosing, not killing."""
-    out = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                out.add(os.stat(f"/proc/{name}").st_uid)
-            except OSError:
-                continue
-    return out
-
-
-def kill_uid(uid: int, wait_s: float = 2.0) -> bool:
-    """Kill every process of `uid`; False if some still lived after `wait_s`. SIGSTOP comes
-    first: a stopped process cannot fork, so a fork bomb cannot refill while we go round.
-    Zombies are left to whoever reaps them (see UidLease for why that matters)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        alive = [p for p in list_processes() if p.uid == uid and p.state not in ("Z", "X")]
-        if not alive:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        running = [p for p in alive if p.state not in ("T", "t")]
-        for p in running or alive:
-            _signal(p.pid, signal.SIGSTOP if running else signal.SIGKILL)
-        if not running:
-            time.sleep(0.001)
-
-
-class UidLease:
-    """A uid of our own for one sandbox (only when we are root): its process limit is not
-    shared with anything else, and every process it owns can be found and killed. Leases are
-    `flock`s on files in a root-only directory, so separate programs never share a uid, and a
-    crashed owner's lease frees itself. A uid that still owns any process is skipped: even
-    zombies count against RLIMIT_NPROC, and an init that does not reap orphans (a container
-    whose pid 1 is a plain program) would leave them there for good."""
-
-    def __init__(self) -> None:
-        lock_dir = Path(tempfile.gettempdir()) / "score-distill-sandbox-uids"
-        lock_dir.mkdir(mode=0o700, exist_ok=True)
-        st = lock_dir.stat()
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            raise SandboxError(f"{lock_dir} must belong to us with mode 0700 (someone else made it?)")
-        busy = busy_uids()
-        for slot in range(UID_SLOTS):
-            if UID_BASE + slot in busy:
-                continue
-            fd = os.open(lock_dir / str(slot), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            self._fd, self.uid = fd, UID_BASE + slot
-            return
-        raise SandboxError(f"all {UID_SLOTS} sandbox uids are in use")
-
-    def clean(self) -> bool:
-        """Whether no process (zombies included) runs as this uid."""
-        return self.uid not in busy_uids()
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-class SandboxError(RuntimeError):
-    """The sandbox itself failed (not the model's code): it could not start, or lost control."""
 
 
 class SandboxStartError(SandboxError):
@@ -384,12 +281,12 @@ class Interpreter:
                 else:
                     for p in list_processes():
                         if p.ppid == self.proc.pid:
-                            _signal(p.pid, signal.SIGKILL)
+                            signal_process(p.pid, signal.SIGKILL)
                 try:
                     self.proc.wait(timeout=2)
                 except subprocess.TimeoutExpired:
                     pass
-            _signal(-self.proc.pid, signal.SIGKILL)  # its process group (unshare, or the interpreter)
+            signal_process(-self.proc.pid, signal.SIGKILL)  # its process group (unshare, or the interpreter)
             self.proc.wait()
         if not self.namespaces and self.uid is not None and not kill_uid(self.uid):
             log.warning("sandbox: processes of uid %d survived SIGKILL", self.uid)
@@ -432,13 +329,6 @@ def describe_exit(code: int) -> str:
     name = signal.Signals(-code).name if -code in signal.valid_signals() else "?"
     hint = " (killed: out of memory or CPU time?)" if -code == signal.SIGKILL else ""
     return f"the interpreter died (signal {-code}, {name}){hint}"
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _call_search(search: Callable[[str], str] | None, query: object) -> dict[str, Any]:
