@@ -45,6 +45,7 @@ def test_bm25_no_match_and_bad_queries_are_text(corpus_file: str) -> None:
     assert search("zzzz qqqq") == "No results for 'zzzz qqqq'."
     assert search("   ").startswith("Error: web_search got an empty query")
     assert search(42).startswith("Error: web_search expects a text query")  # type: ignore[arg-type]
+    assert search("Tarsholm " * 500).startswith("Error: the query is 4500 characters long")
 
 
 def test_bm25_index_is_built_once_per_corpus(corpus_file: str) -> None:
@@ -140,9 +141,13 @@ def test_http_results_are_formatted_and_cached_on_disk(api: tuple[_Api, str], tm
     # A second run (a fresh callable, as a rerun would make) reads the disk cache.
     assert make_search(config)("amber weir") == first
     assert len(state.hits) == 1
+    # An unreadable cache file is a miss, not a crash.
+    next((tmp_path / "cache").glob("*.json")).write_text("{broken")
+    assert make_search(config)("amber weir") == first
+    assert len(state.hits) == 2
     # The cache key includes k: another top_k is another request.
     make_search(_http(url, tmp_path, top_k=3))("amber weir")
-    assert len(state.hits) == 2
+    assert len(state.hits) == 3
 
 
 def test_http_retries_a_500_then_succeeds(api: tuple[_Api, str], tmp_path: Path) -> None:

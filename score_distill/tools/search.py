@@ -27,7 +27,9 @@ import functools
 import hashlib
 import http.client
 import json
+import logging
 import os
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -39,6 +41,8 @@ from typing import Callable
 from score_distill.config import option
 
 EMBEDDED = "embedded:"
+MAX_QUERY_CHARS = 1000  # longer "queries" are model mistakes (a pasted document), not searches
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -167,7 +171,10 @@ class HttpSearch:
         """Results for `query`, from the cache when present. Raises SearchError."""
         path = self._cache_path(query, k)
         if path.is_file():
-            return [tuple(r) for r in json.loads(path.read_text(encoding="utf-8"))]  # type: ignore[misc]
+            try:
+                return [(str(t), str(x)) for t, x in json.loads(path.read_text(encoding="utf-8"))]
+            except (json.JSONDecodeError, ValueError, TypeError):
+                log.warning("search cache: unreadable %s, asking the API again", path)
         last = ""
         for attempt in range(self.config.retries + 1):
             if attempt:
@@ -180,7 +187,7 @@ class HttpSearch:
                     break
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")  # rollouts search from threads
             tmp.write_text(json.dumps(results, ensure_ascii=False), encoding="utf-8")
             tmp.replace(path)  # atomic: concurrent sandboxes never read half a file
             return results
@@ -248,6 +255,8 @@ def make_search(config: SearchConfig) -> Callable[[str], str]:
             return f"Error: web_search expects a text query, got {type(query).__name__}."
         if not query.strip():
             return "Error: web_search got an empty query."
+        if len(query) > MAX_QUERY_CHARS:
+            return f"Error: the query is {len(query)} characters long; keep it under {MAX_QUERY_CHARS}."
         try:
             results = lookup(query, config.top_k)
         except SearchError as e:
