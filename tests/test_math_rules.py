@@ -24,7 +24,7 @@ def run_steps(steps: list[Step]) -> list[Step]:
     with Sandbox() as sb:
         for s in steps:
             s = replace(s, author="student", observation="", final_answer=None, error=None)
-            if s.kind == "plan" or s.parse_error is not None:
+            if s.kind == "plan" or s.parse_error is not None or s.timed_out:   # not run, as in a rollout
                 out.append(s)
                 continue
             r = sb.run(s.code)
@@ -123,7 +123,8 @@ def test_wrong_final_answer_is_the_last_step(rules: MathRules, tasks: list[Task]
 def test_unused_wrong_value_and_crash_then_fix_are_not_errors(rules: MathRules, tasks: list[Task]) -> None:
     for t in chains(tasks)[:4]:
         noise = [action("junk = 987654 * 3\nprint(junk)"), action("print(undefined_name)"),
-                 Step(kind="action", thought="x", code="", parse_error="empty <code> block")]
+                 Step(kind="action", thought="x", code="", parse_error="empty <code> block"),
+                 replace(action("while True:\n    junk = 1"), timed_out=True)]
         steps = t.reference[:2] + noise + t.reference[2:]
         assert rules.judge(t, run_steps(steps)).correct
         last = len(steps) - 1

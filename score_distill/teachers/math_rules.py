@@ -46,8 +46,8 @@ through Fraction, so the result stays exact) and the stated numbers, or `final_a
 answer's variable when it is established. It never writes a computed value as a literal, so
 the gold answer appears only as the result of a `final_answer` call. At index 0 it writes a
 new plan. Two steps from the same prefix are equivalent when they establish the same new
-quantities, set the same off-path values and give the same final answer; two plans when
-both parse.
+quantities, set the same off-path values and give the same final answer (steps that do none
+of these: when both failed or both ran cleanly); two plans when both parse.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 from typing import Callable, Protocol
 
 from score_distill.agent.format import render_step
@@ -88,20 +89,22 @@ class ReferenceTeacher:
         """`rules` maps suite names to rules; None means the built-in math and search rules."""
         self.usage = TeacherUsage()
         self.count_tokens = count_tokens or estimate_tokens
+        self._lock = threading.Lock()   # MPS calls the teacher from several threads
         self._given = rules is not None
         self._rules: dict[str, SuiteRules] = dict(rules or {})
 
     def rules_for(self, task: Task) -> SuiteRules:
-        if task.suite not in self._rules:
-            if self._given:
-                raise ValueError(f"task {task.id}: no reference rules for suite {task.suite!r}; "
-                                 f"this teacher has {sorted(self._rules)}")
-            self._rules[task.suite] = default_rules(task.suite)
-        return self._rules[task.suite]
+        with self._lock:
+            if task.suite not in self._rules:
+                if self._given:
+                    raise ValueError(f"task {task.id}: no reference rules for suite {task.suite!r}; "
+                                     f"this teacher has {sorted(self._rules)}")
+                self._rules[task.suite] = default_rules(task.suite)
+            return self._rules[task.suite]
 
     def solve(self, task: Task) -> list[Step]:
         steps = self.rules_for(task).solve(task, random.Random(task_seed(task.id, "solve")))
-        self.usage.add("solve", self.count_tokens("\n".join(render_step(s) for s in steps)))
+        self._count("solve", self.count_tokens("\n".join(render_step(s) for s in steps)))
         return steps
 
     def judge(self, task: Task, steps: list[Step]) -> Verdict:
@@ -109,15 +112,19 @@ class ReferenceTeacher:
         if not verdict.correct and not 0 <= (verdict.first_error or 0) < len(steps):
             raise ValueError(f"task {task.id}: rules blamed step {verdict.first_error} of {len(steps)}")  # our bug
         verdict.tokens = self.count_tokens(f"{verdict.analysis}\n{verdict.suggestion}")
-        self.usage.add("judge", verdict.tokens)
+        self._count("judge", verdict.tokens)
         return verdict
 
     def repair(self, task: Task, prefix: list[Step], mistaken: Step, verdict: Verdict) -> Step:
         step = self.rules_for(task).repair(task, prefix, mistaken, verdict)
-        self.usage.add("repair", self.count_tokens(render_step(step)))
+        self._count("repair", self.count_tokens(render_step(step)))
         return step
 
     def equivalent(self, task: Task, prefix: list[Step], a: Step, b: Step) -> bool:
         same = self.rules_for(task).equivalent(task, prefix, a, b)
-        self.usage.add("equivalent", 0)
+        self._count("equivalent", 0)
         return same
+
+    def _count(self, op: str, tokens: int) -> None:
+        with self._lock:
+            self.usage.add(op, tokens)
