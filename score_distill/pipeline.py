@@ -1,100 +1,258 @@
-"""The main job, `score-distill run`: build the embedded world and run the stages on it.
+"""The main job, `score-distill run`: the whole SCoRe pipeline on the embedded world.
 
-Today it is an end-to-end sanity run of what exists: generate both task suites, execute a
-sample of reference solutions in the sandbox (each must reach its gold answer), and evaluate
-the untrained student on `test` and `ood` of both suites. Each stage writes its files and is
-skipped on a rerun when its outputs exist, so a killed run resumes.
+Stages, each writing into its own folder of the output directory and skipped (or resumed)
+when rerun, so a killed run picks up where it stopped:
 
-    score-distill run --preset demo              # SmolLM2-135M student
-    score-distill run --preset smoke --out runs/smoke   # tiny model, a minute or two
-    score-distill run --preset demo rollout.max_new_tokens=128 n_eval=16
+    world      generate train/test/ood of both suites; execute a sample of reference solutions
+    untrained  evaluate the student as it comes
+    bc         the teacher solves `bc_fraction` of the train tasks; SFT of the student on them
+    mps        mentored problem-solving of the BC student on the other train tasks
+    score_sft  SFT of the BC student on the SFT half of the solved MPS trajectories
+    score_rl   short-horizon GRPO with key-step reward on the RL half, from the SCoRe-SFT model
+    bc_full    baseline: the teacher solves every train task; SFT of the student on them
+    ablations  optional, same code: grpo (outcome reward from the question, from the BC
+               model), rl_no_short_horizon, rl_no_key_step (both from the SCoRe-SFT model)
+
+Every stage's checkpoint is evaluated on `eval_splits` of every suite with the same rollout
+and tool settings. The report (report.json, report.md, plots) is written at the end.
+
+    score-distill run --preset demo              # SmolLM2-135M student, reference teacher
+    score-distill run --preset smoke --out runs/smoke   # tiny model, a few minutes
+    score-distill run --preset demo n_eval=16 sft.epochs=1
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import option
 from score_distill.tools.config import ToolConfig
-from score_distill.types import Task, write_jsonl
+from score_distill.train.rl import RLOptions
+from score_distill.train.sft import SFTOptions
+from score_distill.types import Task, read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+
+ABLATIONS = ("grpo", "rl_no_short_horizon", "rl_no_key_step")
+
+
+def _mps_rollout() -> RolloutConfig:
+    return RolloutConfig(temperature=0.6, top_p=0.95, stage="mps")
 
 
 @dataclass
 class RunConfig:
-    student: str = option("smollm2-135m", "student model: built-in name, local directory, or openai:<model>@<url>")
+    student: str = option("smollm2-135m", "student model: built-in name or local directory")
+    teacher: str = option("reference", "teacher: reference, or openai:<model>@<base-url>")
     seed: int = option(0, "seed of the worlds, splits and sampling")
     suites: list = option(["math", "search"], "task suites to run")
     eval_splits: list = option(["test", "ood"], "splits every stage is evaluated on")
     n_train: int = option(200, "training tasks generated per suite")
     n_eval: int = option(32, "evaluation tasks per suite and split")
     n_reference_check: int = option(20, "reference solutions executed per suite and split as a sanity check")
-    rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "agent loop"})
+    bc_fraction: float = option(0.2, "share of train tasks the teacher solves for cold-start BC")
+    max_interventions: int = option(3, "teacher fixes per MPS task")
+    ablations: list = option([], f"extra stages through the same code: any of {', '.join(ABLATIONS)}")
+    eval_rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "evaluation agent loop (greedy)"})
+    mps_rollout: RolloutConfig = field(default_factory=_mps_rollout, metadata={"help": "student sampling during MPS"})
+    sft: SFTOptions = field(default_factory=SFTOptions, metadata={"help": "SFT of BC, SCoRe-SFT and BC-full"})
+    rl: RLOptions = field(default_factory=RLOptions, metadata={"help": "SCoRe-RL and the RL ablations"})
     tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
 
 
-def build_world(cfg: RunConfig, out: Path) -> dict[str, list[Task]]:
-    """Generate every split of every suite into out/tasks/<suite>-<split>.jsonl."""
-    from score_distill.tasks.load import generate_suite
-    from score_distill.types import read_jsonl
+@dataclass
+class Run:
+    """Shared state of one pipeline run: its config, folder, tasks and bookkeeping."""
 
-    sets: dict[str, list[Task]] = {}
+    cfg: RunConfig
+    out: Path
+    sets: dict[str, list[Task]] = field(default_factory=dict)
+    stages: dict[str, dict] = field(default_factory=dict)
+    teacher_tokens: dict[str, int] = field(default_factory=dict)
+    wall: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def train(self) -> list[Task]:
+        return [t for s in self.cfg.suites for t in self.sets[f"{s}:train"]]
+
+    def timed(self, name: str):
+        return _Timer(self.wall, name)
+
+
+class _Timer:
+    """Adds the wall time of a `with` block to `wall[name]` (across resumed runs: stored)."""
+
+    def __init__(self, wall: dict[str, float], name: str) -> None:
+        self.wall, self.name = wall, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall[self.name] = round(self.wall.get(self.name, 0.0) + time.perf_counter() - self.t0, 1)
+
+
+def build_world(run: Run) -> None:
+    """Generate every split of every suite into out/tasks/<suite>-<split>.jsonl and check
+    a sample of reference solutions (each must reach its gold answer)."""
+    from score_distill.tasks.load import generate_suite
+    from score_distill.tasks.references import run_reference
+
+    cfg = run.cfg
     for suite in cfg.suites:
         for split in ["train", *cfg.eval_splits]:
-            path = out / "tasks" / f"{suite}-{split}.jsonl"
+            path = run.out / "tasks" / f"{suite}-{split}.jsonl"
             if not path.exists():
                 n = cfg.n_train if split == "train" else cfg.n_eval
                 write_jsonl(path, generate_suite(suite, split, n, cfg.seed))
-            sets[f"{suite}:{split}"] = read_jsonl(path, Task)
-    return sets
-
-
-def check_references(cfg: RunConfig, sets: dict[str, list[Task]], out: Path) -> dict:
-    """Execute a sample of reference solutions; every one must end at its gold answer."""
-    from score_distill.tasks.references import run_reference
-
-    path = out / "reference_check.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    result = {}
-    for name, tasks in sets.items():
-        sample = tasks[: cfg.n_reference_check]
-        ok = sum(run_reference(t, cfg.tools) for t in sample)
-        result[name] = {"checked": len(sample), "reached_gold": ok}
-    path.write_text(json.dumps(result, indent=2))
-    return result
-
-
-def run(cfg: RunConfig, out_dir: str | Path) -> dict:
-    from score_distill.evaluate import evaluate
-    from score_distill.models.load import load_model
-    from score_distill.report import write_report
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    sets = build_world(cfg, out)
-    refs = check_references(cfg, sets, out)
-    timings["world"] = round(time.perf_counter() - t0, 2)
+            run.sets[f"{suite}:{split}"] = read_jsonl(path, Task)
+    check = run.out / "tasks" / "reference_check.json"
+    if not check.exists():
+        result = {}
+        for name, tasks in run.sets.items():
+            sample = tasks[: cfg.n_reference_check]
+            result[name] = {"checked": len(sample), "reached_gold": sum(run_reference(t, cfg.tools) for t in sample)}
+        check.write_text(json.dumps(result, indent=2))
+    refs = json.loads(check.read_text())
     bad = {k: v for k, v in refs.items() if v["reached_gold"] != v["checked"]}
     if bad:
         raise RuntimeError(f"reference solutions that miss their gold answer: {bad}")
-    stages: dict[str, dict] = {}
-    t0 = time.perf_counter()
-    model = load_model(cfg.student)
-    stages["untrained"] = {}
-    for name, tasks in sets.items():
-        if name.endswith(":train"):
-            continue
-        m = evaluate(model, tasks, out / "eval" / "untrained" / name.replace(":", "-"), cfg.tools, cfg.rollout,
-                     desc=f"untrained {name}")
-        stages["untrained"][name] = {"accuracy": m["accuracy"], "ci95": m["ci95"], "n": m["n"]}
-    timings["eval_untrained"] = round(time.perf_counter() - t0, 2)
-    report = {"stages": stages, "teacher_tokens": {}, "wall_time_s": timings, "reference_check": refs,
-              "student": cfg.student}
+    run.extra["reference_check"] = refs
+
+
+def evaluate_stage(run: Run, stage: str, model_path: str) -> None:
+    """Evaluate one checkpoint on every eval set (resumes per set)."""
+    from score_distill.evaluate import evaluate
+    from score_distill.models.load import load_model
+
+    model = load_model(model_path)
+    run.stages[stage] = {}
+    with run.timed(f"eval_{stage}"):
+        for name, tasks in run.sets.items():
+            if name.split(":")[1] not in run.cfg.eval_splits:
+                continue
+            out = run.out / "eval" / stage / name.replace(":", "-")
+            m = evaluate(model, tasks, out, run.cfg.tools, run.cfg.eval_rollout, desc=f"eval {stage} {name}")
+            run.stages[stage][name] = {"accuracy": m["accuracy"], "ci95": m["ci95"], "n": m["n"],
+                                       "finish_rate": m.get("finish_rate"), "mean_turns": m.get("mean_turns")}
+    del model
+
+
+def bc_stage(run: Run, name: str, fraction: float, base: str, teacher) -> str:
+    """Collect teacher solutions of `fraction` of the train tasks and fine-tune `base` on them."""
+    from score_distill.bc import BCConfig, collect_bc
+    from score_distill.datasets_export import read_sft_examples
+    from score_distill.train.sft import train_sft
+
+    folder = run.out / name
+    bc_cfg = BCConfig(teacher=run.cfg.teacher, tasks="embedded", seed=run.cfg.seed, fraction=fraction, tools=run.cfg.tools)
+    with run.timed(name):
+        summary = collect_bc(teacher, run.train, folder / "data", bc_cfg)
+        examples = read_sft_examples(folder / "data" / "bc_trajectories.jsonl")
+        final = train_sft(base, examples, folder / "sft", run.cfg.sft)
+    run.teacher_tokens[name] = int(summary["teacher_tokens"])
+    run.extra[f"{name}_data"] = {k: summary[k] for k in ("chosen", "kept", "rejected", "teacher_calls", "teacher_tokens")}
+    return str(final)
+
+
+def mps_stage(run: Run, student: str, teacher) -> dict:
+    """Mentored problem-solving of `student` on the train tasks BC did not use."""
+    from score_distill.datasets_export import SplitConfig
+    from score_distill.mentor import MentorConfig, mentor
+    from score_distill.models.load import load_model
+
+    chosen = set(json.loads((run.out / "bc" / "data" / "chosen_ids.json").read_text()))
+    tasks = [t for t in run.train if t.id not in chosen]
+    cfg = MentorConfig(student=student, teacher=run.cfg.teacher, tasks="embedded", seed=run.cfg.seed,
+                       max_interventions=run.cfg.max_interventions, rollout=run.cfg.mps_rollout,
+                       tools=run.cfg.tools, split=SplitConfig(seed=run.cfg.seed))
+    with run.timed("mps"):
+        summary = mentor(load_model(student), teacher, tasks, run.out / "mps", cfg)
+    run.teacher_tokens["mps"] = int(summary["teacher_tokens"])
+    run.extra["mps"] = {k: summary[k] for k in ("tasks", "solved_by_interventions", "hard_to_teach",
+                                                "first_error_step_hist", "teacher_calls", "teacher_tokens",
+                                                "student_tokens", "wall_time_s") if k in summary}
+    return summary
+
+
+def rl_stage(run: Run, name: str, base: str, items, teacher, opts: RLOptions) -> str:
+    from score_distill.train.rl import train_rl
+
+    tasks_by_id = {t.id: t for t in run.train}
+    before = teacher.usage.tokens
+    with run.timed(name):
+        final = train_rl(base, items, tasks_by_id, teacher, run.cfg.tools, run.out / name, opts)
+    # Equivalence judgements of this process (a resumed run counts only what it spent).
+    run.teacher_tokens[name] = run.teacher_tokens.get(name, 0) + teacher.usage.tokens - before
+    return str(final)
+
+
+def run(cfg: RunConfig, out_dir: str | Path) -> dict:
+    """Run every stage (resuming), then write the report; returns report.json's content."""
+    from score_distill.datasets_export import read_sft_examples
+    from score_distill.models.builtin import builtin_path, is_builtin
+    from score_distill.report import write_report
+    from score_distill.teachers.load import load_teacher
+    from score_distill.train.rl import outcome_items
+    from score_distill.train.sft import train_sft
+    from score_distill.types import KeyStepItem
+
+    unknown = set(cfg.ablations) - set(ABLATIONS)
+    if unknown:
+        raise ValueError(f"unknown ablations {sorted(unknown)}; known: {ABLATIONS}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = out / "run_state.json"
+    prior = json.loads(state.read_text()) if state.exists() else {}
+    run_ = Run(cfg, out, teacher_tokens=prior.get("teacher_tokens", {}), wall=prior.get("wall_time_s", {}))
+
+    def save_state() -> None:
+        state.write_text(json.dumps({"teacher_tokens": run_.teacher_tokens, "wall_time_s": run_.wall}, indent=2))
+
+    with run_.timed("world"):
+        build_world(run_)
+    base = str(builtin_path(cfg.student)) if is_builtin(cfg.student) else cfg.student
+    teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=out / "teacher_cache") \
+        if cfg.teacher != "reference" else load_teacher("reference")
+    evaluate_stage(run_, "untrained", base)
+    bc = bc_stage(run_, "bc", cfg.bc_fraction, base, teacher)
+    save_state()
+    evaluate_stage(run_, "bc", bc)
+    mps_stage(run_, bc, teacher)
+    save_state()
+    export = out / "mps" / "export"
+    with run_.timed("score_sft"):
+        score_sft = str(train_sft(bc, read_sft_examples(export / "sft_trajectories.jsonl"), out / "score_sft", cfg.sft))
+    evaluate_stage(run_, "score_sft", score_sft)
+    items = read_jsonl(export / "rl_items.jsonl", KeyStepItem)
+    score_rl = rl_stage(run_, "score_rl", score_sft, items, teacher, cfg.rl)
+    save_state()
+    evaluate_stage(run_, "score_rl", score_rl)
+    bc_full = bc_stage(run_, "bc_full", 1.0, base, teacher)
+    save_state()
+    evaluate_stage(run_, "bc_full", bc_full)
+    for name in cfg.ablations:
+        if name == "grpo":
+            path = rl_stage(run_, name, bc, outcome_items(run_.train), teacher,
+                            replace(cfg.rl, key_step_reward=False, outcome_only_share=1.0))
+        else:
+            opts = replace(cfg.rl, short_horizon=False) if name == "rl_no_short_horizon" else replace(cfg.rl, key_step_reward=False)
+            path = rl_stage(run_, name, score_sft, items, teacher, opts)
+        save_state()
+        evaluate_stage(run_, name, path)
+    save_state()
+    spent = run_.teacher_tokens
+    report = {"stages": run_.stages, "teacher_tokens": spent,
+              "teacher_tokens_cumulative": {
+                  "bc": spent.get("bc", 0), "score_sft": spent.get("bc", 0) + spent.get("mps", 0),
+                  "score_rl": spent.get("bc", 0) + spent.get("mps", 0) + spent.get("score_rl", 0),
+                  "bc_full": spent.get("bc_full", 0)},
+              "wall_time_s": run_.wall, "student": cfg.student, "teacher": cfg.teacher, **run_.extra}
     write_report(report, out)
     return report

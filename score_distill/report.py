@@ -1,4 +1,6 @@
-"""The run report: `report.json` (machine-readable) and `report.md` (the table a person reads)."""
+"""The run report: `report.json` (machine-readable), `report.md` (the table a person reads)
+and two plots: `accuracy.png` (accuracy per stage and task set, with 95% intervals) and
+`rl_reward.png` (the SCoRe-RL reward curve and the share of groups that carry a gradient)."""
 
 from __future__ import annotations
 
@@ -14,27 +16,97 @@ def _cell(entry: dict | None) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    """Accuracy (%) with its 95% interval per stage and task set.
+    """Accuracy (%) with its 95% interval per stage and task set, plus the teacher tokens
+    spent to produce each stage's model (cumulative) and the stage's wall time.
 
     >>> r = {"stages": {"bc": {"math:test": {"accuracy": 0.5, "ci95": [0.3, 0.7], "n": 20}}}}
     >>> print(markdown_table(r))
-    | stage | math:test |
-    |---|---|
-    | bc | 50.0 [30, 70] (n=20) |
+    | stage | math:test | teacher tokens | wall time (s) |
+    |---|---|---|---|
+    | bc | 50.0 [30, 70] (n=20) | - | - |
     """
     stages = report["stages"]
     columns = sorted({k for s in stages.values() for k in s})
-    lines = ["| stage | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    spent = report.get("teacher_tokens_cumulative", report.get("teacher_tokens", {}))
+    wall = report.get("wall_time_s", {})
+    lines = ["| stage | " + " | ".join(columns) + " | teacher tokens | wall time (s) |",
+             "|---|" + "---|" * (len(columns) + 2)]
     for name, entries in stages.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(entries.get(c)) for c in columns) + " |")
+        tokens = spent.get(name, "-")
+        seconds = wall.get(name, 0) + wall.get(f"eval_{name}", 0) if name in wall or f"eval_{name}" in wall else "-"
+        lines.append(f"| {name} | " + " | ".join(_cell(entries.get(c)) for c in columns) + f" | {tokens} | "
+                     + (f"{seconds:.0f}" if seconds != "-" else "-") + " |")
     return "\n".join(lines)
+
+
+def plot_accuracy(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = list(report["stages"])
+    columns = sorted({k for s in report["stages"].values() for k in s})
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(stages) * max(1, len(columns)) / 2), 4))
+    width = 0.8 / max(1, len(columns))
+    for j, col in enumerate(columns):
+        xs, ys, lo, hi = [], [], [], []
+        for i, st in enumerate(stages):
+            e = report["stages"][st].get(col)
+            if e:
+                xs.append(i + j * width)
+                ys.append(100 * e["accuracy"])
+                lo.append(100 * (e["accuracy"] - e["ci95"][0]))
+                hi.append(100 * (e["ci95"][1] - e["accuracy"]))
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=col)
+    ax.set_xticks([i + width * (len(columns) - 1) / 2 for i in range(len(stages))], stages)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy per stage (95% Wilson intervals)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_rl(log_path: Path, path: Path) -> bool:
+    """The RL reward curve from an `rl_log.jsonl`; False when there is no log."""
+    if not log_path.exists():
+        return False
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["reward"] for r in rows], label="mean reward")
+    ax.plot(steps, [r["signal"] for r in rows], label="groups with a gradient", linestyle="--")
+    ax.plot(steps, [r["r1.0"] for r in rows], label="share of reward 1.0", linestyle=":")
+    ax.set_xlabel("RL step")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("SCoRe-RL")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def write_report(report: dict, out: Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    parts = [f"# score-distill run: {out.name}", "", f"Student: `{report.get('student', '?')}`", "",
-             "Accuracy in % with its 95% Wilson interval.", "", markdown_table(report), ""]
-    if report.get("teacher_tokens"):
-        parts += ["Teacher tokens per stage: " + ", ".join(f"{k} {v}" for k, v in report["teacher_tokens"].items()), ""]
-    parts += ["Wall time per stage (s): " + ", ".join(f"{k} {v}" for k, v in report["wall_time_s"].items()), ""]
+    plot_accuracy(report, out / "accuracy.png")
+    has_rl = plot_rl(out / "score_rl" / "rl_log.jsonl", out / "rl_reward.png")
+    parts = [f"# score-distill run: {out.name}", "",
+             f"Student `{report.get('student', '?')}`, teacher `{report.get('teacher', '?')}`.", "",
+             "Accuracy in % with its 95% Wilson interval. Teacher tokens: spent to produce the stage's "
+             "model (SCoRe stages cumulative: BC data + MPS + RL judging). Wall time: the stage plus "
+             "its evaluation.", "", markdown_table(report), "", "![accuracy](accuracy.png)", ""]
+    if has_rl:
+        parts += ["![SCoRe-RL reward](rl_reward.png)", ""]
+    if "mps" in report:
+        parts += ["MPS summary: `" + json.dumps(report["mps"]) + "`", ""]
+    parts += ["Wall time per step (s): " + ", ".join(f"{k} {v}" for k, v in report["wall_time_s"].items()), ""]
     (out / "report.md").write_text("\n".join(parts))

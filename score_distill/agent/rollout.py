@@ -138,14 +138,16 @@ def _run(model: ChatModel, episodes: list[Episode], tools: ToolConfig,
     with ThreadPoolExecutor(max_workers=max(1, config.batch_size)) as pool:
         try:
             while queue or live:
-                while queue and len(live) < config.batch_size:
-                    i, ep = queue.pop()
-                    state = _start(ep, tools)
+                # Open the sandboxes of the episodes joining the batch concurrently: starting
+                # an interpreter and replaying a prefix is process work, not ours.
+                joining = [queue.pop() for _ in range(min(len(queue), config.batch_size - len(live)))]
+                for (i, _), state in zip(joining, pool.map(lambda item: _start(item[1], tools), joining)):
                     if state.traj.finished or len(state.traj.steps) >= config.max_turns:
                         yield i, _finish(state, model)
                     else:
                         live[i] = state
-                yield from _turn(model, live, tools, config, pool)
+                if live:
+                    yield from _turn(model, live, tools, config, pool)
         finally:
             for state in live.values():
                 state.sandbox.close()
