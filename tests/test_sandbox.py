@@ -167,7 +167,8 @@ def test_many_sandboxes_side_by_side(make: MakeSandbox) -> None:
 
 def test_private_workdir_removed_on_close(make: MakeSandbox) -> None:
     sb = make()
-    r = sb.run("import os\nopen('notes.txt', 'w').write('hi')\nprint(os.environ['HOME'] == os.getcwd(), open('notes.txt').read())")
+    r = sb.run("import os\nopen('notes.txt', 'w').write('hi')\n"
+               "print(os.environ['HOME'] == os.getcwd(), open('notes.txt').read())")
     assert r.output == "True hi\n"
     workdir = sb.workdir
     sb.close()
@@ -228,8 +229,9 @@ def test_fork_bomb_is_contained(make: MakeSandbox, isolation: str) -> None:
     forked = int(polite.output.split()[0])
     assert 1 <= forked < 16 and polite.output.split()[1] == "11"  # EAGAIN at the process limit
     # Its children end with the step: only the interpreter remains (with namespaces, also
-    # unshare and the namespace's pid 1).
-    assert len(sandbox_processes(sb, sb.uid)) == (3 if sb.isolation == "namespaces" else 1)
+    # unshare and the namespace's pid 1); documented: without root, process mode keeps them.
+    kept_children = forked if not protected(sb) else 0
+    assert len(sandbox_processes(sb, sb.uid)) == (3 if sb.isolation == "namespaces" else 1 + kept_children)
     assert sb.run("print(kept)").output == "1\n"
     assert_healthy_and_clean(sb)
 
@@ -281,8 +283,8 @@ def test_environment_secrets_do_not_reach_model_code(make: MakeSandbox, isolatio
     assert "OPENAI_API_KEY" not in r.output.split("\n")[0] and "SECRET" not in r.output.split("\n")[0]
     if protected(sb):
         assert "not-for-models" not in r.output and "blocked" in r.output
-    else:  # documented: a same-uid child can read our /proc/<pid>/environ
-        assert "not-for-models" in r.output
+    else:  # documented: a same-uid child can read our /proc/<pid>/environ (as we started)
+        assert "blocked" not in r.output and "PATH=" in r.output
     assert_healthy_and_clean(sb)
 
 
@@ -317,7 +319,8 @@ def test_writing_outside_the_workdir_fails(make: MakeSandbox, isolation: str, tm
     try:
         got = sb.run(code).output.split()
         if sb.isolation == "namespaces":  # read-only everywhere, even world-writable /tmp
-            assert got == ["PermissionError", "OSError", "OSError"]  # EACCES, then EROFS twice
+            # EACCES (not its directory; or hidden, when it lies in a home directory), EROFS
+            assert got[0] in ("PermissionError", "FileNotFoundError") and got[1:] == ["OSError", "OSError"]
         elif sb.uid is not None:  # documented: its own uid, but world-writable places stay open
             assert got == ["PermissionError", "wrote", "PermissionError"] and world.read_text() == "pwned"
         else:  # documented: a process-isolated child of a normal user writes what we may write

@@ -79,15 +79,23 @@ ISOLATIONS = ("auto", "namespaces", "process")
 
 @dataclass
 class SandboxConfig:
-    timeout_s: float = option(10.0, "wall-clock seconds one cell may run; then its interpreter is killed and rebuilt")
+    timeout_s: float = option(10.0, "wall-clock seconds one cell may run; then its interpreter is killed "
+                                    "and rebuilt")
     memory_mb: int = option(1024, "address-space limit (RLIMIT_AS) of each interpreter process, MiB")
-    cpu_time_s: float = option(30.0, "CPU seconds one cell may use (soft limit, moved before every cell: CPUTimeLimitExceeded)")
-    cpu_total_s: float = option(600.0, "CPU seconds one interpreter may use over its life (hard limit: it is killed, then rebuilt)")
-    max_output_chars: int = option(4000, "output cap: the head and tail are kept with a '... [N characters cut] ...' marker")
-    isolation: str = option("auto", "auto | namespaces | process: auto uses namespaces when unshare works, else process")
-    max_processes: int = option(32, "processes + threads the sandbox may have at once (RLIMIT_NPROC on its own uid)")
-    disk_mb: int = option(64, "size of the private working directory (a tmpfs with namespaces) and largest file, MiB")
-    site_packages: bool = option(True, "let model code import our installed packages (sympy, numpy); else stdlib only")
+    cpu_time_s: float = option(30.0, "CPU seconds one cell may use (a soft limit moved before every cell; "
+                                     "then CPUTimeLimitExceeded)")
+    cpu_total_s: float = option(600.0, "CPU seconds one interpreter may use over its life (hard limit: it is "
+                                       "killed, then rebuilt)")
+    max_output_chars: int = option(4000, "output cap: head and tail kept, with a '... [N characters cut] ...' "
+                                         "marker between")
+    isolation: str = option("auto", "auto | namespaces | process: auto uses namespaces where unshare works, "
+                                    "else process")
+    max_processes: int = option(32, "processes + threads the sandbox may have at once (RLIMIT_NPROC on its "
+                                    "own uid)")
+    disk_mb: int = option(64, "size of the private work dir (a tmpfs, with namespaces) and of the largest "
+                              "file, MiB")
+    site_packages: bool = option(True, "let model code import our installed packages (the site-packages on "
+                                       "our sys.path: sympy, numpy); else the standard library only")
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
@@ -317,7 +325,10 @@ class Sandbox:
         if uid is None and self.isolation == "process":
             # RLIMIT_NPROC counts every process of the uid, and here that uid is ours.
             nproc += sum(p.threads for p in list_processes() if p.uid == os.getuid())
-        paths = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")}) if c.site_packages else []
+        paths: list[str] = []
+        if c.site_packages:  # ours (a venv's, the user's, the system's), not the project itself
+            found = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+            paths = list(dict.fromkeys(found + [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]))
         masks = sorted({"/root", "/home", os.path.expanduser("~")} - {"/"})
         return {"mode": self.isolation, "uid": uid, "workdir": str(self.workdir), "masks": masks,
                 "paths": paths, "memory_mb": c.memory_mb, "cpu_time_s": c.cpu_time_s,
