@@ -4,6 +4,7 @@
 
 Measured for each isolation the machine offers ("namespaces" and "process"):
 - fresh step: a new Sandbox (process start, confinement) and its first cell; close apart;
+  also the CPU time its processes used (user + sys), which does not depend on the load;
 - warm step: one more cell in a live interpreter that already holds state;
 - rebuild: `replay` of a 6-cell prefix (fresh interpreter + 6 cells, as MPS and RL do);
 - side by side: N warm sandboxes each running one cell at once from N threads (as the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -66,8 +68,12 @@ def bench(isolation: str, reps: int, width: int) -> list[tuple[str, str]]:
         sb.close()
         closes.append(time.perf_counter() - t0)
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     rows.append(("fresh step (new sandbox + first cell)", fmt(timed(fresh, reps))))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / reps
     rows.append(("close", fmt(closes)))
+    rows.append(("CPU time of its processes, start to close", f"{1000 * cpu:8.1f} ms  (mean)"))
     with Sandbox(config) as sb:
         sb.replay(PREFIX)
         warm = timed(lambda: sb.run("x = len(vals) + 1"), 10 * reps)
@@ -97,8 +103,12 @@ def main() -> None:
     print(" ".join(["# .venv/bin/python bench/sandbox_latency.py", *sys.argv[1:], "> bench/sandbox_latency.txt"]))
     print(f"# {os.cpu_count()} CPUs, load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
           f"running as uid {os.geteuid()}")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     bare = timed(lambda: subprocess.run([sys.executable, "-S", "-c", "pass"], check=True), args.reps)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / args.reps
     print(f"\n{HEADER.format('baseline')}\n  {'bare interpreter start (python -S -c pass)':45s} {fmt(bare)}")
+    print(f"  {'CPU time of that interpreter, start to exit':45s} {1000 * cpu:8.1f} ms  (mean)")
     for isolation in ("namespaces", "process"):
         rows = bench(isolation, args.reps, args.width)
         print(f"\n{HEADER.format('isolation=' + isolation)}")

@@ -191,7 +191,7 @@ class Interpreter:
     def _death(self, capture: OutputCapture) -> str:
         """Describe how the child ended (its reply pipe closed): exit code or signal."""
         try:
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             pass
         self.kill()  # whatever it left behind (and the child itself, if it hung on)
@@ -263,7 +263,9 @@ class Interpreter:
             read += len(chunk)
 
     def _drain_output(self, capture: OutputCapture) -> None:
-        self._read_output(capture, limit=1 << 62)
+        """Read what is waiting in the output pipe (64 KiB at most, unless more is being
+        written right now: a thread printing forever must not keep us here)."""
+        self._read_output(capture, limit=1 << 20)
 
     def alive(self) -> bool:
         """Whether it can still take a cell (something may have killed it between cells)."""
