@@ -267,6 +267,12 @@ def test_huge_output_is_capped(make: MakeSandbox) -> None:
     total = 30_000_001 + sum(len(str(i)) + 1 for i in range(100_000))
     assert r.output.startswith("x" * 500) and r.output.endswith("99998\n99999\n")
     assert f"[{total - 1000} characters cut]" in r.output
+    # A thread that prints forever cannot hold the step, nor the next one.
+    started = time.monotonic()
+    r = sb.run("import threading\ndef spam():\n    while True:\n        print('y' * 100)\n"
+               "threading.Thread(target=spam, daemon=True).start()")
+    assert r.error is None and len(r.output) < 1100 and sb.run("z = 1").error is None
+    assert time.monotonic() - started < 5
     assert_healthy_and_clean(sb)
 
 
