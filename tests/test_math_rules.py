@@ -242,8 +242,10 @@ def test_repair_uses_the_students_names_and_keeps_floats_exact(rules: MathRules,
     p = problem_of(t)
     first = p.computed[0]
     value = first.value
-    literal = f"{float(value)!r}" if value.denominator in (1, 2, 4, 8) else f"Fraction({value.numerator}, {value.denominator})"
-    prefix = run_steps([t.reference[0], action(f"from fractions import Fraction\nmy_amount = {literal}\nprint(my_amount)")])
+    exact = f"Fraction({value.numerator}, {value.denominator})"
+    literal = f"{float(value)!r}" if value.denominator in (1, 2, 4, 8) else exact
+    code = f"from fractions import Fraction\nmy_amount = {literal}\nprint(my_amount)"
+    prefix = run_steps([t.reference[0], action(code)])
     fix = rules.repair(t, prefix, prefix[-1], Verdict(correct=False, first_error=2))
     assert "my_amount" in fix.code
     if "." in literal:

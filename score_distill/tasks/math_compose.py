@@ -129,7 +129,8 @@ def op_unit_rate(b: Builder, budget: int, op: str) -> int:
         question = "How many {what} {does} {h} " + ("buy?" if r.kind == "money" else "fill?")
         var, kind, unit, value, stock = thing, "count", "item", base / rate, True
         desc = f"the number of {thing}"
-        hint = f"divide by the price of {rate} dollars" if r.kind == "money" else f"divide by the {rate} {UNITS[need][1]} in each"
+        hint = (f"divide by the price of {rate} dollars" if r.kind == "money" else
+                f"divide by the {rate} {UNITS[need][1]} in each")
     i = b.rng.randrange(len(variants))
     b.say(variants[i], r=rate, per=per, label=r.label, t=thing, u=UNITS[need][1])
     b.feature(op, r.kind, i)

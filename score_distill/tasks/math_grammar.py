@@ -251,11 +251,12 @@ class Builder:
         return name
 
     def ok_value(self, v: Fraction, kind: str) -> bool:
-        if v <= 0 or v > MAX_VALUE or v.denominator > MAX_DENOMINATOR:
+        n, d = v.numerator, v.denominator   # plain ints: this runs for every candidate
+        if n <= 0 or n > MAX_VALUE * d or d > MAX_DENOMINATOR:
             return False
         if kind == "money":   # whole cents: money that cannot be paid out reads oddly
-            return (v * 100).denominator == 1
-        return v.denominator == 1 if kind == "count" else True
+            return 100 % d == 0
+        return d == 1 if kind == "count" else True
 
     def pick(self, options: Sequence[O], value_of: Callable[[O], Fraction], kind: str) -> O | None:
         """Choose a parameter that gives a valid result. Whole results are preferred, except

@@ -126,7 +126,8 @@ _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?(\s*/\s*[-+]?\d+)
 def parse_exact(text: str | None) -> Fraction | None:
     """Read an answer as an exact rational; None when it is not one number.
 
-    >>> [str(parse_exact(t)) for t in ["17/4", "4.25", "\\\\frac{17}{4}", "$\\\\boxed{17/4}$", "1,200", "Fraction(17, 4)"]]
+    >>> forms = ["17/4", "4.25", "\\\\frac{17}{4}", "$\\\\boxed{17/4}$", "1,200", "Fraction(17, 4)"]
+    >>> [str(parse_exact(t)) for t in forms]
     ['17/4', '17/4', '17/4', '17/4', '1200', '17/4']
     >>> parse_exact("4 1/4"), parse_exact("about 4"), parse_exact("12 kg")
     (None, None, Fraction(12, 1))

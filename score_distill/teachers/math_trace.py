@@ -197,7 +197,8 @@ def replay(steps: list[Step], executor: ExecutorFactory | None = None) -> Trace:
             runnable = step.kind == "action" and step.parse_error is None and not step.timed_out
             if runnable:
                 result = sandbox.run(step.code)
-                run.ran, run.failed, run.final = True, result.error is not None or result.timed_out, result.final_answer
+                run.ran, run.final = True, result.final_answer
+                run.failed = result.error is not None or result.timed_out
                 run.printed = numbers_in(result.output)
                 run.uses, run.literals = code_facts(step.code)
                 snap = _read_snapshot(sandbox.run(SNAPSHOT_CODE).final_answer)
