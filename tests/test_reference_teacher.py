@@ -115,3 +115,16 @@ def test_default_rules_cover_math_and_search() -> None:
     math_task = generate("train", 1, seed=0)[0]
     assert teacher.judge(math_task, math_task.reference).correct
     assert teacher.usage.by_op == {"solve": 1, "judge": 1}
+
+
+def test_written_steps_carry_their_token_cost() -> None:
+    """Records add up step.n_tokens, so the steps the teacher writes must say what they cost."""
+    task = generate("train", 1, seed=3)[0]
+    teacher = ReferenceTeacher()
+    steps = teacher.solve(task)
+    assert all(s.n_tokens == estimate_tokens(render_step(s)) > 0 for s in steps)
+    assert teacher.usage.tokens == sum(s.n_tokens for s in steps)
+    wrong = [steps[0], Step(kind="action", thought="guess", code="final_answer(-1)", final_answer="-1")]
+    verdict = teacher.judge(task, wrong)
+    fixed = teacher.repair(task, wrong[: verdict.first_error], wrong[verdict.first_error], verdict)
+    assert fixed.n_tokens == estimate_tokens(render_step(fixed)) > 0

@@ -104,7 +104,9 @@ class ReferenceTeacher:
 
     def solve(self, task: Task) -> list[Step]:
         steps = self.rules_for(task).solve(task, random.Random(task_seed(task.id, "solve")))
-        self._count("solve", self.count_tokens("\n".join(render_step(s) for s in steps)))
+        for s in steps:  # what each written step cost, so records can add it up
+            s.n_tokens = self.count_tokens(render_step(s))
+        self._count("solve", sum(s.n_tokens for s in steps))
         return steps
 
     def judge(self, task: Task, steps: list[Step]) -> Verdict:
@@ -117,7 +119,8 @@ class ReferenceTeacher:
 
     def repair(self, task: Task, prefix: list[Step], mistaken: Step, verdict: Verdict) -> Step:
         step = self.rules_for(task).repair(task, prefix, mistaken, verdict)
-        self._count("repair", self.count_tokens(render_step(step)))
+        step.n_tokens = self.count_tokens(render_step(step))
+        self._count("repair", step.n_tokens)
         return step
 
     def equivalent(self, task: Task, prefix: list[Step], a: Step, b: Step) -> bool:
