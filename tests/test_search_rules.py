@@ -81,7 +81,8 @@ def detour(task: Task, i: int, observation: str) -> list[Step] | None:
     src = world.by_name(path[i]["source"])
     assert src is not None
     shown = [e for e in world.mentions(observation) if e.type == src.type]
-    for e in shown + random.Random(i).sample(world.of_type(src.type), 300):
+    pool = world.of_type(src.type)
+    for e in shown + random.Random(i).sample(pool, min(300, len(pool))):
         new = walk(world, e, tuple(h["relation"] for h in path[i : end + 1]), path[i]["side"])
         if new is None or {h[k].lower() for h in new for k in ("source", "value")} & _on_path(task):
             continue
