@@ -206,6 +206,7 @@ def test_conversation_longer_than_the_context_generates_nothing(tiny_dir: Path) 
     model.context = len(model.encode(convo(QUESTIONS[0])))
     [full, ok] = model.generate([GenRequest(convo(QUESTIONS[0])), GenRequest(convo("x"))], greedy(10))
     assert full.finish_reason == "length" and full.token_ids == [] and full.text == ""
+    assert full.prompt_tokens == full.cached_tokens == 0
     assert len(ok.token_ids) == model.context - len(model.encode(convo("x")))
 
 

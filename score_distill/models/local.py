@@ -17,7 +17,8 @@ runs our own decoding loop rather than `model.generate`, because the agent needs
 
     model = LocalModel(builtin_path("tiny"))
     [gen] = model.generate([GenRequest(messages, cache_key="t1", seed=0)], SamplingParams())
-    model.release("t1")
+    model.release("t1")          # the trajectory ended
+    model.clear_cache()           # after a weight update: cached keys/values are stale
 
 Accounting per `Generation`: `prompt_tokens` are the prompt tokens prefilled in this call,
 `cached_tokens` those reused from the cache, and `time_s` is the row's share of the call's
@@ -149,8 +150,8 @@ class LocalModel:
     def _generate_batch(self, requests: list[GenRequest], params: SamplingParams, offset: int) -> list[Generation]:
         rows = [self._start_row(i, r, params, offset) for i, r in enumerate(requests)]
         for row in rows:
-            if row.budget <= 0:  # the conversation already fills the context: nothing to generate
-                row.finish = "length"
+            if row.budget <= 0:  # the conversation already fills the context: nothing to run
+                row.finish, row.prompt, row.cached = "length", [], 0
         live = [row for row in rows if not row.finish]
         training = self.model.training  # the RL trainer shares this model; sample in eval mode
         self.model.eval()
@@ -250,7 +251,6 @@ class LocalModel:
         return Generation(text=text, token_ids=list(row.tokens), logprobs=list(row.logprobs),
                           finish_reason=row.finish, prompt_tokens=len(row.suffix),
                           cached_tokens=row.cached, time_s=row.time_s)
-
 
 
 def _charge(rows: list[_Row], started: float) -> None:
