@@ -103,8 +103,6 @@ class LossStats:
 
     tokens: float
     clipped: float
-    kl: float
-    ratio: float
 
 
 def clipped_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
@@ -128,16 +126,12 @@ def clipped_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.T
     adv = advantages[:, None]  # (B, 1) broadcast over tokens
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv)
     per_token = -surrogate
-    kl = torch.zeros_like(logp)
-    if ref_logp is not None:
-        kl = kl_k3(logp, ref_logp)
-        if kl_coef:
-            per_token = per_token + kl_coef * kl
+    if ref_logp is not None and kl_coef:
+        per_token = per_token + kl_coef * kl_k3(logp, ref_logp)
     loss = (per_token * mask).sum()
     with torch.no_grad():
         clipped = ((ratio - 1.0).abs() > clip_eps).float()
-        stats = LossStats(tokens=float(mask.sum()), clipped=float((clipped * mask).sum()),
-                          kl=float((kl * mask).sum()), ratio=float((ratio * mask).sum()))
+        stats = LossStats(tokens=float(mask.sum()), clipped=float((clipped * mask).sum()))
     return loss, stats
 
 
