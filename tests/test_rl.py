@@ -232,11 +232,17 @@ SMOKE = RLOptions(steps=3, items_per_step=2, group_size=2, max_new_tokens=6, max
                   outcome_only_share=1.0, key_step_reward=False, micro_batch_size=2, cpu_threads=1)
 
 
-def test_smoke_run_logs_kl_zero_at_the_start_and_saves_a_loadable_model(tiny_dir, tmp_path):
+def test_smoke_run_logs_kl_zero_at_the_start_and_saves_a_loadable_model(tiny_dir, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
+    from score_distill.models.local import LocalModel
+
+    cleared = []
+    real_clear = LocalModel.clear_cache
+    monkeypatch.setattr(LocalModel, "clear_cache", lambda self: cleared.append(self) or real_clear(self))
     tasks, by_id = plain_world(3)
     final = train_rl(tiny_dir, outcome_items(tasks), by_id, None, TOOLS, tmp_path, SMOKE)
+    assert len(cleared) == SMOKE.steps  # after every update, no stale keys/values survive
     records = [json.loads(line) for line in (tmp_path / "rl_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert records[0]["kl"] == 0.0  # policy and reference are the same model at step 1

@@ -32,8 +32,7 @@ the penalty off. Ours is a few hundred lines, and `accelerate launch` runs it on
 
 Design notes:
 - Sampling uses the CURRENT weights: the engine is built around the very module being
-  trained (`engine.model` is the policy), and every trajectory's KV cache is released when
-  its rollout ends, so no cache outlives a weight update.
+  trained (`engine.model` is the policy), and its KV caches are cleared after every update.
 - Default temperature 1.0, top-p 1.0: GRPO needs diverse groups, and then the sampling
   distribution is the policy itself, so ratios and the KL are exact. With another
   temperature the log-probs are taken from logits / T (top-p is not modelled).
@@ -184,8 +183,6 @@ def collect(engine: Any, items: list[KeyStepItem], tasks_by_id: dict[str, Task],
     config = RolloutConfig(max_turns=opts.max_turns, max_new_tokens=opts.max_new_tokens,
                            temperature=opts.temperature, top_p=opts.top_p, batch_size=len(episodes),
                            seed=opts.seed, stage=f"rl-{step}")
-    # The rollout releases each trajectory's KV cache as it ends, so no cache outlives the
-    # weights it was computed with.
     trajs = rollout(engine, episodes, tools, config)
     samples = []
     for ep, traj in zip(episodes, trajs):
@@ -398,6 +395,9 @@ class _Run:
                        lambda n: acc.clip_grad_norm_(self.model.parameters(), n), scored[: len(train_mbs)],
                        clip_eps=opts.clip_eps, kl_coef=opts.kl_coef, ppo_epochs=opts.ppo_epochs,
                        max_grad_norm=opts.max_grad_norm, temperature=opts.temperature, bf16=opts.bf16)
+        # The rollout already released each trajectory's cache as it ended; clearing here
+        # guarantees that no key/value computed by the old weights survives the update.
+        self.engine.clear_cache()
         self.last_samples = [_annotate(s, step + 1) for s in samples[: opts.samples_per_step]]
         return self._record(step, samples, len(trained), kl, kl_tokens, stats, rollout_s, t0)
 
