@@ -68,3 +68,16 @@ def test_ids_match_the_rollout_prompt(tok):
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     assert ids[: len(prompt_ids)] == prompt_ids
     assert mask[len(prompt_ids)] == 1 and mask[len(prompt_ids) - 1] == 0
+
+
+def test_sft_dataset_never_targets_malformed_steps(tok):
+    from score_distill.train.sft import build_dataset
+
+    bad = Step(kind="action", thought="", code="", raw="<thought>no code", parse_error="no <code> block",
+               observation="Error: your step could not be parsed: no <code> block. Nothing was run.")
+    steps = [STEPS[0], bad, *STEPS[1:]]
+    ds = build_dataset(tok, [("q", steps)], max_length=4096)
+    ids, labels = ds["input_ids"][0], ds["labels"][0]
+    targets = [tok.decode(r) for r in spans(ids, [int(x != -100) for x in labels])]
+    assert targets == [render_step(s) + "<|im_end|>" for s in STEPS]
+    assert "<thought>no code" in tok.decode(ids)

@@ -43,8 +43,14 @@ def build_dataset(tokenizer, examples: list[tuple[str, list[Step]]], max_length:
     from datasets import Dataset
 
     rows = {"input_ids": [], "labels": []}
+
+    def trained(i: int, s: Step) -> bool:
+        # A step that did not parse (a student's malformed turn kept in a solved MPS
+        # trajectory) stays in the context but is never a target.
+        return s.parse_error is None and (train_on is None or train_on(i, s))
+
     for question, steps in examples:
-        ids, mask = render_trajectory(tokenizer, question, steps, train_on=train_on)
+        ids, mask = render_trajectory(tokenizer, question, steps, train_on=trained)
         ids, mask = ids[:max_length], mask[:max_length]
         if not any(mask):
             continue
