@@ -15,8 +15,11 @@ Scorers never raise on model output: unreadable or hostile answers are simply wr
 judge model that keeps breaking its reply format yields a Score with `judge_failed=True`.
 
 How `math_equal` reads answers (one set of decisions for every suite):
-- math-verify parses and compares (LaTeX or plain expressions, sympy equivalence, decimals
-  rounded to 6 places): "17/4" == "4.25" == "\\frac{17}{4}" == "\\boxed{17/4}"; "x = 3" == "3".
+- math-verify parses (LaTeX or plain expressions); values are compared exactly, or to 6
+  decimal places when a side is written as a decimal ("0.333333" == "1/3" but "3.14159" !=
+  "\\pi"): "17/4" == "4.25" == "\\frac{17}{4}" == "\\boxed{17/4}"; "x = 3" == "3".
+- sets (any order), tuples, intervals, relations and matrices compare part by part, by
+  evaluating values rather than by sympy's simplify, which can take minutes.
 - "1,200" == "1200" (thousands separators); "2,3" is the list {2, 3}, not 2.3.
 - currency, percent and degree signs are dropped on both sides: "$12" == "12", "50%" ==
   "50" but "50%" != "0.5" (the number as written: equality stays transitive).
@@ -27,8 +30,9 @@ How `math_equal` reads answers (one set of decisions for every suite):
   math-verify's uses SIGALRM: main thread only, and it would clash with the sandbox):
   answers over MAX_ANSWER_CHARS, power towers, exponents over MAX_NUMERIC_EXPONENT on a
   number or MAX_SYMBOLIC_EXPONENT otherwise, factorials and binomials of anything but small
-  integers or letters, sums, products, integrals, limits. A static screen bounds the slow
-  cases we know; it does not prove every accepted input fast.
+  integers or letters, sums, products, integrals, limits, brackets nested deeper than
+  MAX_NESTING. A static screen bounds the slow cases we know; it does not prove every
+  accepted input fast.
 Model text never reaches Python's eval: math-verify parses LaTeX with its own parser and
 plain expressions only from digits and arithmetic operators.
 """
@@ -43,12 +47,14 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 MAX_ANSWER_CHARS = 200
 MAX_NUMERIC_EXPONENT = 10_000  # 2^{10000} has ~3000 digits: cheap for exact integers
-MAX_SYMBOLIC_EXPONENT = 32  # (x+y+1)^{64} already takes seconds to expand and compare
+MAX_SYMBOLIC_EXPONENT = 32  # sympy expands powers of sums eagerly in places: (x+y+1)^{64} takes seconds
 MAX_FACTORIAL = 1000
+MAX_NESTING = 6  # the LaTeX parser is exponential in bracket depth: {{{{{{{{{{{{{{1}}}}}}}}}}}}}} takes ~17 s
 
 
 # math-verify warns once that its timeouts are off; ours are off on purpose (inputs are
@@ -130,7 +136,7 @@ def _core(text: str) -> str:
     ('1200', '12', '17/4', 'sqrt(2)*\\\\pi')
     """
     s = _last_boxed(text.strip())
-    for a, b in (("$$", "$$"), ("\\(", "\\)"), ("\\[", "\\]")):
+    for a, b in (("\\(", "\\)"), ("\\[", "\\]")):
         if s.startswith(a) and s.endswith(b) and len(s) >= len(a) + len(b):
             s = s[len(a) : len(s) - len(b)]
     for command in ("text", "textbf", "mathrm", "mbox"):
@@ -171,6 +177,15 @@ def _exponent_too_big(s: str, i: int) -> bool:
     return any(int(n) > limit for n in re.findall(r"\d+", operand))
 
 
+def _nesting(s: str) -> int:
+    """The deepest bracket nesting, all kinds of bracket counted together."""
+    depth = deepest = 0
+    for c in s:
+        depth = max(0, depth + (c in "{([") - (c in "})]"))
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _small_integer_or_letter(arg: str) -> bool:
     return bool(_SMALL_ARG.fullmatch(arg)) and all(int(n) <= MAX_FACTORIAL for n in re.findall(r"\d+", arg))
 
@@ -181,7 +196,7 @@ def _is_hostile(s: str) -> bool:
     >>> [_is_hostile(t) for t in ["2^{2023}", "9^{9^{9}}", "(x+1)^{1000}", "100000!", "5!"]]
     [False, True, True, True, False]
     """
-    if len(s) > MAX_ANSWER_CHARS or _BANNED.search(s):
+    if len(s) > MAX_ANSWER_CHARS or _BANNED.search(s) or _nesting(s) > MAX_NESTING:
         return True
     if any(_exponent_too_big(s, i) for i, c in enumerate(s) if c == "^"):
         return True
@@ -229,8 +244,77 @@ def _math_check(pred: str, gold: str) -> tuple[bool, str]:
     gold_parsed, pred_parsed = _parse_math(g), _parse_math(p)
     if not pred_parsed or not gold_parsed:
         return False, "unreadable answer" if not pred_parsed else "unreadable gold answer"
-    ok = verify(gold_parsed, pred_parsed, timeout_seconds=None)
+    ok = _same(gold_parsed[0], pred_parsed[0])
+    if ok is None:  # different shapes (a set and a tuple, an interval and an inequality), text
+        ok = verify(gold_parsed, pred_parsed, timeout_seconds=None)
     return ok, "equal" if ok else "not equal"
+
+
+# Points where expressions with variables are compared: rationals that are unlikely roots of
+# anything a model writes, so two different expressions almost surely differ at one of them.
+_PROBES = (sympy.Rational(5772, 10000), sympy.Rational(12599, 10000), sympy.Rational(27183, 10000))
+_DIGITS = 60
+_EXACT_TOLERANCE = sympy.Float("1e-40", _DIGITS)  # equal exact values agree to ~60 digits
+_DECIMAL_TOLERANCE = sympy.Float("5e-7", _DIGITS)  # a decimal must be right to 6 places
+_CONTAINERS = (sympy.FiniteSet, sympy.Tuple, sympy.Interval, sympy.Rel, sympy.MatrixBase)
+_FLIPPED = {sympy.GreaterThan: sympy.LessThan, sympy.StrictGreaterThan: sympy.StrictLessThan}
+
+
+def _parts(x: object) -> list:
+    return list(x) if isinstance(x, sympy.MatrixBase) else list(x.args)  # type: ignore[attr-defined]
+
+
+def _same(gold: object, pred: object) -> bool | None:
+    """Equality of two parsed answers decided by evaluating their values, or None when their
+    shapes differ (or nothing could be evaluated) and math-verify's rules must decide.
+
+    sympy's `simplify`, which math-verify relies on, can take minutes on innocent inputs
+    ("\\log 5 \\sin 3" against a number takes ~30 s); evaluation takes milliseconds. So
+    sets (in any order), tuples, intervals, relations (a >= b read as b <= a) and matrices
+    are compared part by part here, and their parts, expressions, by `_same_value`.
+    """
+    gold, pred = (_FLIPPED[type(x)](x.rhs, x.lhs) if type(x) in _FLIPPED else x for x in (gold, pred))
+    if isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr):
+        return _same_value(gold, pred)
+    if isinstance(gold, sympy.logic.boolalg.BooleanAtom) or isinstance(pred, sympy.logic.boolalg.BooleanAtom):
+        return gold == pred  # the open/closed flags of an interval
+    if type(gold) is not type(pred) or not isinstance(gold, _CONTAINERS):
+        return None
+    g_parts, p_parts = _parts(gold), _parts(pred)
+    if len(g_parts) != len(p_parts) or (isinstance(gold, sympy.MatrixBase) and gold.shape != pred.shape):
+        return False
+    if isinstance(gold, sympy.FiniteSet):  # any order: match each gold element to an unused one
+        for g in g_parts:
+            match = next((i for i, p in enumerate(p_parts) if _same(g, p)), None)
+            if match is None:
+                return False
+            p_parts.pop(match)
+        return True
+    verdicts = [_same(g, p) for g, p in zip(g_parts, p_parts)]
+    return None if None in verdicts else all(verdicts)
+
+
+def _same_value(gold: sympy.Expr, pred: sympy.Expr) -> bool | None:
+    """Equal values: rationals exactly; other numbers to 60 digits, or to 6 decimal places
+    (relative to the size of the value, when above 1) when a side holds a decimal; expressions with variables at three fixed points
+    (both sides must use the same variables, as in math-verify's strict mode). None when no
+    evaluation gave a number."""
+    if gold.free_symbols != pred.free_symbols:
+        return False
+    if gold.is_Rational and pred.is_Rational:
+        return bool(gold == pred)
+    tol = _DECIMAL_TOLERANCE if gold.has(sympy.Float) or pred.has(sympy.Float) else _EXACT_TOLERANCE
+    names = sorted(gold.free_symbols, key=str)
+    points = [{x: _PROBES[(i + j) % 3] + j for j, x in enumerate(names)} for i in range(3 if names else 1)]
+    verdicts = []
+    for point in points:
+        try:
+            a, b = gold.subs(point).evalf(_DIGITS), pred.subs(point).evalf(_DIGITS)
+            diff, scale = abs(a - b).evalf(_DIGITS), max(abs(a).evalf(_DIGITS), sympy.Integer(1))
+            verdicts.append(bool(diff <= tol * scale))
+        except (TypeError, ValueError, ArithmeticError, NotImplementedError):
+            continue  # not a finite number here (a pole, nan, an unevaluated object): skip the point
+    return all(verdicts) if verdicts else None
 
 
 def math_equal(pred: str, gold: str) -> bool:
