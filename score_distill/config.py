@@ -43,17 +43,20 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
             return None
         return _convert(args[0], value, where)
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str):  # a whole section given on the command line as YAML
+            value = yaml.safe_load(value)
         if isinstance(value, dict):
             return from_dict(tp, value)
         raise ValueError(f"{where}: expected a mapping for {tp.__name__}")
-    if isinstance(value, str) and tp in (int, float, bool, list, dict) or origin in (list, dict):
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
+    if isinstance(value, str) and (tp in (int, float, bool, list, dict) or origin in (list, dict)):
+        value = yaml.safe_load(value)
     try:
+        if tp in (int, float) and isinstance(value, bool):
+            raise ValueError  # bool is an int subclass; `steps=true` is a mistake
         if tp is bool:
             if not isinstance(value, bool):
                 raise ValueError
@@ -96,7 +99,9 @@ def apply_overrides(config: C, overrides: list[str]) -> C:
             node = node[p]
         if parts[-1] not in node:
             raise ValueError(f"override {key!r}: unknown key {parts[-1]!r}")
-        node[parts[-1]] = yaml.safe_load(raw) if raw else raw
+        # Kept as text: `_convert` parses it by the field's type, so a str field keeps
+        # exactly what was given ("1.10", "no", "null").
+        node[parts[-1]] = raw
     return from_dict(type(config), data)
 
 

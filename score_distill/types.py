@@ -52,7 +52,7 @@ class Record:
         if not isinstance(data, dict):
             raise SchemaError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
         version = data.get("schema")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:  # JSON true / 1.0 are not versions
             raise SchemaError(f"{cls.__name__}: schema version {version!r}, expected {SCHEMA_VERSION}")
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = set(data) - names - {"schema"}
@@ -63,6 +63,8 @@ class Record:
             value = data[name]
             if name in cls._nested and value is not None:
                 sub, is_list = cls._nested[name]
+                if is_list and not isinstance(value, list):
+                    raise SchemaError(f"{cls.__name__}.{name}: expected a list, got {type(value).__name__}")
                 value = [sub.from_dict(v) for v in value] if is_list else sub.from_dict(value)
             kwargs[name] = value
         try:

@@ -100,16 +100,11 @@ def test_bad_overrides_raise(override: str, match: str) -> None:
         apply_overrides(Demo(), [override])
 
 
-@pytest.mark.xfail(strict=True, reason="config.apply_overrides YAML-parses every value before `_convert` sees the "
-                                       "field type, so a str field gets str(parsed): '1.10' -> '1.1', 'no' -> 'False', "
-                                       "'null' -> 'None', '0x1F' -> '31'")
 @pytest.mark.parametrize("raw", ["1.10", "no", "null", "0x1F"])
 def test_string_fields_keep_the_text_given(raw: str) -> None:
     assert apply_overrides(Demo(), [f"name={raw}"]).name == raw
 
 
-@pytest.mark.xfail(strict=True, reason="config._convert accepts a bool for an int or float field "
-                                       "(bool is an int subclass): steps=true gives 1")
 def test_bool_is_not_an_int() -> None:
     with pytest.raises(ValueError):
         apply_overrides(Demo(), ["optim.steps=true"])

@@ -127,8 +127,6 @@ def test_wrong_version_in_a_nested_record_raises(cls: type[Record]) -> None:
         cls.from_dict(data)
 
 
-@pytest.mark.xfail(strict=True, reason="types.Record.from_dict compares with `!=`, so JSON true and 1.0 "
-                                       "pass as schema version 1 (True == 1 == 1.0 in Python)")
 @pytest.mark.parametrize("version", [True, 1.0])
 def test_schema_version_must_be_the_integer(version: object) -> None:
     data = _minimal(Step).to_dict()
@@ -156,8 +154,6 @@ def test_missing_required_field_and_bad_values_raise_schema_errors() -> None:
         Step.from_dict(["not", "a", "dict"])  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="types.Record.from_dict iterates a nested list field without checking "
-                                       "it is a list: `steps: 5` raises TypeError, not SchemaError")
 def test_a_nested_list_field_of_the_wrong_type_raises_schema_error() -> None:
     with pytest.raises(SchemaError):
         Trajectory.from_dict({"schema": SCHEMA_VERSION, "task_id": "a", "steps": 5})
