@@ -57,7 +57,9 @@ class LocalConfig:
     max_batch_size: int = option(64, "rows decoded together; larger calls run in chunks")
     prefill_chunk: int = option(512, "prompt columns per prefill forward pass (bounds memory)")
     cache_budget_mb: int = option(4096, "memory for per-trajectory KV caches; least recently used evicted")
-    num_threads: int = option(0, "torch CPU threads; 0 = the cores this process may use")
+    num_threads: int = option(0, "torch CPU threads; 0 = the cores this process may use (affinity and "
+                                 "cgroup quota). On a machine shared with other busy processes, 1 is "
+                                 "often much faster: idle-spinning threads wait on descheduled peers")
     seed: int = option(0, "seeds rows whose request and params carry no seed")
 
 
@@ -90,7 +92,7 @@ class LocalModel:
 
         self.config = config or LocalConfig()
         self.name = name or Path(path).name
-        torch.set_num_threads(self.config.num_threads or len(os.sched_getaffinity(0)))
+        torch.set_num_threads(self.config.num_threads or available_cores())
         self.device = torch.device(self.config.device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if not self.tokenizer.chat_template:
@@ -258,3 +260,26 @@ def _charge(rows: list[_Row], started: float) -> None:
     share = (time.perf_counter() - started) / len(rows)
     for row in rows:
         row.time_s += share
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: its affinity set, capped by a cgroup v2 CPU quota
+    (containers often see every host core but may use only a few)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota = quota_cores(Path("/sys/fs/cgroup/cpu.max").read_text())
+    except OSError:
+        quota = None
+    return max(1, min(cores, quota)) if quota else cores
+
+
+def quota_cores(cpu_max: str) -> int | None:
+    """Whole cores allowed by a cgroup v2 `cpu.max` line ("max" means no quota).
+
+    >>> quota_cores("200000 100000"), quota_cores("150000 100000"), quota_cores("max 100000")
+    (2, 1, None)
+    """
+    quota, _, period = cpu_max.strip().partition(" ")
+    if quota == "max" or not period:
+        return None
+    return max(1, int(quota) // int(period))
