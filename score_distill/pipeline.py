@@ -57,6 +57,7 @@ class RunConfig:
     n_reference_check: int = option(20, "reference solutions executed per suite and split as a sanity check")
     bc_fraction: float = option(0.2, "share of train tasks the teacher solves for cold-start BC")
     max_interventions: int = option(3, "teacher fixes per MPS task")
+    inference_bf16: bool = option(True, "bf16 autocast when the student generates (evaluation, MPS); faster on CPUs with bf16 and on GPUs")
     ablations: list = option([], f"extra stages through the same code: any of {', '.join(ABLATIONS)}")
     eval_rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "evaluation agent loop (greedy)"})
     mps_rollout: RolloutConfig = field(default_factory=_mps_rollout, metadata={"help": "student sampling during MPS"})
@@ -131,7 +132,7 @@ def evaluate_stage(run: Run, stage: str, model_path: str) -> None:
     from score_distill.evaluate import evaluate
     from score_distill.models.load import load_model
 
-    model = load_model(model_path)
+    model = load_model(model_path, autocast_bf16=run.cfg.inference_bf16)
     run.stages[stage] = {}
     with run.timed(f"eval_{stage}"):
         for name, tasks in run.sets.items():
@@ -173,7 +174,7 @@ def mps_stage(run: Run, student: str, teacher) -> dict:
                        max_interventions=run.cfg.max_interventions, rollout=run.cfg.mps_rollout,
                        tools=run.cfg.tools, split=SplitConfig(seed=run.cfg.seed))
     with run.timed("mps"):
-        summary = mentor(load_model(student), teacher, tasks, run.out / "mps", cfg)
+        summary = mentor(load_model(student, autocast_bf16=run.cfg.inference_bf16), teacher, tasks, run.out / "mps", cfg)
     run.teacher_tokens["mps"] = int(summary["teacher_tokens"])
     run.extra["mps"] = {k: summary[k] for k in ("tasks", "solved_by_interventions", "hard_to_teach",
                                                 "first_error_step_hist", "teacher_calls", "teacher_tokens",
