@@ -1,5 +1,6 @@
 """Execute the reference solutions of many generated tasks in the sandbox; report per
-suite and split how many reach their gold answer, mean steps, and mean length.
+suite and split how many reach their gold answer, mean steps (the plan included), and mean
+tokens of the reference's assistant turns (SmolLM2 tokenizer; observations not counted).
 
     .venv/bin/python scripts/check_references.py --n 2000 --seed 0 > bench/reference_check.txt
 """
