@@ -23,7 +23,7 @@ from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option
 from score_distill.metrics import summarize
 from score_distill.models.base import ChatModel
-from score_distill.tasks.scoring import score_answer
+from score_distill.tasks.scoring import Score, score_answer
 from score_distill.tools.config import ToolConfig
 from score_distill.types import Task, Trajectory, iter_jsonl, write_jsonl
 
@@ -39,14 +39,14 @@ class EvalConfig:
     tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
 
 
-def score_trajectory(task: Task, traj: Trajectory) -> Trajectory:
-    """Attach the answer's score to a trajectory (in place) and return it."""
+def score_trajectory(task: Task, traj: Trajectory) -> Score:
+    """Score a trajectory's answer, attach the score to it (in place) and return it."""
     score = score_answer(task.suite, traj.final_answer, task.answer, task.question)
     traj.score = float(score.value)
     traj.meta["correct"] = bool(score.correct)
     if score.detail:
         traj.meta["score_detail"] = score.detail
-    return traj
+    return score
 
 
 def evaluate(model: ChatModel, tasks: list[Task], out_dir: str | Path, tools: ToolConfig,
@@ -56,26 +56,30 @@ def evaluate(model: ChatModel, tasks: list[Task], out_dir: str | Path, tools: To
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "trajectories.jsonl"
+    by_id = {t.id: t for t in tasks}
     done: dict[tuple[str, int], Trajectory] = {}
+    scores: dict[tuple[str, int], Score] = {}
     if path.exists():
         for t in iter_jsonl(path, Trajectory):
-            done[(t.task_id, int(t.meta.get("sample", 0)))] = t
+            key = (t.task_id, int(t.meta.get("sample", 0)))
+            done[key] = t
+            if t.task_id in by_id:
+                scores[key] = score_trajectory(by_id[t.task_id], t)
         # rewrite without a possibly torn last line before appending
         write_jsonl(path, done.values())
-    by_id = {t.id: t for t in tasks}
     todo = [Episode(task, sample=k) for task in tasks for k in range(samples) if (task.id, k) not in done]
     t0 = time.perf_counter()
     with tqdm(total=len(tasks) * samples, initial=len(tasks) * samples - len(todo), desc=desc, unit="traj") as bar:
         def on_done(_: int, traj: Trajectory) -> None:
-            score_trajectory(by_id[traj.task_id], traj)
+            key = (traj.task_id, int(traj.meta.get("sample", 0)))
+            scores[key] = score_trajectory(by_id[traj.task_id], traj)
             write_jsonl(path, [traj], append=True)
-            done[(traj.task_id, int(traj.meta.get("sample", 0)))] = traj
+            done[key] = traj
             bar.update(1)
 
         rollout(model, todo, tools, rollout_config, on_done=on_done)
-    trajs = [done[(t.id, k)] for t in tasks for k in range(samples)]
-    metrics = summarize(trajs, [score_answer(by_id[t.task_id].suite, t.final_answer, by_id[t.task_id].answer,
-                                             by_id[t.task_id].question) for t in trajs])
+    keys = [(t.id, k) for t in tasks for k in range(samples)]
+    metrics = summarize([done[k] for k in keys], [scores[k] for k in keys])
     metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -1,0 +1,41 @@
+"""The evaluation harness: scores, metrics files, and resuming without re-running work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from score_distill.agent.rollout import RolloutConfig
+from score_distill.evaluate import evaluate
+from score_distill.models.scripted import ScriptedModel
+from score_distill.tools.config import ToolConfig
+from score_distill.types import Task, Trajectory, read_jsonl
+
+
+def policy(messages):
+    if sum(m["role"] == "assistant" for m in messages) == 0:
+        return "<first_thought>answer</first_thought>"
+    guess = "42" if "forty-two" in messages[1]["content"] else "7"
+    return f"<thought>t</thought>\n<code>\nfinal_answer({guess})\n</code>"
+
+
+TASKS = [Task(id=f"t{i}", question=q, answer="42", suite="math") for i, q in enumerate(["forty-two?", "other?", "forty-two!"])]
+
+
+def test_metrics_and_resume(tmp_path: Path) -> None:
+    model = ScriptedModel(policy)
+    m = evaluate(model, TASKS, tmp_path, ToolConfig(), RolloutConfig(), samples=2)
+    assert m["n"] == 6 and abs(m["accuracy"] - 4 / 6) < 1e-9 and m["finish_rate"] == 1.0
+    assert json.loads((tmp_path / "metrics.json").read_text())["accuracy"] == m["accuracy"]
+    trajs = read_jsonl(tmp_path / "trajectories.jsonl", Trajectory)
+    assert sorted((t.task_id, t.meta["sample"]) for t in trajs) == [(t.id, k) for t in TASKS for k in range(2)]
+    assert [t.meta["correct"] for t in trajs if t.task_id == "t1"] == [False, False]
+    calls = len(model.batch_sizes)
+    # A torn last line (a crash mid-write) is dropped and only that trajectory is redone.
+    path = tmp_path / "trajectories.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:10])
+    again = evaluate(model, TASKS, tmp_path, ToolConfig(), RolloutConfig(), samples=2)
+    assert again["accuracy"] == m["accuracy"] and again["n"] == 6
+    assert len(model.batch_sizes) - calls == 2  # one episode: a plan turn and an action turn
+    assert len(read_jsonl(path, Trajectory)) == 6
