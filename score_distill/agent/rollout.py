@@ -123,6 +123,8 @@ def rollout(model: ChatModel, episodes: list[Episode], tools: ToolConfig, config
     """Run every episode to its end; returns trajectories in the order of `episodes`.
     `on_done(index, trajectory)` is called as each one finishes (for progress and for
     writing results as they come)."""
+    if config.batch_size < 1 or config.max_turns < 1:
+        raise ValueError(f"batch_size and max_turns must be >= 1, got {config.batch_size} and {config.max_turns}")
     results: list[Trajectory | None] = [None] * len(episodes)
     for i, traj in _run(model, episodes, tools, config):
         results[i] = traj
