@@ -27,6 +27,8 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     [0.49, 0.943]
     >>> wilson_interval(0, 0)
     (0.0, 1.0)
+    >>> all(lo <= k / n <= hi for n in range(1, 60) for k in range(n + 1) for lo, hi in [wilson_interval(k, n)])
+    True
     """
     if n < 0 or not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
@@ -36,7 +38,9 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # Rounding can put a bound a hair past p itself (k=0 gave a lower bound of 3e-17):
+    # the interval always contains the observed proportion.
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def _mean(values: list[float]) -> float:
