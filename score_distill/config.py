@@ -26,6 +26,11 @@ import yaml
 C = TypeVar("C")
 
 
+class _Text(str):
+    """A value typed on the command line, not yet read: only such text may spell None
+    ("null", "none", "~"); a string loaded from YAML is kept as it is."""
+
+
 def option(default: Any, help: str) -> Any:
     """A dataclass field with a default and help text (mutable defaults are copied)."""
     if isinstance(default, (list, dict, set)):
@@ -43,7 +48,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
+        if value is None or (isinstance(value, _Text) and value.strip().lower() in ("none", "null", "~")):
             return None
         return _convert(args[0], value, where)
     if dataclasses.is_dataclass(tp):
@@ -101,7 +106,7 @@ def apply_overrides(config: C, overrides: list[str]) -> C:
             raise ValueError(f"override {key!r}: unknown key {parts[-1]!r}")
         # Kept as text: `_convert` parses it by the field's type, so a str field keeps
         # exactly what was given ("1.10", "no", "null").
-        node[parts[-1]] = raw
+        node[parts[-1]] = _Text(raw)
     return from_dict(type(config), data)
 
 
