@@ -43,13 +43,13 @@ def main() -> None:
 
     from score_distill.models.builtin import builtin_path
     from score_distill.tasks.load import generate_suite
-    from score_distill.tasks.references import with_observations
+    from score_distill.bc import execute_steps
     from score_distill.tools.config import ToolConfig
     from score_distill.train.sft import SFTOptions, build_dataset, train_sft
 
     model_dir = builtin_path("smollm2-135m")
     tasks = generate_suite(args.suite, "train", args.n, seed=0)
-    examples = [(t.question, with_observations(t, ToolConfig())) for t in tasks]
+    examples = [(t.question, execute_steps(t, t.reference or [], ToolConfig())) for t in tasks]
     tok = AutoTokenizer.from_pretrained(model_dir)
     ds = build_dataset(tok, examples, max_length=1024)
     tokens = sum(len(x) for x in ds["input_ids"])

@@ -55,7 +55,7 @@ from typing import Any, Callable, ClassVar, Generic, Iterator, TypeVar
 from tqdm import tqdm
 
 from score_distill.agent.format import format_observation, parse_turn, render_step
-from score_distill.agent.rollout import Episode, RolloutConfig, rollout
+from score_distill.agent.rollout import Episode, RolloutConfig, prefix_cells, rollout
 from score_distill.config import option, save_config, to_dict
 from score_distill.datasets_export import SplitConfig, export_mentor
 from score_distill.models.base import ChatModel
@@ -144,7 +144,8 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _mps_rollout() -> RolloutConfig:
+def mps_rollout_config() -> RolloutConfig:
+    """The MPS sampling defaults (T=0.6, top-p 0.95, as in the reference release)."""
     return RolloutConfig(temperature=0.6, top_p=0.95, stage="mps")
 
 
@@ -159,7 +160,7 @@ class MentorConfig:
     max_interventions: int = option(3, "teacher fixes per task before it is marked hard to teach")
     teacher_concurrency: int = option(8, "teacher calls (judge, repair, fix execution) run at once")
     max_in_flight: int = option(256, "tasks worked on at once; they move through rounds together")
-    rollout: RolloutConfig = field(default_factory=_mps_rollout, metadata={"help": "student sampling and turn budget"})
+    rollout: RolloutConfig = field(default_factory=mps_rollout_config, metadata={"help": "student sampling and turn budget"})
     tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
     split: SplitConfig = field(default_factory=SplitConfig, metadata={"help": "SFT/RL split and exports"})
 
@@ -190,17 +191,6 @@ class MentorRecord(Record):
         "interventions": (Intervention, True),
         "keysteps": (KeyStepItem, True),
     }
-
-
-def prefix_cells(steps: list[Step]) -> list[str]:
-    """The cells that rebuild a prefix's interpreter state: its successful actions, in order
-    (the rule the rollout uses when it starts from a prefix).
-
-    >>> prefix_cells([Step(kind="plan", thought="p"), Step(kind="action", thought="t", code="x = 1"),
-    ...               Step(kind="action", thought="t", code="1/0", error="ZeroDivisionError")])
-    ['x = 1']
-    """
-    return [s.code for s in steps if s.kind == "action" and s.ok]
 
 
 def run_fix(task: Task, prefix: list[Step], fixed: Step, tools: ToolConfig) -> Step:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import option
+from score_distill.mentor import mps_rollout_config
 from score_distill.tools.config import ToolConfig
 from score_distill.train.rl import RLOptions
 from score_distill.train.sft import SFTOptions
@@ -39,10 +40,6 @@ from score_distill.types import Task, read_jsonl, write_jsonl
 log = logging.getLogger(__name__)
 
 ABLATIONS = ("grpo", "rl_no_short_horizon", "rl_no_key_step")
-
-
-def _mps_rollout() -> RolloutConfig:
-    return RolloutConfig(temperature=0.6, top_p=0.95, stage="mps")
 
 
 @dataclass
@@ -60,7 +57,7 @@ class RunConfig:
     inference_bf16: bool = option(True, "bf16 autocast when the student generates (evaluation, MPS); faster on CPUs with bf16 and on GPUs")
     ablations: list = option([], f"extra stages through the same code: any of {', '.join(ABLATIONS)}")
     eval_rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "evaluation agent loop (greedy)"})
-    mps_rollout: RolloutConfig = field(default_factory=_mps_rollout, metadata={"help": "student sampling during MPS"})
+    mps_rollout: RolloutConfig = field(default_factory=mps_rollout_config, metadata={"help": "student sampling during MPS"})
     sft: SFTOptions = field(default_factory=SFTOptions, metadata={"help": "SFT of BC, SCoRe-SFT and BC-full"})
     rl: RLOptions = field(default_factory=RLOptions, metadata={"help": "SCoRe-RL and the RL ablations"})
     tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})

@@ -72,6 +72,16 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def prefix_cells(steps: list[Step]) -> list[str]:
+    """The cells that rebuild a prefix's interpreter state: its successful actions, in order.
+
+    >>> prefix_cells([Step(kind="plan", thought="p"), Step(kind="action", thought="t", code="x = 1"),
+    ...               Step(kind="action", thought="t", code="1/0", error="ZeroDivisionError")])
+    ['x = 1']
+    """
+    return [s.code for s in steps if s.kind == "action" and s.ok]
+
+
 @dataclass
 class _Live:
     episode: Episode
@@ -82,7 +92,7 @@ class _Live:
 def _start(ep: Episode, tools: ToolConfig) -> _Live:
     sandbox = open_sandbox(tools, ep.task)
     traj = Trajectory(task_id=ep.task.id, steps=list(ep.prefix), meta={"sample": ep.sample, "prefix_len": len(ep.prefix), **ep.meta})
-    cells = [s.code for s in ep.prefix if s.kind == "action" and s.ok]
+    cells = prefix_cells(ep.prefix)
     if cells:
         t0 = time.perf_counter()
         sandbox.replay(cells)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from score_distill.tasks.scoring import score_answer
 from score_distill.tools.config import ToolConfig, open_sandbox
-from score_distill.types import Step, Task
+from score_distill.types import Task
 
 
 @dataclass
@@ -48,19 +48,3 @@ def run_reference(task: Task, tools: ToolConfig) -> bool:
     """True when the reference solution runs cleanly and reaches the gold answer."""
     r = execute_reference(task, tools)
     return r.correct and not r.errors
-
-
-def with_observations(task: Task, tools: ToolConfig) -> list[Step]:
-    """The reference steps with their real observations filled in (for SFT data)."""
-    from score_distill.agent.format import format_observation
-
-    steps: list[Step] = []
-    with open_sandbox(tools, task) as sandbox:
-        for step in task.reference or []:
-            s = Step.from_dict(step.to_dict())
-            if s.kind == "action":
-                r = sandbox.run(s.code)
-                s.error, s.timed_out, s.final_answer = r.error, r.timed_out, r.final_answer
-                s.observation = format_observation(r.output, r.error, r.timed_out, tools.sandbox.timeout_s)
-            steps.append(s)
-    return steps
