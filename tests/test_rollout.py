@@ -77,6 +77,17 @@ def test_turn_budget_ends_unfinished_episode():
     assert len(traj.steps) == 4 and not traj.finished and traj.final_answer is None
 
 
+def test_consecutive_format_errors_end_the_episode_when_asked():
+    bad = "no tags at all"
+    # Two bad turns in a row end it; one bad turn between good ones does not.
+    model = ScriptedModel(script(PLAN, bad, act("x = 1"), bad, bad, act("final_answer(x)")))
+    [traj] = rollout(model, [Episode(task())], TOOLS, RolloutConfig(max_format_errors=2))
+    assert len(traj.steps) == 5 and not traj.finished and traj.meta["stopped"] == "format_errors"
+    model = ScriptedModel(script(PLAN, bad, act("x = 1"), bad, bad, act("final_answer(x)")))
+    [traj] = rollout(model, [Episode(task())], TOOLS, RolloutConfig(max_format_errors=0))
+    assert traj.finished and "stopped" not in traj.meta
+
+
 def test_prefix_state_is_rebuilt_and_counts_toward_budget():
     prefix = [Step(kind="plan", thought="p", author="teacher"),
               Step(kind="action", thought="set", code="base = 40", observation="(no output)", author="teacher"),

@@ -45,6 +45,9 @@ class RolloutConfig:
     batch_size: int = option(16, "trajectories generated together")
     seed: int = option(0, "base seed; each turn's seed derives from (seed, stage, task, sample, turn)")
     stage: str = option("eval", "stage name mixed into seeds, so stages never share samples")
+    max_format_errors: int = option(0, "end an episode after this many consecutive turns that do not parse "
+                                       "(0 = never); an untrained student otherwise spends every turn's "
+                                       "token cap on text the format cannot read")
 
 
 @dataclass
@@ -122,6 +125,17 @@ def _execute(live: _Live, step: Step, tools: ToolConfig) -> None:
     step.observation = format_observation(result.output, result.error, result.timed_out, tools.sandbox.timeout_s)
 
 
+def _over(traj: Trajectory, config: RolloutConfig) -> bool:
+    """Whether the episode has ended: answered, out of turns, or out of format."""
+    if traj.finished or len(traj.steps) >= config.max_turns:
+        return True
+    k = config.max_format_errors
+    if k > 0 and len(traj.steps) >= k and all(s.parse_error is not None for s in traj.steps[-k:]):
+        traj.meta["stopped"] = "format_errors"
+        return True
+    return False
+
+
 def _finish(live: _Live, model: ChatModel) -> Trajectory:
     live.sandbox.close()
     model.release(live.episode.key)
@@ -154,7 +168,7 @@ def _run(model: ChatModel, episodes: list[Episode], tools: ToolConfig,
                 # an interpreter and replaying a prefix is process work, not ours.
                 joining = [queue.pop() for _ in range(min(len(queue), config.batch_size - len(live)))]
                 for (i, _), state in zip(joining, pool.map(lambda item: _start(item[1], tools), joining)):
-                    if state.traj.finished or len(state.traj.steps) >= config.max_turns:
+                    if _over(state.traj, config):
                         yield i, _finish(state, model)
                     else:
                         live[i] = state
@@ -196,6 +210,6 @@ def _turn(model: ChatModel, live: dict[int, _Live], tools: ToolConfig, config: R
         last = s.traj.steps[-1]
         if last.final_answer is not None:
             s.traj.final_answer, s.traj.finished = last.final_answer, True
-        if s.traj.finished or len(s.traj.steps) >= config.max_turns:
+        if _over(s.traj, config):
             del live[i]
             yield i, _finish(s, model)

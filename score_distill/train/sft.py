@@ -61,6 +61,29 @@ def build_dataset(tokenizer, examples: list[tuple[str, list[Step]]], max_length:
     return Dataset.from_dict(rows)
 
 
+def _trainer_class(sft_trainer, use_cpu: bool):
+    """SFTTrainer, or on CPU a subclass whose loss is the model's own cross-entropy.
+
+    TRL computes the loss through its fused LM head. Without Triton (CPU) that head scores
+    every position, masked ones included, tile by tile in eager torch ops, and recomputes the
+    tiles in the backward pass; with SmolLM2's 49k vocabulary this halved training speed here
+    (bench/sft_throughput.txt). The model's own loss uses the same labels and the same
+    token-count normalisation across gradient accumulation; TRL's entropy and token-accuracy
+    metrics are not logged on that path.
+    """
+    if not use_cpu:
+        return sft_trainer
+    from transformers import Trainer
+
+    class CPUSFTTrainer(sft_trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return CPUSFTTrainer
+
+
 def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out_dir: str | Path,
               opts: SFTOptions, train_on: Callable[[int, Step], bool] | None = None) -> Path:
     """Fine-tune the model in `model_dir` on `examples`; returns `<out_dir>/final`.
@@ -93,8 +116,10 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         save_strategy="epoch", save_total_limit=1, report_to=[], seed=opts.seed, data_seed=opts.seed,
         bf16=opts.bf16, use_cpu=use_cpu, max_length=opts.max_length, dataloader_num_workers=0,
         disable_tqdm=False, remove_unused_columns=False, activation_checkpointing=opts.activation_checkpointing,
+        train_sampling_strategy="group_by_length",  # less padding per micro-batch
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    trainer = _trainer_class(SFTTrainer, use_cpu)(model=model, args=args, train_dataset=dataset,
+                                                  processing_class=tokenizer, peft_config=peft_config)
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     trained = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
