@@ -30,7 +30,7 @@ class SFTOptions:
     lr: float = option(1e-4, "peak learning rate (cosine decay, 5% warm-up)")
     batch_size: int = option(8, "sequences per optimiser step (per_device * grad accumulation)")
     micro_batch_size: int = option(4, "sequences per forward pass")
-    max_length: int = option(1024, "longer sequences are truncated (keep start)")
+    max_length: int = option(1536, "longer sequences are truncated (keep start)")
     bf16: bool = option(True, "bf16 autocast (faster on CPUs with AVX-512 bf16 and on GPUs)")
     lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning")
     activation_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory for "
