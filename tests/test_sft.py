@@ -91,3 +91,9 @@ def test_examples_without_trainable_tokens_are_refused(tiny_dir, tmp_path):
     broken = [Step(kind="plan", thought="", raw="garbage", parse_error="no tags")]
     with pytest.raises(ValueError, match="no trainable tokens"):
         train_sft(tiny_dir, [(QUESTION, broken)], tmp_path / "sft", SFTOptions())
+
+
+def test_min_steps_adds_passes_over_a_small_data_set(tiny_dir, tmp_path):
+    opts = SFTOptions(epochs=1, min_steps=3, batch_size=2, micro_batch_size=2, bf16=False, logging_steps=100)
+    train_sft(tiny_dir, [(QUESTION, STEPS)] * 2, tmp_path / "sft", opts)  # 1 step per epoch
+    assert sorted(p.name for p in (tmp_path / "sft").glob("checkpoint-*")) == ["checkpoint-3"]

@@ -12,6 +12,7 @@ to TRL's `SFTTrainer`, which then trains on exactly those labels. The checkpoint
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class SFTOptions:
     epochs: float = option(2.0, "passes over the data")
+    min_steps: int = option(0, "at least this many optimiser steps, with more passes over a small data set "
+                               "(a 13-trajectory BC set at 2 epochs is 7 steps: too few to learn the format)")
     lr: float = option(1e-4, "peak learning rate (cosine decay, 5% warm-up)")
     batch_size: int = option(8, "sequences per optimiser step (per_device * grad accumulation)")
     micro_batch_size: int = option(4, "sequences per forward pass")
@@ -108,7 +111,9 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
 
         peft_config = LoraConfig(r=opts.lora_r, lora_alpha=2 * opts.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
     use_cpu = not torch.cuda.is_available()
+    steps = math.ceil(opts.epochs * math.ceil(len(dataset) / opts.batch_size))
     args = SFTConfig(
+        max_steps=opts.min_steps if steps < opts.min_steps else -1,
         output_dir=str(out), num_train_epochs=opts.epochs, learning_rate=opts.lr,
         per_device_train_batch_size=opts.micro_batch_size,
         gradient_accumulation_steps=max(1, opts.batch_size // opts.micro_batch_size),
