@@ -48,7 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     selected = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(selected if selected in COMMANDS else None).parse_args(argv)
+    _show_our_logs()
     return int(args._run(args) or 0)
+
+
+def _show_our_logs() -> None:
+    """Our INFO lines (RL steps, MPS rounds, saved checkpoints) on stderr; other libraries
+    keep their own levels."""
+    import logging
+
+    ours = logging.getLogger("score_distill")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ class RunConfig:
     n_train: int = option(200, "training tasks generated per suite")
     n_eval: int = option(32, "evaluation tasks per suite and split")
     n_reference_check: int = option(20, "reference solutions executed per suite and split as a sanity check")
+    difficulty: dict = option({}, "generator dials per suite, e.g. {math: {max_ops: 3}, search: {max_hops: 3}} "
+                                  "(math_suite.MathDifficulty, search_suite.Difficulty)")
     bc_fraction: float = option(0.2, "share of train tasks the teacher solves for cold-start BC")
     max_interventions: int = option(3, "teacher fixes per MPS task")
     inference_bf16: bool = option(True, "bf16 autocast when the student generates (evaluation, MPS); faster on CPUs with bf16 and on GPUs")
@@ -108,7 +110,7 @@ def build_world(run: Run) -> None:
             path = run.out / "tasks" / f"{suite}-{split}.jsonl"
             if not path.exists():
                 n = cfg.n_train if split == "train" else cfg.n_eval
-                write_jsonl(path, generate_suite(suite, split, n, cfg.seed))
+                write_jsonl(path, generate_suite(suite, split, n, cfg.seed, **cfg.difficulty.get(suite, {})))
             run.sets[f"{suite}:{split}"] = read_jsonl(path, Task)
     check = run.out / "tasks" / "reference_check.json"
     if not check.exists():

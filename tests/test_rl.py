@@ -103,6 +103,11 @@ def test_reward_summary_counts_levels_and_groups_with_signal():
     assert s["reward"] == pytest.approx(sum(rewards) / 6)
     assert s["r1.0"] + s["r0.5"] + s["r0.1"] + s["r0"] == pytest.approx(1.0)
     assert s["signal"] == pytest.approx(1 / 3)
+    # Rewards that went through a float32 tensor keep their levels.
+    as_f32 = torch.tensor(rewards, dtype=torch.float32).tolist()
+    assert as_f32[2] != 0.1
+    s32 = reward_summary(as_f32, 2)
+    assert (s32["r0.1"], s32["r1.0"], s32["signal"]) == (pytest.approx(1 / 6), pytest.approx(1 / 3), pytest.approx(1 / 3))
 
 
 # ---------------------------------------------------------------- rollouts from the prefix
@@ -208,6 +213,35 @@ def test_loss_is_the_policy_gradient_on_generated_tokens_only(tiny_dir, tokenize
         torch.testing.assert_close(mine, want, atol=1e-5, rtol=1e-4)
     assert loss.item() == pytest.approx(-0.7 * sum(mask))  # ratio 1 on the first pass
     assert stats.tokens == sum(mask) < len(ids)
+
+
+def test_update_takes_the_old_log_probs_and_kl_from_its_first_pass(tiny_dir, tokenizer):
+    """`score` skips the policy on micro-batches that `update` trains; the KL and the old
+    log-probs that `update` measures equal those `score` would have measured, and a second
+    pass compares against the pre-update log-probs (so its ratio moves away from 1)."""
+    from score_distill.train.grpo import micro_batches, score, update
+
+    policy, ref = tiny_policy(tiny_dir), tiny_policy(tiny_dir)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # policy != reference, so the KL is not zero
+    seqs = []
+    for text in ("print(secret) final_answer(42)", "x = 1 + 2 print(x)"):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        seqs.append((ids, [0, 0] + [1] * (len(ids) - 2)))
+    mbs = micro_batches(seqs, [1.0, -1.0], 1, 0)
+    cpu = torch.device("cpu")
+    measured, kl_all, tok_all = score(policy, ref, mbs, cpu, 1.0, False)
+    skipped, kl_rest, tok_rest = score(policy, ref, mbs, cpu, 1.0, False, trained=len(mbs))
+    assert all(s.old_logp is None for s in skipped) and kl_rest == tok_rest == 0.0 and kl_all > 0
+    opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+    stats = update(policy, opt, lambda loss: loss.backward(), lambda n: torch.nn.utils.clip_grad_norm_(
+        policy.parameters(), n), skipped, clip_eps=0.2, kl_coef=0.0, ppo_epochs=2, max_grad_norm=1.0,
+        temperature=1.0, bf16=False)
+    assert stats.kl == pytest.approx(kl_all, rel=1e-5) and stats.kl_tokens == tok_all
+    for a, b in zip(measured, skipped):
+        torch.testing.assert_close(b.old_logp, a.old_logp, atol=1e-5, rtol=1e-5)
+    assert stats.passes == 2 and stats.clipped > 0  # lr 1.0 moves the ratio out of the clip range
 
 
 def test_clip_stops_the_gradient_only_past_the_trust_region():

@@ -38,16 +38,17 @@ def parse_spec(spec: str) -> tuple[str | None, str | None, str | None]:
     return None, None, spec
 
 
-def generate_suite(suite: str, split: str, n: int, seed: int) -> list[Task]:
-    """Generate `n` tasks of a built-in suite (deterministic in `seed`)."""
+def generate_suite(suite: str, split: str, n: int, seed: int, **difficulty: object) -> list[Task]:
+    """Generate `n` tasks of a built-in suite (deterministic in `seed` and the difficulty
+    dials: `math_suite.MathDifficulty`, `search_suite.Difficulty`)."""
     if suite == "math":
         from score_distill.tasks import math_suite
 
-        return math_suite.generate(split, n, seed)
+        return math_suite.generate(split, n, seed, **difficulty)
     if suite == "search":
         from score_distill.tasks import search_suite
 
-        return search_suite.generate(split, n, seed)
+        return search_suite.generate(split, n, seed, **difficulty)
     raise ValueError(f"unknown suite {suite!r}")
 
 

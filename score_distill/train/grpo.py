@@ -10,8 +10,9 @@ part, and the (B, T, V) logits of the prefix would be most of the memory.
     logp = token_logprobs(model, batch)          # (B, keep) log-probs of batch.targets
     loss, stats = clipped_loss(logp, old_logp, advantages, batch.loss_mask, clip_eps=0.2)
 
-`score` measures the old and reference log-probs (and the KL) of a step's micro-batches,
-`update` runs the optimiser passes over them.
+`score` measures the reference log-probs of a step's micro-batches (and, for those that
+are only measured, the policy's and the KL); `update` runs the optimiser passes, taking the
+pre-update log-probs from its own first forward pass, before any weight has moved.
 """
 
 from __future__ import annotations
@@ -138,11 +139,12 @@ def clipped_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.T
 @dataclass
 class Scored:
     """A micro-batch ready for the update: inputs, advantages (B,), and the log-probs (B, keep)
-    of the policy before the update and of the reference."""
+    of the reference and of the policy before the update (None until measured: `update`
+    fills it in at its first pass)."""
 
     batch: Batch
     advantages: torch.Tensor
-    old_logp: torch.Tensor
+    old_logp: torch.Tensor | None
     ref_logp: torch.Tensor
 
 
@@ -165,17 +167,23 @@ def micro_batches(seqs: list[tuple[list[int], list[int]]], advantages: list[floa
 
 @torch.no_grad()
 def score(policy: torch.nn.Module, ref: torch.nn.Module, mbs: list[tuple[Batch, torch.Tensor]],
-          device: torch.device, temperature: float, bf16: bool) -> tuple[list[Scored], float, float]:
-    """Log-probs of the policy (before the update) and of the reference on every micro-batch;
-    returns them with the summed k3 KL and the number of generated tokens."""
+          device: torch.device, temperature: float, bf16: bool, trained: int = 0,
+          ) -> tuple[list[Scored], float, float]:
+    """Reference log-probs of every micro-batch. The first `trained` micro-batches go to
+    `update`, whose first forward pass gives their pre-update log-probs and KL, so the policy
+    is not run on them here (a forward pass saved per step); the others are only measured:
+    the policy's log-probs and their summed k3 KL and token count are returned."""
     scored, kl, tokens = [], 0.0, 0.0
-    for batch, adv in mbs:
+    for k, (batch, adv) in enumerate(mbs):
         b = batch.to(device)
+        old = None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            old = token_logprobs(policy, b, temperature)
             ref_lp = token_logprobs(ref, b, temperature)
-        kl += float((kl_k3(old, ref_lp) * b.loss_mask).sum())
-        tokens += float(b.loss_mask.sum())
+            if k >= trained:
+                old = token_logprobs(policy, b, temperature)
+        if old is not None:
+            kl += float((kl_k3(old, ref_lp) * b.loss_mask).sum())
+            tokens += float(b.loss_mask.sum())
         scored.append(Scored(b, adv.to(device), old, ref_lp))
     return scored, kl, tokens
 
@@ -189,6 +197,8 @@ class UpdateStats:
     clipped: float = 0.0
     grad_norm: float = 0.0
     passes: int = 0
+    kl: float = 0.0  # summed k3 KL of the pre-update policy (first pass), and its token count
+    kl_tokens: float = 0.0
 
 
 def update(model: torch.nn.Module, optimizer: Any, backward: Callable[[torch.Tensor], None],
@@ -197,6 +207,8 @@ def update(model: torch.nn.Module, optimizer: Any, backward: Callable[[torch.Ten
            ) -> UpdateStats:
     """`ppo_epochs` optimiser steps over `scored`, each a pass over all its micro-batches
     with gradients accumulated and the loss normalised by the pass's token count.
+    The first pass runs before any optimiser step, so its log-probs are the old policy's:
+    they become `old_logp` where it is missing (the ratio there is exactly 1).
     `backward` and `clip_grad` come from the accelerator (they handle DDP and scaling)."""
     stats = UpdateStats()
     n_tokens = sum(float(s.batch.loss_mask.sum()) for s in scored)
@@ -208,6 +220,10 @@ def update(model: torch.nn.Module, optimizer: Any, backward: Callable[[torch.Ten
             device_type = s.batch.input_ids.device.type
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 logp = token_logprobs(model, s.batch, temperature)
+            if s.old_logp is None:
+                s.old_logp = logp.detach()
+                stats.kl += float((kl_k3(s.old_logp, s.ref_logp) * s.batch.loss_mask).sum())
+                stats.kl_tokens += float(s.batch.loss_mask.sum())
             loss, st = clipped_loss(logp, s.old_logp, s.advantages, s.batch.loss_mask, clip_eps,
                                     s.ref_logp, kl_coef)
             backward(loss / n_tokens)

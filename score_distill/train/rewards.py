@@ -134,13 +134,15 @@ def reward_summary(rewards: list[float], group_size: int) -> dict[str, float]:
     (0.5, 0.25, 0.5, 0.0, 0.25, 0.5)
     """
     n = max(1, len(rewards))
-    groups = [rewards[i : i + group_size] for i in range(0, len(rewards), group_size)]
+    # Rounded: rewards that went through a float32 tensor (0.1 -> 0.10000000149) still count.
+    levels = [round(float(r), 6) for r in rewards]
+    groups = [levels[i : i + group_size] for i in range(0, len(levels), group_size)]
     return {
-        "reward": sum(rewards) / n,
-        "r1.0": sum(r == 1.0 for r in rewards) / n,
-        "r0.5": sum(r == 0.5 for r in rewards) / n,
-        "r0.1": sum(r == 0.1 for r in rewards) / n,
-        "r0": sum(r == 0.0 for r in rewards) / n,
+        "reward": sum(levels) / n,
+        "r1.0": sum(r == 1.0 for r in levels) / n,
+        "r0.5": sum(r == 0.5 for r in levels) / n,
+        "r0.1": sum(r == 0.1 for r in levels) / n,
+        "r0": sum(r == 0.0 for r in levels) / n,
         "signal": sum(len(set(g)) > 1 for g in groups) / max(1, len(groups)),
     }
 

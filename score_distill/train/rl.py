@@ -59,6 +59,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from tqdm import tqdm
+
 from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option, save_config
 from score_distill.teachers.base import Teacher
@@ -316,14 +318,17 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
         log.info("RL: %d items in the pool (%d with an intervention), %d steps, from %s", len(pool),
                  sum(i.chosen is not None for i in pool), total, start_dir)
     run = _Run(engine, model, ref, optimizer, accelerator, pool, tasks_by_id, tools, judge, opts)
+    bar = tqdm(total=total, initial=start, desc="rl", unit="step", disable=not accelerator.is_main_process)
     for step in range(start, total):
         record = run.step(step)
         if accelerator.is_main_process:
             files.append_log(record)
             write_jsonl(files.samples_path, run.last_samples, append=True)
             log.info(format_line(record, total))
+            bar.update(1)
         if opts.save_every and (step + 1) % opts.save_every == 0 and step + 1 < total:
             _checkpoint(files, accelerator, model, engine.tokenizer, optimizer, step + 1)
+    bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files.save(files.final, accelerator.unwrap_model(model), engine.tokenizer)
@@ -392,7 +397,7 @@ class _Run:
 
         train_mbs = mbs(trained)
         scored, kl, kl_tokens = score(self.model, self.ref, train_mbs + mbs(others), acc.device,
-                                      opts.temperature, opts.bf16)
+                                      opts.temperature, opts.bf16, trained=len(train_mbs))
         stats = update(self.model, self.optimizer, acc.backward,
                        lambda n: acc.clip_grad_norm_(self.model.parameters(), n), scored[: len(train_mbs)],
                        clip_eps=opts.clip_eps, kl_coef=opts.kl_coef, ppo_epochs=opts.ppo_epochs,
@@ -401,7 +406,8 @@ class _Run:
         # guarantees that no key/value computed by the old weights survives the update.
         self.engine.clear_cache()
         self.last_samples = [_annotate(s, step + 1) for s in samples[: opts.samples_per_step]]
-        return self._record(step, samples, len(trained), kl, kl_tokens, stats, rollout_s, t0)
+        return self._record(step, samples, len(trained), kl + stats.kl, kl_tokens + stats.kl_tokens, stats,
+                            rollout_s, t0)
 
     def _record(self, step: int, samples: list[Sample], n_trained: int, kl: float, kl_tokens: float,
                 stats: UpdateStats, rollout_s: float, t0: float) -> dict[str, Any]:
@@ -414,7 +420,8 @@ class _Run:
                  sum(s.traj.finished for s in samples)]
         (kl, kl_tokens, loss, tokens, clipped, n_trained, gen_tokens, turns, finished) = acc.reduce(
             torch.tensor(local, dtype=torch.float64, device=acc.device), "sum").tolist()
-        rewards = acc.gather(torch.tensor([s.result.reward for s in samples], device=acc.device)).tolist()
+        rewards = acc.gather(torch.tensor([s.result.reward for s in samples], dtype=torch.float64,
+                                          device=acc.device)).tolist()
         n = max(1, len(rewards))
         return {"step": step + 1, **reward_summary(rewards, self.opts.group_size),
                 "kl": kl / max(1.0, kl_tokens), "loss": loss / max(1.0, tokens), "clip_frac": clipped / max(1.0, tokens),

@@ -1,0 +1,78 @@
+"""Difficulty calibration of the embedded suites: behaviour cloning of SmolLM2-135M on the
+reference solutions of a whole train split, scored greedily on `test` and `ood`.
+
+    .venv/bin/python bench/calibration.py --suite math --n-train 128 >> bench/calibration.txt
+
+The suites are meant to leave room for a better method: BC on the train split should land
+well below 100% on `test` (the target is 40-70% for SmolLM2-135M), and lower on `ood`.
+Every piece is the project's own path: reference solutions executed in the sandbox, SFT by
+`train.sft.train_sft`, evaluation by `evaluate.evaluate`. Work goes under `--out` and a
+rerun resumes (the checkpoint and finished evaluations are reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", default="math", choices=["math", "search"])
+    ap.add_argument("--n-train", type=int, default=128, help="train tasks (the whole train split of this run)")
+    ap.add_argument("--n-eval", type=int, default=32, help="tasks of test and of ood")
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="runs/calibration")
+    ap.add_argument("--difficulty", nargs="*", default=[], metavar="DIAL=VALUE",
+                    help="generator dials, e.g. max_ops=3 (math) or max_hops=3 (search)")
+    args = ap.parse_args()
+
+    from score_distill.agent.rollout import RolloutConfig
+    from score_distill.bc import execute_steps
+    from score_distill.evaluate import evaluate
+    from score_distill.models.builtin import builtin_path
+    from score_distill.models.load import load_model
+    from score_distill.tasks.load import generate_suite
+    from score_distill.tools.config import ToolConfig
+    from score_distill.train.sft import SFTOptions, train_sft
+
+    import yaml
+
+    dials = {k: yaml.safe_load(v) for k, v in (d.split("=", 1) for d in args.difficulty)}
+    tools = ToolConfig()
+    tag = "".join(f"-{k}{v}" for k, v in sorted(dials.items()))
+    out = Path(args.out) / f"{args.suite}-{args.n_train}-e{args.epochs:g}-s{args.seed}{tag}"
+    train = generate_suite(args.suite, "train", args.n_train, args.seed, **dials)
+    examples = []
+    for t in train:
+        steps = execute_steps(t, t.reference or [], tools)
+        if steps and steps[-1].final_answer is not None:
+            examples.append((t.question, steps))
+    t0 = time.perf_counter()
+    opts = SFTOptions(epochs=args.epochs, lr=args.lr, batch_size=4, micro_batch_size=4, bf16=True,
+                      seed=args.seed, logging_steps=10)
+    final = train_sft(builtin_path("smollm2-135m"), examples, out / "sft", opts)
+    sft_s = time.perf_counter() - t0
+    model = load_model(str(final), autocast_bf16=True)
+    rollout = RolloutConfig(max_turns=8, max_new_tokens=160, batch_size=16, max_format_errors=2)
+    rows = []
+    for split in ("test", "ood"):
+        tasks = generate_suite(args.suite, split, args.n_eval, args.seed, **dials)
+        m = evaluate(model, tasks, out / f"eval-{split}", tools, rollout, desc=f"eval {split}")
+        lo, hi = m["ci95"]
+        rows.append(f"| {args.suite} | {len(examples)} | {args.epochs:g} | {split} | {m['n']} | "
+                    f"{m['accuracy']:.1%} | [{lo:.1%}, {hi:.1%}] | {m['finish_rate']:.0%} |")
+    print(f"# BC calibration: SmolLM2-135M, {args.suite} train n={args.n_train} seed={args.seed}, "
+          f"difficulty {dials or 'default'}, epochs {args.epochs:g}, lr {args.lr:g}, bf16 autocast; "
+          f"SFT {sft_s:.0f} s (0 if resumed); "
+          f"greedy eval, 8 turns x 160 tokens")
+    print("| suite | BC trajectories | epochs | split | n | accuracy | 95% CI | finished |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()
