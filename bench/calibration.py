@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--splits", nargs="+", default=["test", "ood"])
     ap.add_argument("--out", default="runs/calibration")
     ap.add_argument("--difficulty", nargs="*", default=[], metavar="DIAL=VALUE",
                     help="generator dials, e.g. max_ops=3 (math) or max_hops=3 (search)")
@@ -59,7 +60,7 @@ def main() -> None:
     model = load_model(str(final), autocast_bf16=True)
     rollout = RolloutConfig(max_turns=8, max_new_tokens=160, batch_size=16, max_format_errors=2)
     rows = []
-    for split in ("test", "ood"):
+    for split in args.splits:
         tasks = generate_suite(args.suite, split, args.n_eval, args.seed, **dials)
         m = evaluate(model, tasks, out / f"eval-{split}", tools, rollout, desc=f"eval {split}")
         lo, hi = m["ci95"]

@@ -53,33 +53,59 @@ def evaluate(model: ChatModel, tasks: list[Task], out_dir: str | Path, tools: To
              rollout_config: RolloutConfig, samples: int = 1, desc: str = "eval") -> dict:
     """Evaluate `model` on `tasks` (resuming from `out_dir/trajectories.jsonl`); returns and
     writes the metrics."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "trajectories.jsonl"
-    by_id = {t.id: t for t in tasks}
+    return evaluate_sets(model, {"": (tasks, Path(out_dir))}, tools, rollout_config, samples, desc)[""]
+
+
+def evaluate_sets(model: ChatModel, sets: dict[str, tuple[list[Task], Path]], tools: ToolConfig,
+                  rollout_config: RolloutConfig, samples: int = 1, desc: str = "eval") -> dict[str, dict]:
+    """Evaluate several task sets in ONE rollout, so their episodes share the batches (a set
+    of 12 tasks alone leaves most of a batch of 48 idle, and its slowest episode holds the
+    batch up); each set keeps its own folder, files, resume and metrics. Task ids must be
+    unique across the sets. `wall_time_s` in each set's metrics is the shared wall time."""
+    owner: dict[str, str] = {}
+    for name, (tasks, _) in sets.items():
+        for t in tasks:
+            if owner.setdefault(t.id, name) != name:
+                raise ValueError(f"task id {t.id!r} is in both {owner[t.id]!r} and {name!r}")
+    by_id = {t.id: t for tasks, _ in sets.values() for t in tasks}
     done: dict[tuple[str, int], Trajectory] = {}
     scores: dict[tuple[str, int], Score] = {}
-    if path.exists():
-        for t in iter_jsonl(path, Trajectory):
-            key = (t.task_id, int(t.meta.get("sample", 0)))
-            done[key] = t
-            if t.task_id in by_id:
-                scores[key] = score_trajectory(by_id[t.task_id], t)
-        # rewrite without a possibly torn last line before appending
-        write_jsonl(path, done.values())
-    todo = [Episode(task, sample=k) for task in tasks for k in range(samples) if (task.id, k) not in done]
+    paths = {}
+    for name, (tasks, out_dir) in sets.items():
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = paths[name] = out / "trajectories.jsonl"
+        if path.exists():
+            mine = {}
+            for t in iter_jsonl(path, Trajectory):
+                key = (t.task_id, int(t.meta.get("sample", 0)))
+                if owner.get(t.task_id, name) != name:
+                    continue  # a trajectory of a task this run gives to another set
+                mine[key] = t
+                if t.task_id in by_id:
+                    scores[key] = score_trajectory(by_id[t.task_id], t)
+            done.update(mine)
+            # rewrite without a possibly torn last line before appending
+            write_jsonl(path, mine.values())
+    todo = [Episode(task, sample=k) for tasks, _ in sets.values() for task in tasks for k in range(samples)
+            if (task.id, k) not in done]
+    total = sum(len(tasks) for tasks, _ in sets.values()) * samples
     t0 = time.perf_counter()
-    with tqdm(total=len(tasks) * samples, initial=len(tasks) * samples - len(todo), desc=desc, unit="traj") as bar:
+    with tqdm(total=total, initial=total - len(todo), desc=desc, unit="traj") as bar:
         def on_done(_: int, traj: Trajectory) -> None:
             key = (traj.task_id, int(traj.meta.get("sample", 0)))
             scores[key] = score_trajectory(by_id[traj.task_id], traj)
-            write_jsonl(path, [traj], append=True)
+            write_jsonl(paths[owner[traj.task_id]], [traj], append=True)
             done[key] = traj
             bar.update(1)
 
         rollout(model, todo, tools, rollout_config, on_done=on_done)
-    keys = [(t.id, k) for t in tasks for k in range(samples)]
-    metrics = summarize([done[k] for k in keys], [scores[k] for k in keys])
-    metrics["wall_time_s"] = round(time.perf_counter() - t0, 2)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    wall = round(time.perf_counter() - t0, 2)
+    results = {}
+    for name, (tasks, out_dir) in sets.items():
+        keys = [(t.id, k) for t in tasks for k in range(samples)]
+        metrics = summarize([done[k] for k in keys], [scores[k] for k in keys])
+        metrics["wall_time_s"] = wall
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        results[name] = metrics
+    return results

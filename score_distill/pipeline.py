@@ -128,19 +128,18 @@ def build_world(run: Run) -> None:
 
 def evaluate_stage(run: Run, stage: str, model_path: str) -> None:
     """Evaluate one checkpoint on every eval set (resumes per set)."""
-    from score_distill.evaluate import evaluate
+    from score_distill.evaluate import evaluate_sets
     from score_distill.models.load import load_model
 
     model = load_model(model_path, autocast_bf16=run.cfg.inference_bf16)
-    run.stages[stage] = {}
+    sets = {name: (tasks, run.out / "eval" / stage / name.replace(":", "-")) for name, tasks in run.sets.items()
+            if name.split(":")[1] in run.cfg.eval_splits}
     with run.timed(f"eval_{stage}"):
-        for name, tasks in run.sets.items():
-            if name.split(":")[1] not in run.cfg.eval_splits:
-                continue
-            out = run.out / "eval" / stage / name.replace(":", "-")
-            m = evaluate(model, tasks, out, run.cfg.tools, run.cfg.eval_rollout, desc=f"eval {stage} {name}")
-            run.stages[stage][name] = {"accuracy": m["accuracy"], "ci95": m["ci95"], "n": m["n"],
-                                       "finish_rate": m.get("finish_rate"), "mean_turns": m.get("mean_turns")}
+        # One rollout over every set: the sets share the batches.
+        metrics = evaluate_sets(model, sets, run.cfg.tools, run.cfg.eval_rollout, desc=f"eval {stage}")
+    run.stages[stage] = {name: {"accuracy": m["accuracy"], "ci95": m["ci95"], "n": m["n"],
+                                "finish_rate": m.get("finish_rate"), "mean_turns": m.get("mean_turns")}
+                         for name, m in metrics.items()}
     del model
 
 

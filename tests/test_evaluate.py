@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from score_distill.agent.rollout import RolloutConfig
-from score_distill.evaluate import evaluate
+from score_distill.evaluate import evaluate, evaluate_sets
 from score_distill.models.scripted import ScriptedModel
 from score_distill.tools.config import ToolConfig
 from score_distill.types import Task, Trajectory, read_jsonl
@@ -39,3 +41,26 @@ def test_metrics_and_resume(tmp_path: Path) -> None:
     assert again["accuracy"] == m["accuracy"] and again["n"] == 6
     assert len(model.batch_sizes) - calls == 2  # one episode: a plan turn and an action turn
     assert len(read_jsonl(path, Trajectory)) == 6
+
+
+def test_several_sets_share_one_rollout_and_keep_their_own_files(tmp_path: Path) -> None:
+    other = [Task(id=f"u{i}", question=q, answer="7", suite="math") for i, q in enumerate(["x?", "forty-two?"])]
+    sets = {"a": (TASKS, tmp_path / "a"), "b": (other, tmp_path / "b")}
+    model = ScriptedModel(policy)
+    res = evaluate_sets(model, sets, ToolConfig(), RolloutConfig(batch_size=8))
+    assert res["a"]["n"] == 3 and abs(res["a"]["accuracy"] - 2 / 3) < 1e-9
+    assert res["b"]["n"] == 2 and abs(res["b"]["accuracy"] - 1 / 2) < 1e-9
+    assert max(model.batch_sizes) == 5  # the five episodes ran side by side
+    for name, (tasks, out) in sets.items():
+        assert sorted(t.task_id for t in read_jsonl(out / "trajectories.jsonl", Trajectory)) == sorted(t.id for t in tasks)
+        assert json.loads((out / "metrics.json").read_text())["n"] == len(tasks)
+    calls = len(model.batch_sizes)
+    again = evaluate_sets(model, sets, ToolConfig(), RolloutConfig(batch_size=8))
+    assert {k: v["accuracy"] for k, v in again.items()} == {"a": res["a"]["accuracy"], "b": res["b"]["accuracy"]}
+    assert len(model.batch_sizes) == calls  # resumed: nothing ran again
+
+
+def test_a_task_in_two_sets_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="in both"):
+        evaluate_sets(ScriptedModel(policy), {"a": (TASKS, tmp_path / "a"), "b": (TASKS[:1], tmp_path / "b")},
+                      ToolConfig(), RolloutConfig())
