@@ -103,7 +103,8 @@ class RLOptions:
                                              "RL pool (from the question, outcome reward only)")
     key_step_reward: bool = option(True, "False = ablation: outcome reward only for every item")
     short_horizon: bool = option(True, "False = ablation: rollouts from the question instead of the prefix")
-    bf16: bool = option(False, "bf16 autocast for rollouts and loss (on GPUs; fp32 keeps CPU ratios exact)")
+    bf16: bool = option(False, "bf16 autocast for rollouts and loss (faster on GPUs and on CPUs with bf16; "
+                               "sampling and scoring then differ by bf16 rounding)")
     seed: int = option(0, "seed of item order and sampling")
     cpu_threads: int = option(0, "torch CPU threads; 0 = every core this process may use (1 is faster for tiny models)")
     save_every: int = option(25, "checkpoint every N steps (0 = only at the end)")
