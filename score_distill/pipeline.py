@@ -176,7 +176,8 @@ def mps_stage(run: Run, student: str, teacher) -> dict:
     run.teacher_tokens["mps"] = int(summary["teacher_tokens"])
     run.extra["mps"] = {k: summary[k] for k in ("tasks", "solved_by_interventions", "hard_to_teach",
                                                 "first_error_step_hist", "teacher_calls", "teacher_tokens",
-                                                "student_tokens", "wall_time_s") if k in summary}
+                                                "student_tokens") if k in summary}
+    # (the summary's wall_time_s is that of the last call, 0 when resumed; run.wall has the stage's)
     return summary
 
 

@@ -108,5 +108,7 @@ def write_report(report: dict, out: Path) -> None:
         parts += ["![SCoRe-RL reward](rl_reward.png)", ""]
     if "mps" in report:
         parts += ["MPS summary: `" + json.dumps(report["mps"]) + "`", ""]
-    parts += ["Wall time per step (s): " + ", ".join(f"{k} {v}" for k, v in report["wall_time_s"].items()), ""]
+    wall = report["wall_time_s"]
+    parts += [f"Wall time: {sum(wall.values()) / 60:.1f} min in all; per step (s): "
+              + ", ".join(f"{k} {v}" for k, v in wall.items()), ""]
     (out / "report.md").write_text("\n".join(parts))
