@@ -52,6 +52,7 @@ def main() -> None:
         steps = execute_steps(t, t.reference or [], tools)
         if steps and steps[-1].final_answer is not None:
             examples.append((t.question, steps))
+    resumed = (out / "sft" / "final" / "config.json").exists()
     t0 = time.perf_counter()
     opts = SFTOptions(epochs=args.epochs, lr=args.lr, batch_size=4, micro_batch_size=4, bf16=True,
                       seed=args.seed, logging_steps=10)
@@ -68,8 +69,8 @@ def main() -> None:
                     f"{m['accuracy']:.1%} | [{lo:.1%}, {hi:.1%}] | {m['finish_rate']:.0%} |")
     print(f"# BC calibration: SmolLM2-135M, {args.suite} train n={args.n_train} seed={args.seed}, "
           f"difficulty {dials or 'default'}, epochs {args.epochs:g}, lr {args.lr:g}, bf16 autocast; "
-          f"SFT {sft_s:.0f} s (0 if resumed); "
-          f"greedy eval, 8 turns x 160 tokens")
+          + ("SFT checkpoint reused; " if resumed else f"SFT {sft_s:.0f} s; ")
+          + "greedy eval, 8 turns x 160 tokens")
     print("| suite | BC trajectories | epochs | split | n | accuracy | 95% CI | finished |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows), flush=True)
