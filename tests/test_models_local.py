@@ -28,11 +28,6 @@ def convo(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": "You are an agent."}, {"role": "user", "content": question}]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return builtin_path("tiny", root=tmp_path_factory.mktemp("models"))
-
-
 @pytest.fixture
 def model(tiny_dir: Path) -> LocalModel:
     return LocalModel(tiny_dir)

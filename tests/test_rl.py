@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -39,21 +38,6 @@ class CodeTeacher:
 
     def equivalent(self, task: Task, prefix: list[Step], a: Step, b: Step) -> bool:
         return a.code == b.code
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    from score_distill.models.builtin import builtin_path
-
-    old = os.environ.get("SCORE_DISTILL_CACHE")
-    os.environ["SCORE_DISTILL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        return builtin_path("tiny")
-    finally:
-        if old is None:
-            del os.environ["SCORE_DISTILL_CACHE"]
-        else:
-            os.environ["SCORE_DISTILL_CACHE"] = old
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ lowers the loss on the student's turns, and the saved checkpoint loads as a plai
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,21 +18,6 @@ STEPS = [
     Step(kind="action", thought="compute", code="x = 6 * 7\nprint(x)", observation="42"),
     Step(kind="action", thought="answer", code="final_answer(x)", observation="42"),
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    from score_distill.models.builtin import builtin_path
-
-    old = os.environ.get("SCORE_DISTILL_CACHE")
-    os.environ["SCORE_DISTILL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        return builtin_path("tiny")
-    finally:
-        if old is None:
-            del os.environ["SCORE_DISTILL_CACHE"]
-        else:
-            os.environ["SCORE_DISTILL_CACHE"] = old
 
 
 def student_nll(model_dir: Path) -> float:
