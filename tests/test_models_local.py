@@ -248,3 +248,23 @@ def test_smollm2_greedy_turn_matches_transformers_generate() -> None:
             ref = model.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
                                        do_sample=False)[0, prompt.shape[1] :].tolist()
         assert gen.token_ids == ref
+
+
+def test_sampling_follows_the_nucleus_distribution() -> None:
+    """Frequencies of many seeded draws match the renormalised nucleus: tokens outside it
+    never appear, and each row's draws depend on its own generator only."""
+    from score_distill.models.sampling import choose_tokens
+
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.06, 0.04])
+    logits = probs.log().expand(4000, -1).contiguous()
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    tokens, logprobs = choose_tokens(logits, 1.0, 0.85, gens)
+    counts = torch.bincount(tokens, minlength=5).double() / 4000
+    expected = torch.tensor([0.5, 0.25, 0.15, 0.0, 0.0]) / 0.9  # 0.5+0.25 < 0.85: the third is kept
+    assert counts[3:].sum() == 0
+    assert torch.allclose(counts, expected.double(), atol=0.03), counts
+    assert torch.allclose(logprobs, probs.log()[tokens])  # untempered, unfiltered log-probs
+    full, _ = choose_tokens(logits, 1.0, 1.0, [torch.Generator().manual_seed(i) for i in range(4000)])
+    assert torch.allclose(torch.bincount(full, minlength=5).double() / 4000, probs.double(), atol=0.03)
+    again, _ = choose_tokens(logits[:3], 1.0, 0.85, [torch.Generator().manual_seed(i) for i in range(3)])
+    assert again.tolist() == tokens[:3].tolist()

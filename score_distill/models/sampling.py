@@ -39,15 +39,25 @@ def choose_tokens(logits: torch.Tensor, temperature: float, top_p: float,
 
 def _sample(scaled: torch.Tensor, top_p: float, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Nucleus sampling: keep the smallest set of most likely tokens whose mass reaches
-    `top_p` (always at least the top one), renormalise, draw with each row's generator."""
+    `top_p` (always at least the top one), renormalise, draw with each row's generator.
+
+    Each row draws one uniform number from its generator and picks the token where the
+    cumulative mass passes it (inverse CDF), so a draw costs one batched cumsum instead of
+    `torch.multinomial`'s per-row pass of random numbers over the whole vocabulary (about
+    1 ms a row per token for a 49k vocabulary on CPU, an eighth of a decoding step)."""
     probs = torch.softmax(scaled, dim=-1)
-    if top_p >= 1.0:  # no filtering: skip the sort over the vocabulary
-        return torch.stack([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)]).squeeze(-1)
-    sorted_p, order = probs.sort(dim=-1, descending=True)  # (B, V)
-    before = sorted_p.cumsum(-1) - sorted_p  # mass of the strictly more likely tokens
-    sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
-    picks = [torch.multinomial(sorted_p[i], 1, generator=g) for i, g in enumerate(generators)]
-    return order.gather(-1, torch.stack(picks)).squeeze(-1)
+    order = None
+    if top_p < 1.0:  # at 1.0 no filtering: skip the sort over the vocabulary
+        probs, order = probs.sort(dim=-1, descending=True)  # (B, V)
+        before = probs.cumsum(-1) - probs  # mass of the strictly more likely tokens
+        probs = probs.masked_fill(before >= top_p, 0.0)
+    cdf = probs.double().cumsum(-1)  # float64: no drift over a long vocabulary
+    total = cdf[:, -1:]
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    picks = torch.searchsorted(cdf, u[:, None] * total, right=True)  # first index with cdf > u
+    last = (cdf < total).sum(-1, keepdim=True)  # the last token of positive mass
+    picks = torch.minimum(picks, last)
+    return (picks if order is None else order.gather(-1, picks)).squeeze(-1)
 
 
 def seed_for(request_seed: int | None, params_seed: int | None, row: int, fallback: int) -> int:
