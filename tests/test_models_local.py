@@ -268,3 +268,36 @@ def test_sampling_follows_the_nucleus_distribution() -> None:
     assert torch.allclose(torch.bincount(full, minlength=5).double() / 4000, probs.double(), atol=0.03)
     again, _ = choose_tokens(logits[:3], 1.0, 0.85, [torch.Generator().manual_seed(i) for i in range(3)])
     assert again.tolist() == tokens[:3].tolist()
+
+
+def test_rows_joining_a_running_batch_decode_as_if_alone(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Continuous batching: at most 2 rows at a time, requests added while others decode
+    (a long one joins a narrow batch, so the buffers must grow), some resuming from cached
+    KV. Every row's tokens and log-probs equal those of the row generated alone."""
+    from score_distill.models.kv_engine import BatchKV
+
+    streamed, alone = LocalModel(tiny_dir), LocalModel(tiny_dir)
+    questions = [QUESTIONS[2], " ".join(QUESTIONS * 6), QUESTIONS[0], QUESTIONS[3], QUESTIONS[1]]
+    # First turns, so that the second turns below can start from cached KV.
+    firsts = streamed.generate([GenRequest(convo(q), cache_key=f"k{i}") for i, q in enumerate(questions)], greedy(8))
+    seconds = [continue_convo(convo(q), g, "ok " * i) for i, (q, g) in enumerate(zip(questions, firsts))]
+    grown: list[int] = []
+    real = BatchKV._reallocate
+    monkeypatch.setattr(BatchKV, "_reallocate", lambda self, *a: (grown.append(1), real(self, *a))[1])
+    sizes = count_rows_per_forward(streamed)
+    stream = streamed.open_stream(greedy(30), max_rows=2)
+    arrivals = {0: 0, 3: 1, 12: 2, 13: 3, 40: 4}  # decoding step -> request added then
+    out: dict[int, Generation] = {}
+    step = 0
+    while stream.busy or step <= max(arrivals):
+        if step in arrivals:
+            i = arrivals[step]
+            stream.add(i, GenRequest(seconds[i], cache_key=f"k{i}" if i % 2 == 0 else None))
+        out.update(stream.step())
+        step += 1
+    assert grown and max(sizes) == 2 and sorted(out) == list(range(len(questions)))
+    for i, msgs in enumerate(seconds):
+        [ref] = alone.generate([GenRequest(msgs)], greedy(30))
+        assert out[i].token_ids == ref.token_ids, i
+        assert out[i].logprobs == pytest.approx(ref.logprobs, abs=1e-4)
+        assert (out[i].cached_tokens > 0) == (i % 2 == 0)

@@ -88,6 +88,17 @@ def test_consecutive_format_errors_end_the_episode_when_asked():
     assert traj.finished and "stopped" not in traj.meta
 
 
+def test_repeated_actions_end_the_episode_when_asked():
+    # print(1) is repeated with the same output: a loop. x += 1 repeats the code but its
+    # output changes, so it is progress, not a repeat.
+    turns = (PLAN, act("print(1)"), act("x = 0"), act("x += 1; print(x)"), act("x += 1; print(x)"),
+             act("print(1)"), act("print(1)"), act("final_answer(x)"))
+    [traj] = rollout(ScriptedModel(script(*turns)), [Episode(task())], TOOLS, RolloutConfig(max_repeats=2))
+    assert len(traj.steps) == 7 and not traj.finished and traj.meta["stopped"] == "repeats"
+    [traj] = rollout(ScriptedModel(script(*turns)), [Episode(task())], TOOLS, RolloutConfig(max_repeats=3))
+    assert traj.finished and traj.final_answer == "2" and "stopped" not in traj.meta
+
+
 def test_prefix_state_is_rebuilt_and_counts_toward_budget():
     prefix = [Step(kind="plan", thought="p", author="teacher"),
               Step(kind="action", thought="set", code="base = 40", observation="(no output)", author="teacher"),

@@ -4,17 +4,21 @@ Every stage runs episodes through `rollout()`: evaluation, cold-start collection
 problem-solving (the student continues after a teacher's fix) and RL (groups of samples
 from a verified prefix). One loop means one observation format and one turn budget.
 
-How it works, turn by turn:
+How it works:
 1. Up to `batch_size` trajectories are live. Each has its own sandbox; a trajectory that
    starts from a prefix gets its interpreter state rebuilt by replaying the prefix's
    successful cells (`Sandbox.replay`).
-2. The model generates the next turn of every live trajectory in ONE batched call (a plan
-   for turn 0, an action after). The backend may reuse each trajectory's KV cache
-   (`cache_key` = trajectory key).
-3. Each turn is parsed; actions run in their sandboxes concurrently (threads: the work is
-   in the sandbox processes). Parse errors, tool errors and timeouts become observations.
-4. A trajectory finishes when its code calls `final_answer` or the turn budget is spent; it
-   leaves the batch (its cache is released) and the next queued one takes its place.
+2. Each live trajectory's next turn (a plan for turn 0, an action after) goes to the model's
+   turn stream (`ChatModel.open_stream`) as soon as it is ready. The local engine lets it join
+   the running batch at the next decoding step (continuous batching), so no trajectory waits
+   for the slowest turn of the others; other backends get every ready turn in one batched
+   call. The backend may reuse each trajectory's KV cache (`cache_key` = trajectory key).
+3. Each turn is parsed; its action runs in its sandbox in a thread (the work is in the
+   sandbox process) while the model goes on with the other rows. Parse errors, tool errors
+   and timeouts become observations.
+4. A trajectory finishes when its code calls `final_answer`, the turn budget is spent, or
+   (when asked) after K unparseable turns or K repeated actions in a row; it leaves (its
+   cache is released) and the next queued one takes its place.
 
     from score_distill.agent.rollout import rollout, RolloutConfig, Episode
     trajs = rollout(model, [Episode(task)], ToolConfig(), RolloutConfig(max_turns=8))
@@ -24,13 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from score_distill.agent.format import format_observation, next_kind, parse_turn, to_messages
 from score_distill.config import option
-from score_distill.models.base import ChatModel, Generation, GenRequest, SamplingParams
+from score_distill.models.base import ChatModel, Generation, GenRequest, SamplingParams, TurnStream
 from score_distill.tools.config import ToolConfig, open_sandbox
 from score_distill.tools.sandbox import Sandbox
 from score_distill.types import Step, Task, Trajectory
@@ -48,6 +52,9 @@ class RolloutConfig:
     max_format_errors: int = option(0, "end an episode after this many consecutive turns that do not parse "
                                        "(0 = never); an untrained student otherwise spends every turn's "
                                        "token cap on text the format cannot read")
+    max_repeats: int = option(0, "end an episode after this many consecutive actions that repeat an earlier "
+                                 "action's code and get its observation again (0 = never); a weak student "
+                                 "stuck in such a loop rarely leaves it and spends the turn budget there")
 
 
 @dataclass
@@ -133,7 +140,29 @@ def _over(traj: Trajectory, config: RolloutConfig) -> bool:
     if k > 0 and len(traj.steps) >= k and all(s.parse_error is not None for s in traj.steps[-k:]):
         traj.meta["stopped"] = "format_errors"
         return True
+    if config.max_repeats > 0 and repeats(traj.steps) >= config.max_repeats:
+        traj.meta["stopped"] = "repeats"
+        return True
     return False
+
+
+def repeats(steps: list[Step]) -> int:
+    """How many of the last consecutive actions repeat an earlier action: same code, same
+    observation (so the repeat brought no new information).
+
+    >>> a = Step(kind="action", thought="t", code="x = y", observation="NameError")
+    >>> b = Step(kind="action", thought="u", code="print(1)", observation="1")
+    >>> repeats([Step(kind="plan", thought="p"), a, b, a, a]), repeats([a, a, b]), repeats([a, b, b, a])
+    (2, 0, 2)
+    """
+    seen: set[tuple[str, str]] = set()
+    count = 0
+    for s in steps:
+        key = (s.code, s.observation)
+        count = count + 1 if s.kind == "action" and key in seen else 0
+        if s.kind == "action":
+            seen.add(key)
+    return count
 
 
 def _finish(live: _Live, model: ChatModel) -> Trajectory:
@@ -159,57 +188,88 @@ def rollout(model: ChatModel, episodes: list[Episode], tools: ToolConfig, config
 
 def _run(model: ChatModel, episodes: list[Episode], tools: ToolConfig,
          config: RolloutConfig) -> Iterator[tuple[int, Trajectory]]:
+    """Keep up to `batch_size` episodes alive. Each moves on its own: its sandbox opens, its
+    turn is requested from the model's stream, its action runs in a thread, its next turn is
+    requested, and so on; no episode waits for another's turn to end."""
     queue = list(enumerate(episodes))[::-1]  # pop() from the end keeps the original order
-    live: dict[int, _Live] = {}
-    with ThreadPoolExecutor(max_workers=max(1, config.batch_size)) as pool:
-        try:
-            while queue or live:
-                # Open the sandboxes of the episodes joining the batch concurrently: starting
-                # an interpreter and replaying a prefix is process work, not ours.
-                joining = [queue.pop() for _ in range(min(len(queue), config.batch_size - len(live)))]
-                for (i, _), state in zip(joining, pool.map(lambda item: _start(item[1], tools), joining)):
-                    if _over(state.traj, config):
-                        yield i, _finish(state, model)
-                    else:
-                        live[i] = state
-                if live:
-                    yield from _turn(model, live, tools, config, pool)
-        finally:
-            for state in live.values():
-                state.sandbox.close()
-
-
-def _turn(model: ChatModel, live: dict[int, _Live], tools: ToolConfig, config: RolloutConfig,
-          pool: ThreadPoolExecutor) -> Iterator[tuple[int, Trajectory]]:
-    """One batched model call for every live trajectory, then their tool calls."""
-    order = sorted(live)
-    requests = []
-    for i in order:
-        s = live[i]
-        ep = s.episode
-        seed = derive_seed(config.seed, config.stage, ep.task.id, ep.sample, len(s.traj.steps))
-        requests.append(GenRequest(to_messages(ep.task.question, s.traj.steps), cache_key=ep.key, seed=seed))
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens)
-    gens = model.generate(requests, params)
-    if len(gens) != len(requests):
-        raise RuntimeError(f"model returned {len(gens)} generations for {len(requests)} requests")
-    runs = []
-    for i, gen in zip(order, gens):
-        s = live[i]
-        step = _step_from_generation(gen, next_kind(s.traj.steps))
-        s.traj.steps.append(step)
-        s.traj.generated_tokens += len(gen.token_ids)
-        s.traj.prompt_tokens += gen.prompt_tokens
-        s.traj.model_time_s += gen.time_s
-        if step.kind == "action" and step.parse_error is None:
-            runs.append(pool.submit(_execute, s, step, tools))
-    for fut in runs:
-        fut.result()  # re-raises our own bugs; model errors are already observations
-    for i in order:
-        s = live[i]
-        last = s.traj.steps[-1]
-        if last.final_answer is not None:
-            s.traj.final_answer, s.traj.finished = last.final_answer, True
+    stream = model.open_stream(params, config.batch_size)
+    live: dict[int, _Live] = {}
+    work: dict[Future, tuple[str, int]] = {}  # sandbox starts and tool calls in flight
+
+    def next_turn(i: int, s: _Live) -> Iterator[tuple[int, Trajectory]]:
         if _over(s.traj, config):
             del live[i]
             yield i, _finish(s, model)
+        else:
+            stream.add(i, _request(s, len(s.traj.steps), config))
+
+    with ThreadPoolExecutor(max_workers=max(1, config.batch_size)) as pool:
+        try:
+            while queue or live or work:
+                while queue and len(live) + _starting(work) < config.batch_size:
+                    i, ep = queue.pop()
+                    work[pool.submit(_start, ep, tools)] = ("start", i)
+                ready = _ready(work, stream)
+                for fut in ready:
+                    kind, i = work.pop(fut)
+                    if kind == "start":
+                        live[i] = fut.result()
+                    else:
+                        fut.result()  # re-raises our own bugs; model errors are already observations
+                        _close_step(live[i])
+                    yield from next_turn(i, live[i])
+                for i, gen in stream.step() if stream.busy else []:
+                    s = live[i]
+                    step = _absorb(s, gen)
+                    if step.kind == "action" and step.parse_error is None:
+                        work[pool.submit(_execute, s, step, tools)] = ("tool", i)
+                    else:
+                        yield from next_turn(i, s)
+        finally:
+            for state in live.values():
+                state.sandbox.close()
+            for fut, (kind, _) in work.items():
+                if kind == "start" and fut.done() and fut.exception() is None:
+                    fut.result().sandbox.close()
+
+
+def _ready(work: dict[Future, tuple[str, int]], stream: TurnStream) -> list[Future]:
+    """The threads' finished work. A stream that rows can join mid-generation is polled
+    between decoding steps, and waited on only when it has nothing to do; one that serves a
+    batch at a time gets every live episode at once (lockstep turns, as remote servers
+    batch best)."""
+    if not stream.continuous:
+        return list(wait(work).done)
+    if stream.busy:
+        return [f for f in work if f.done()]
+    return list(wait(work, return_when=FIRST_COMPLETED).done)
+
+
+def _starting(work: dict[Future, tuple[str, int]]) -> int:
+    return sum(kind == "start" for kind, _ in work.values())
+
+
+def _request(s: _Live, turn: int, config: RolloutConfig) -> GenRequest:
+    ep = s.episode
+    seed = derive_seed(config.seed, config.stage, ep.task.id, ep.sample, turn)
+    return GenRequest(to_messages(ep.task.question, s.traj.steps), cache_key=ep.key, seed=seed)
+
+
+def _absorb(s: _Live, gen: Generation) -> Step:
+    """Append the generated turn to the trajectory, with its accounting."""
+    step = _step_from_generation(gen, next_kind(s.traj.steps))
+    s.traj.steps.append(step)
+    s.traj.generated_tokens += len(gen.token_ids)
+    s.traj.prompt_tokens += gen.prompt_tokens
+    s.traj.model_time_s += gen.time_s
+    if step.final_answer is not None:  # never for a fresh step: only execution sets it
+        _close_step(s)
+    return step
+
+
+def _close_step(s: _Live) -> None:
+    """After a step's action ran: a `final_answer` call ends the episode."""
+    last = s.traj.steps[-1]
+    if last.final_answer is not None:
+        s.traj.final_answer, s.traj.finished = last.final_answer, True

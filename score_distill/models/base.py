@@ -6,12 +6,23 @@ Every backend (local transformers model, OpenAI-compatible endpoint, later vLLM)
 kept per trajectory, or a server's prefix cache) uses it, and `release(key)` drops it when
 the trajectory ends. Results keep the generated token ids and their log-probabilities so
 that RL can compute ratios without re-tokenising text.
+
+`open_stream` serves turns as they become ready instead of in lockstep: the rollout adds a
+trajectory's next request as soon as its tool call returns, and `step()` hands back the
+turns that finished. A backend that can let rows join a running batch (the local engine)
+keeps it full that way; any other backend gets `BatchedStream`, which sends whatever is
+waiting through `generate` in one call.
+
+    stream = model.open_stream(params, max_rows=48)
+    stream.add("t1", request)
+    while stream.busy:
+        for tag, generation in stream.step(): ...
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Hashable, Protocol
 
 from score_distill.agent.format import STOP_STRINGS
 
@@ -71,3 +82,51 @@ class ChatModel(Protocol):
     def release(self, cache_key: str) -> None:
         """Forget any cached state for this trajectory (no-op where nothing is cached)."""
         ...
+
+    def open_stream(self, params: SamplingParams, max_rows: int) -> TurnStream:
+        """A stream of turns sampled with `params`, at most `max_rows` generated together."""
+        ...
+
+
+class TurnStream(Protocol):
+    """Turns requested one by one and returned as they finish (see the module docstring)."""
+
+    continuous: bool  # whether requests added while rows generate join them at the next step
+
+    @property
+    def busy(self) -> bool:
+        """Whether any added request has not been returned yet."""
+        ...
+
+    def add(self, tag: Hashable, request: GenRequest) -> None:
+        """Queue a request; `step` returns its generation under `tag`."""
+        ...
+
+    def step(self) -> list[tuple[Hashable, Generation]]:
+        """Make progress; return the turns that finished (possibly none)."""
+        ...
+
+
+class BatchedStream:
+    """A `TurnStream` for backends that only have `generate`: each `step` sends every waiting
+    request in one call and returns all of them."""
+
+    continuous = False
+
+    def __init__(self, model: ChatModel, params: SamplingParams, max_rows: int) -> None:
+        self.model, self.params, self.max_rows = model, params, max_rows
+        self._waiting: list[tuple[Hashable, GenRequest]] = []
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting)
+
+    def add(self, tag: Hashable, request: GenRequest) -> None:
+        self._waiting.append((tag, request))
+
+    def step(self) -> list[tuple[Hashable, Generation]]:
+        batch, self._waiting = self._waiting[: self.max_rows], self._waiting[self.max_rows :]
+        gens = self.model.generate([r for _, r in batch], self.params)
+        if len(gens) != len(batch):
+            raise RuntimeError(f"{self.model.name} returned {len(gens)} generations for {len(batch)} requests")
+        return [(tag, g) for (tag, _), g in zip(batch, gens)]

@@ -15,8 +15,11 @@ gets the RoPE position it would have in an unpadded sequence.
 `BufferLayer` keeps a layer's KV in one preallocated `(rows, heads, capacity, dim)` buffer
 and hands the model views of it: decoding appends in place (no per-step concatenation), and
 a finished row leaves by having the last live row copied into its slot (one row's copy, not
-the whole batch's). `KVStore` keeps, per cache key, the token ids seen so far and that row's
-KV trimmed to its valid positions, under an LRU memory budget.
+the whole batch's). `BatchKV.admit` lets rows join a running batch: they are prefilled as a
+batch of their own, then their columns are copied in, right-aligned with the running batch's
+last column (its buffers grow, with slack, when they do not fit). `KVStore` keeps, per cache
+key, the token ids seen so far and that row's KV trimmed to its valid positions, under an
+LRU memory budget.
 
     store = KVStore(budget_bytes=2 << 30)
     reused, kv = store.take("traj-1", prompt_ids)   # longest common prefix with what is cached
@@ -32,6 +35,9 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 # Per layer: (keys, values), each (heads, tokens, head_dim) for one row.
 RowKV = list[tuple[torch.Tensor, torch.Tensor]]
+# Extra columns reserved when a batch's buffers grow, so that rows joining later rarely
+# trigger another copy.
+_SLACK = 256
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -155,17 +161,15 @@ class BatchKV:
     def build(rows_kv: list[RowKV | None], layout: BatchLayout, capacity: int, n_layers: int,
               kv_shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> BatchKV:
         """A batch whose first C columns hold each row's cached KV, right-aligned, and whose
-        mask already covers the S suffix columns (which the prefill will fill)."""
+        mask already covers the S suffix columns (which the prefill will fill). Buffers start
+        at zero: padding is never attended, but a masked NaN would still poison the output."""
         b, width = len(rows_kv), layout.width_cached
         heads, dim = kv_shape
         mask = torch.zeros(b, capacity, dtype=torch.long, device=device)
         layers = []
         for li in range(n_layers):
-            k = torch.empty(b, heads, capacity, dim, dtype=dtype, device=device)
-            v = torch.empty_like(k)
-            if width:
-                k[:, :, :width].zero_()  # padding columns are never attended; keep them finite
-                v[:, :, :width].zero_()
+            k = torch.zeros(b, heads, capacity, dim, dtype=dtype, device=device)
+            v = torch.zeros_like(k)
             for r, row in enumerate(rows_kv):
                 c = layout.cached[r]
                 if row is not None and c:
@@ -176,6 +180,44 @@ class BatchKV:
             mask[r, width - layout.cached[r] : width] = 1
             mask[r, width + layout.width_suffix - layout.suffix[r] : width + layout.width_suffix] = 1
         return BatchKV(layers, mask)
+
+    def admit(self, other: BatchKV, room: int, max_rows: int) -> None:
+        """Append the live rows of `other` (a batch just prefilled on its own) after this
+        batch's rows, their columns right-aligned with this batch's end, so the next decoding
+        step runs them all together; keep at least `room` free columns after the end.
+
+        The buffers grow (one copy of the used window) only when the rows, the columns left of
+        the end, or the room do not fit; the slack added then makes that rare."""
+        width, rows = other.end - other.start, self.rows + other.rows
+        left = max(width, self.end - self.start)
+        if rows > self._mask_buf.shape[0] or left > self.end or self.end + room > self._mask_buf.shape[1]:
+            self._reallocate(max(rows, max_rows), left + _SLACK, room + _SLACK)
+        lo, end = self.end - width, self.end
+        start = min(lo, self.start)
+        self._mask_buf[: self.rows, start : self.start] = 0  # stale flags of rows that left
+        self._mask_buf[self.rows : rows, start:end] = 0
+        self._mask_buf[self.rows : rows, lo:end] = other._mask_buf[: other.rows, other.start : other.end]
+        for layer, src in zip(self.layers, other.layers):
+            layer.buf_k[self.rows : rows, :, lo:end] = src.buf_k[: other.rows, :, src.start : src.end]
+            layer.buf_v[self.rows : rows, :, lo:end] = src.buf_v[: other.rows, :, src.start : src.end]
+            layer.rows, layer.start = rows, start
+            layer._refresh()
+        self.rows = rows
+
+    def _reallocate(self, rows: int, left: int, right: int) -> None:
+        """Move the used window into new zeroed buffers of `rows` rows with `left` columns up
+        to the end and `right` after it."""
+        used, end = self.end - self.start, left
+        mask = self._mask_buf.new_zeros(rows, left + right)
+        mask[: self.rows, end - used : end] = self._mask_buf[: self.rows, self.start : self.end]
+        self._mask_buf = mask
+        for layer in self.layers:
+            k = layer.buf_k.new_zeros(rows, layer.buf_k.shape[1], left + right, layer.buf_k.shape[3])
+            v = torch.zeros_like(k)
+            k[: self.rows, :, end - used : end] = layer.buf_k[: self.rows, :, layer.start : layer.end]
+            v[: self.rows, :, end - used : end] = layer.buf_v[: self.rows, :, layer.start : layer.end]
+            layer.buf_k, layer.buf_v, layer.start, layer.end = k, v, end - used, end
+            layer._refresh()
 
     def mask(self, extra: int) -> torch.Tensor:
         """The 2D mask over the cached columns plus the next `extra` input columns."""

@@ -1,8 +1,8 @@
 """The local transformers backend: batched turn generation with a KV cache kept per trajectory.
 
-Loads any Hugging Face causal LM directory whose tokenizer has a chat template. Each call to
-`generate` renders every conversation with the chat template (generation prompt added) and
-runs our own decoding loop rather than `model.generate`, because the agent needs:
+Loads any Hugging Face causal LM directory whose tokenizer has a chat template. Each request
+is rendered with the chat template (generation prompt added) and decoded by our own loop
+rather than `model.generate`, because the agent needs:
 
 - per-row ends: a row stops at the first of `params.stop` in its decoded text (the text
   returned ends with it) or at an end-of-message token, and then leaves the batch so it
@@ -13,7 +13,10 @@ runs our own decoding loop rather than `model.generate`, because the agent needs
 - reuse across turns: with `cache_key` set, the token ids and KV of a trajectory are kept
   after its turn; the next turn's prompt is matched on token ids (longest common prefix)
   and only the new part (the observation and the next assistant header, plus whatever the
-  template renders differently from the raw generated ids) is prefilled.
+  template renders differently from the raw generated ids) is prefilled;
+- continuous batching (`open_stream`, `DecodeStream`): a request joins the running batch at
+  the next step, so an agent's next turn need not wait for the other rows' turns to end.
+  `generate` is a stream fed every request at once.
 
     model = LocalModel(builtin_path("tiny"))
     [gen] = model.generate([GenRequest(messages, cache_key="t1", seed=0)], SamplingParams())
@@ -37,6 +40,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Hashable
 
 import torch
 
@@ -67,7 +71,7 @@ class LocalConfig:
 class _Row:
     """Decoding state of one request."""
 
-    index: int
+    tag: Hashable
     key: str | None
     prompt: list[int]
     cached: int
@@ -82,6 +86,113 @@ class _Row:
     @property
     def suffix(self) -> list[int]:
         return self.prompt[self.cached :]
+
+
+class DecodeStream:
+    """Continuous batching over the local engine: requests join the running batch at the
+    next step (their new prompt tokens prefilled on their own, then their KV copied in next
+    to the others'), and finished rows leave at once. In an agent rollout the rows of a
+    batch end their turns at very different lengths; with one `generate` call per turn the
+    batch would shrink to its slowest row while the others wait for their tool calls.
+
+    A row's tokens depend only on its own request, seed and cache, never on its neighbours
+    (up to floating-point reordering), so the order of joins does not change results."""
+
+    continuous = True
+
+    def __init__(self, engine: LocalModel, params: SamplingParams, max_rows: int) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+        self.engine, self.params, self.max_rows = engine, params, max_rows
+        self.window = tail_window(params.stop)
+        self._waiting: list[tuple[Hashable, GenRequest]] = []
+        self._live: list[_Row] = []
+        self._batch: BatchKV | None = None
+        self._logits = torch.empty(0)  # (rows, V): next-token logits of the live rows
+        self._admitted = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting or self._live)
+
+    def add(self, tag: Hashable, request: GenRequest) -> None:
+        self._waiting.append((tag, request))
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Hashable, Generation]]:
+        """Admit waiting requests while rows are free, then sample one token for every live
+        row and run one forward pass for those that go on."""
+        model = self.engine.model
+        training = model.training  # the RL trainer shares this model; sample in eval mode
+        if training:  # (switching walks every module: ~10 ms a step, so only when needed)
+            model.eval()
+        try:
+            done = self._admit()
+            if self._live:
+                done += self._advance()
+            return done
+        finally:
+            if training:
+                model.train()
+
+    def _admit(self) -> list[tuple[Hashable, Generation]]:
+        engine, free = self.engine, self.max_rows - len(self._live)
+        joining, self._waiting = self._waiting[:free], self._waiting[free:]
+        rows, done = [], []
+        for tag, request in joining:
+            row = engine._start_row(tag, request, self.params, self._admitted)
+            self._admitted += 1
+            if row.budget <= 0:  # the conversation already fills the context: nothing to run
+                row.finish, row.prompt, row.cached = "length", [], 0
+                done.append((tag, engine._result(row, self.params)))
+            else:
+                rows.append(row)
+        if not rows:
+            return done
+        layout = BatchLayout.of([r.cached for r in rows], [len(r.suffix) for r in rows])
+        capacity = layout.width_cached + layout.width_suffix + max(r.budget for r in rows)
+        batch = BatchKV.build([r.kv for r in rows], layout, capacity, engine.n_layers, engine.kv_shape,
+                              engine._kv_dtype(), engine.device)
+        for row in rows:
+            row.kv = None  # the batch holds its own copy now
+        logits = engine._prefill(batch, rows, layout)
+        if self._batch is None:
+            self._batch, self._logits = batch, logits
+        else:
+            room = max(r.budget - len(r.tokens) for r in self._live + rows)
+            self._batch.admit(batch, room, self.max_rows)
+            self._logits = torch.cat([self._logits, logits])
+        self._live += rows
+        return done
+
+    def _advance(self) -> list[tuple[Hashable, Generation]]:
+        engine, live, batch = self.engine, self._live, self._batch
+        assert batch is not None
+        started = time.perf_counter()
+        tokens, logprobs = choose_tokens(self._logits, self.params.temperature, self.params.top_p,
+                                         [r.generator for r in live])
+        finished = [engine._push(r, t, lp, self.params, self.window) for r, t, lp in
+                    zip(live, tokens.tolist(), logprobs.tolist())]
+        _charge(live, started)
+        done = []
+        if any(finished):
+            for pos, (row, end) in enumerate(zip(live, finished)):
+                if end:
+                    # The last sampled token was never fed to the model: the KV covers
+                    # prompt + tokens[:-1].
+                    if row.key is not None:
+                        engine.store.put(row.key, row.prompt + row.tokens[:-1], batch.row_kv(pos))
+                    done.append((row.tag, engine._result(row, self.params)))
+            if all(finished):
+                self._live, self._batch = [], None
+                return done
+            live = self._live = [live[i] for i in batch.compact(finished)]
+        started = time.perf_counter()
+        step = torch.tensor([[r.tokens[-1]] for r in live], device=engine.device)
+        batch.append_column()
+        self._logits = engine._forward(batch, step)
+        _charge(live, started)
+        return done
 
 
 class LocalModel:
@@ -120,11 +231,17 @@ class LocalModel:
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))
 
     def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[Generation]:
-        out: list[Generation] = []
-        step = self.config.max_batch_size
-        for lo in range(0, len(requests), step):
-            out += self._generate_batch(requests[lo : lo + step], params, offset=lo)
-        return out
+        stream = self.open_stream(params, self.config.max_batch_size)
+        for i, request in enumerate(requests):
+            stream.add(i, request)
+        out: list[Generation | None] = [None] * len(requests)
+        while stream.busy:
+            for i, gen in stream.step():
+                out[i] = gen  # type: ignore[index]
+        return out  # type: ignore[return-value]
+
+    def open_stream(self, params: SamplingParams, max_rows: int) -> DecodeStream:
+        return DecodeStream(self, params, max_rows)
 
     def release(self, cache_key: str) -> None:
         self.store.release(cache_key)
@@ -140,57 +257,18 @@ class LocalModel:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _start_row(self, index: int, request: GenRequest, params: SamplingParams, offset: int) -> _Row:
+    def _start_row(self, tag: Hashable, request: GenRequest, params: SamplingParams, index: int) -> _Row:
         ids = self.encode(request.messages)
         cached, kv = self.store.take(request.cache_key, ids)
-        seed = seed_for(request.seed, params.seed, offset + index, self._rng.randrange(2**62))
+        seed = seed_for(request.seed, params.seed, index, self._rng.randrange(2**62))
         generator = torch.Generator(device=self.device).manual_seed(seed)
         budget = min(params.max_new_tokens, self.context - len(ids))
-        return _Row(index, request.cache_key, ids, cached, kv, budget, generator)
+        return _Row(tag, request.cache_key, ids, cached, kv, budget, generator)
 
-    @torch.inference_mode()
-    def _generate_batch(self, requests: list[GenRequest], params: SamplingParams, offset: int) -> list[Generation]:
-        rows = [self._start_row(i, r, params, offset) for i, r in enumerate(requests)]
-        for row in rows:
-            if row.budget <= 0:  # the conversation already fills the context: nothing to run
-                row.finish, row.prompt, row.cached = "length", [], 0
-        live = [row for row in rows if not row.finish]
-        training = self.model.training  # the RL trainer shares this model; sample in eval mode
-        self.model.eval()
-        try:
-            if live:
-                self._decode(live, params)
-        finally:
-            self.model.train(training)
-        return [self._result(row, params) for row in rows]
-
-    def _decode(self, live: list[_Row], params: SamplingParams) -> None:
-        """Prefill the live rows' new prompt tokens, then sample until every row finishes."""
-        layout = BatchLayout.of([r.cached for r in live], [len(r.suffix) for r in live])
-        capacity = layout.width_cached + layout.width_suffix + max(r.budget for r in live)
-        dtype = self.model.get_input_embeddings().weight.dtype
+    def _kv_dtype(self) -> torch.dtype:
         if self.config.autocast_bf16:
-            dtype = torch.bfloat16  # keys/values come out of autocast linears in bf16
-        batch = BatchKV.build([r.kv for r in live], layout, capacity, self.n_layers, self.kv_shape,
-                              dtype, self.device)
-        for row in live:
-            row.kv = None  # the batch holds its own copy now
-        logits = self._prefill(batch, live, layout)
-        window = tail_window(params.stop)
-        while live:
-            started = time.perf_counter()
-            tokens, logprobs = choose_tokens(logits, params.temperature, params.top_p, [r.generator for r in live])
-            finished = [self._push(r, t, lp, params, window) for r, t, lp in
-                        zip(live, tokens.tolist(), logprobs.tolist())]
-            _charge(live, started)
-            if any(finished):
-                live = self._retire(batch, live, finished)
-            if live:
-                started = time.perf_counter()
-                step = torch.tensor([[r.tokens[-1]] for r in live], device=self.device)
-                batch.append_column()
-                logits = self._forward(batch, step)
-                _charge(live, started)
+            return torch.bfloat16  # keys/values come out of autocast linears in bf16
+        return self.model.get_input_embeddings().weight.dtype
 
     def _prefill(self, batch: BatchKV, live: list[_Row], layout: BatchLayout) -> torch.Tensor:
         """Run the right-aligned new prompt tokens through the model in column chunks; return
@@ -229,17 +307,6 @@ class LocalModel:
         elif len(row.tokens) >= row.budget:
             row.finish = "length"
         return bool(row.finish)
-
-    def _retire(self, batch: BatchKV, live: list[_Row], finished: list[bool]) -> list[_Row]:
-        """Store the KV of finished rows under their keys and drop them from the batch. The
-        last sampled token was never fed to the model, so the KV covers prompt + tokens[:-1]."""
-        for pos, (row, done) in enumerate(zip(live, finished)):
-            if done and row.key is not None:
-                self.store.put(row.key, row.prompt + row.tokens[:-1], batch.row_kv(pos))
-        if all(finished):
-            return []
-        order = batch.compact(finished)
-        return [live[i] for i in order]
 
     def _decode_ids(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

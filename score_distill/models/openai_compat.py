@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from score_distill.models.base import Generation, GenRequest, ModelError, SamplingParams
+from score_distill.models.base import BatchedStream, Generation, GenRequest, ModelError, SamplingParams
 from score_distill.models.stops import restore_stop
 
 EXCERPT_CHARS = 300
@@ -125,6 +125,9 @@ class OpenAIModel:
             return [self._turn(r, params) for r in requests]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             return list(pool.map(lambda r: self._turn(r, params), requests))
+
+    def open_stream(self, params: SamplingParams, max_rows: int) -> BatchedStream:
+        return BatchedStream(self, params, max_rows)
 
     def release(self, cache_key: str) -> None:
         """Nothing is kept per trajectory on our side (servers cache prefixes themselves)."""

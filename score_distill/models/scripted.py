@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from score_distill.models.base import Generation, GenRequest, SamplingParams
+from score_distill.models.base import BatchedStream, Generation, GenRequest, SamplingParams
 
 
 class ScriptedModel:
@@ -35,6 +35,9 @@ class ScriptedModel:
             out.append(Generation(text=text, token_ids=list(range(len(text.split()))),
                                   logprobs=[0.0] * len(text.split()), prompt_tokens=n_prompt))
         return out
+
+    def open_stream(self, params: SamplingParams, max_rows: int) -> BatchedStream:
+        return BatchedStream(self, params, max_rows)
 
     def release(self, cache_key: str) -> None:
         self.released.append(cache_key)

@@ -47,7 +47,7 @@ from typing import Callable, TypeVar
 from score_distill.agent.format import next_kind, render_step
 from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option
-from score_distill.models.base import Generation, GenRequest, SamplingParams
+from score_distill.models.base import BatchedStream, Generation, GenRequest, SamplingParams
 from score_distill.models.openai_compat import OpenAIModel
 from score_distill.models.stops import restore_stop
 from score_distill.teachers.base import TeacherUsage, Verdict
@@ -250,6 +250,9 @@ class TeacherPolicy:
             return [one(r) for r in requests]
         with ThreadPoolExecutor(max_workers=min(len(requests), self.teacher.config.concurrency)) as pool:
             return list(pool.map(one, requests))
+
+    def open_stream(self, params: SamplingParams, max_rows: int) -> BatchedStream:
+        return BatchedStream(self, params, max_rows)
 
     def release(self, cache_key: str) -> None:
         """Nothing is kept per trajectory."""

@@ -98,6 +98,8 @@ class RLOptions:
     max_turns: int = option(8, "assistant turns per episode, prefix turns included")
     max_format_errors: int = option(2, "a rollout ends after this many consecutive unparseable turns "
                                        "(reward 0 either way; 0 = never)")
+    max_repeats: int = option(2, "a rollout ends after this many consecutive actions that repeat an earlier "
+                                 "one with the same observation (0 = never); it ends without an answer: reward 0")
     max_length: int = option(4096, "rendered sequences are cut to this many tokens")
     outcome_only_share: float = option(0.25, "share of the items WITHOUT an intervention that join the "
                                              "RL pool (from the question, outcome reward only)")
@@ -187,7 +189,8 @@ def collect(engine: Any, items: list[KeyStepItem], tasks_by_id: dict[str, Task],
                      for k in range(opts.group_size)]
     config = RolloutConfig(max_turns=opts.max_turns, max_new_tokens=opts.max_new_tokens,
                            temperature=opts.temperature, top_p=opts.top_p, batch_size=len(episodes),
-                           seed=opts.seed, stage=f"rl-{step}", max_format_errors=opts.max_format_errors)
+                           seed=opts.seed, stage=f"rl-{step}", max_format_errors=opts.max_format_errors,
+                           max_repeats=opts.max_repeats)
     trajs = rollout(engine, episodes, tools, config)
     samples = []
     for ep, traj in zip(episodes, trajs):
