@@ -78,6 +78,18 @@ def test_examples_without_trainable_tokens_are_refused(tiny_dir, tmp_path):
 
 
 def test_min_steps_adds_passes_over_a_small_data_set(tiny_dir, tmp_path):
-    opts = SFTOptions(epochs=1, min_steps=3, batch_size=2, micro_batch_size=2, bf16=False, logging_steps=100)
+    opts = SFTOptions(epochs=1, min_steps=3, batch_size=2, micro_batch_size=2, bf16=False, logging_steps=100,
+                      checkpoint_every_s=0)  # a checkpoint at every epoch end
     train_sft(tiny_dir, [(QUESTION, STEPS)] * 2, tmp_path / "sft", opts)  # 1 step per epoch
     assert sorted(p.name for p in (tmp_path / "sft").glob("checkpoint-*")) == ["checkpoint-3"]
+
+
+@pytest.mark.parametrize(("every_s", "expected"), [(1e-9, ["checkpoint-3"]), (3600.0, [])])
+def test_checkpoints_follow_the_clock(tiny_dir, tmp_path, every_s, expected):
+    # A due checkpoint is written at a step end (the last one kept), never at the final step;
+    # a run shorter than the interval writes none besides its final weights.
+    opts = SFTOptions(epochs=1, min_steps=4, batch_size=2, micro_batch_size=2, bf16=False, logging_steps=100,
+                      checkpoint_every_s=every_s)
+    final = train_sft(tiny_dir, [(QUESTION, STEPS)] * 2, tmp_path / "sft", opts)
+    assert sorted(p.name for p in (tmp_path / "sft").glob("checkpoint-*")) == expected
+    assert (final / "config.json").exists()

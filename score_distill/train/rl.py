@@ -91,6 +91,8 @@ class RLOptions:
     max_grad_norm: float = option(1.0, "gradient norm clip")
     clip_eps: float = option(0.2, "PPO ratio clip")
     kl_coef: float = option(0.0, "weight of the k3 KL penalty to the starting checkpoint (KL is logged either way)")
+    kl_on_all: bool = option(True, "measure the logged KL on every rollout; False: only on those that carry a "
+                                   "gradient, which saves a policy and a reference forward pass on the others")
     scale_advantages: bool = option(True, "divide advantages by the group's reward std")
     temperature: float = option(1.0, "sampling temperature of RL rollouts (1.0: samples = policy)")
     top_p: float = option(1.0, "nucleus mass of RL rollouts (1.0 keeps ratios exact)")
@@ -400,7 +402,8 @@ class _Run:
                                  opts.micro_batch_size, self.pad_id) if idx else []
 
         train_mbs = mbs(trained)
-        scored, kl, kl_tokens = score(self.model, self.ref, train_mbs + mbs(others), acc.device,
+        measured = mbs(others) if opts.kl_on_all else []
+        scored, kl, kl_tokens = score(self.model, self.ref, train_mbs + measured, acc.device,
                                       opts.temperature, opts.bf16, trained=len(train_mbs))
         stats = update(self.model, self.optimizer, acc.backward,
                        lambda n: acc.clip_grad_norm_(self.model.parameters(), n), scored[: len(train_mbs)],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,6 +39,10 @@ class SFTOptions:
     lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning")
     activation_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory for "
                                                    "long sequences, ~30% more compute (TRL turns it on by default)")
+    checkpoint_every_s: float = option(300.0, "write a resumable checkpoint (weights and optimizer) when this "
+                                              "many seconds have passed since the last; 0 = at every epoch end. "
+                                              "A short run on a small data set otherwise spends its time "
+                                              "writing optimizer states")
     seed: int = option(0, "seed of shuffling and dropout")
     logging_steps: int = option(5, "log every N optimiser steps")
 
@@ -65,24 +70,37 @@ def build_dataset(tokenizer, examples: list[tuple[str, list[Step]]], max_length:
 
 
 def _trainer_class(sft_trainer, use_cpu: bool):
-    """SFTTrainer, or on CPU a subclass whose loss is the model's own cross-entropy.
+    """SFTTrainer, or on CPU a subclass that computes the cross-entropy itself, at the trained
+    positions only.
 
     TRL computes the loss through its fused LM head. Without Triton (CPU) that head scores
     every position, masked ones included, tile by tile in eager torch ops, and recomputes the
     tiles in the backward pass; with SmolLM2's 49k vocabulary this halved training speed here
-    (bench/sft_throughput.txt). The model's own loss uses the same labels and the same
-    token-count normalisation across gradient accumulation; TRL's entropy and token-accuracy
-    metrics are not logged on that path.
+    (bench/sft_throughput.txt). The model's own loss is faster but still projects every
+    position onto the vocabulary and takes a log-softmax over all of them: on a 4 x 960
+    batch half masked, that is 11% of a training step in the log-softmax alone. So the LM
+    head runs on the hidden states of the trained positions only (the prompt and the
+    observations are not scored at all). Same labels, same shift, same token-count
+    normalisation across gradient accumulation (`num_items_in_batch`); TRL's entropy and
+    token-accuracy metrics are not logged on that path.
     """
     if not use_cpu:
         return sft_trainer
-    from transformers import Trainer
+    import torch.nn.functional as F
 
     class CPUSFTTrainer(sft_trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs["use_cache"] = False
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            labels = inputs["labels"]
+            hidden = model.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                                         position_ids=inputs.get("position_ids"), use_cache=False).last_hidden_state
+            targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+            keep = targets != -100
+            logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V), N = trained tokens
+            loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages it back
+            return (loss, None) if return_outputs else loss
 
     return CPUSFTTrainer
 
@@ -118,13 +136,15 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         per_device_train_batch_size=opts.micro_batch_size,
         gradient_accumulation_steps=max(1, opts.batch_size // opts.micro_batch_size),
         lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=opts.logging_steps,
-        save_strategy="epoch", save_total_limit=1, report_to=[], seed=opts.seed, data_seed=opts.seed,
+        save_strategy="no" if opts.checkpoint_every_s > 0 else "epoch", save_total_limit=1, report_to=[], seed=opts.seed, data_seed=opts.seed,
         bf16=opts.bf16, use_cpu=use_cpu, max_length=opts.max_length, dataloader_num_workers=0,
         disable_tqdm=False, remove_unused_columns=False, activation_checkpointing=opts.activation_checkpointing,
         train_sampling_strategy="group_by_length",  # less padding per micro-batch
     )
     trainer = _trainer_class(SFTTrainer, use_cpu)(model=model, args=args, train_dataset=dataset,
                                                   processing_class=tokenizer, peft_config=peft_config)
+    if opts.checkpoint_every_s > 0:
+        trainer.add_callback(_checkpoint_timer(opts.checkpoint_every_s))
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     trained = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
@@ -134,3 +154,25 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
     os.replace(tmp, final)
     log.info("saved %s", final)
     return final
+
+
+def _checkpoint_timer(seconds: float):  # noqa: ANN202 (a transformers TrainerCallback)
+    """A callback that asks for a checkpoint at the first step end `seconds` after the last
+    one (or after the start); the final weights are saved separately, so none is written at
+    the last step."""
+    from transformers import TrainerCallback
+
+    class CheckpointTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.last = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            if state.global_step < state.max_steps and time.monotonic() - self.last >= seconds:
+                control.should_save = True
+            return control
+
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            self.last = time.monotonic()
+            return control
+
+    return CheckpointTimer()
