@@ -3,6 +3,7 @@ checkpoints and resume, and a smoke run in which a tiny policy really learns."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -388,3 +389,27 @@ def test_several_passes_clip_and_the_kl_penalty_runs_in_bf16(tmp_path):
     assert records[0]["kl"] == 0.0 and records[1]["kl"] > 0.0
     assert records[0]["clip_frac"] > 0.0
     assert all(r["trained_seqs"] == 8 and math.isfinite(r["loss"]) for r in records)
+
+
+@pytest.mark.parametrize("kl_on_all", [True, False])
+def test_kl_on_all_decides_which_rollouts_are_scored_without_gradient(tiny_dir, tmp_path, monkeypatch, kl_on_all):
+    # With kl_on_all off, the rollouts that carry no gradient are never run through the policy
+    # or the reference model: score() sees only the micro-batches the update trains on.
+    from score_distill.train import grpo
+
+    calls = []
+    real_score = grpo.score
+
+    def spy(policy, ref, mbs, *args, trained=0, **kw):
+        calls.append((len(mbs), trained))
+        return real_score(policy, ref, mbs, *args, trained=trained, **kw)
+
+    monkeypatch.setattr(grpo, "score", spy)
+    tasks, by_id = plain_world(3)
+    opts = dataclasses.replace(SMOKE, save_every=0, kl_on_all=kl_on_all)
+    train_rl(tiny_dir, outcome_items(tasks), by_id, None, TOOLS, tmp_path, opts)
+    assert len(calls) == opts.steps
+    if kl_on_all:
+        assert sum(n - trained for n, trained in calls) > 0  # some rollouts were only measured
+    else:
+        assert all(n == trained for n, trained in calls)
