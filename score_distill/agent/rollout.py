@@ -230,7 +230,7 @@ def _run(model: ChatModel, episodes: list[Episode], tools: ToolConfig,
             for state in live.values():
                 state.sandbox.close()
             for fut, (kind, _) in work.items():
-                if kind == "start" and fut.done() and fut.exception() is None:
+                if kind == "start" and fut.exception() is None:  # waits for a start in flight
                     fut.result().sandbox.close()
 
 
