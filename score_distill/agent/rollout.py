@@ -263,8 +263,6 @@ def _absorb(s: _Live, gen: Generation) -> Step:
     s.traj.generated_tokens += len(gen.token_ids)
     s.traj.prompt_tokens += gen.prompt_tokens
     s.traj.model_time_s += gen.time_s
-    if step.final_answer is not None:  # never for a fresh step: only execution sets it
-        _close_step(s)
     return step
 
 

@@ -136,7 +136,8 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         per_device_train_batch_size=opts.micro_batch_size,
         gradient_accumulation_steps=max(1, opts.batch_size // opts.micro_batch_size),
         lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=opts.logging_steps,
-        save_strategy="no" if opts.checkpoint_every_s > 0 else "epoch", save_total_limit=1, report_to=[], seed=opts.seed, data_seed=opts.seed,
+        save_strategy="no" if opts.checkpoint_every_s > 0 else "epoch", save_total_limit=1,
+        report_to=[], seed=opts.seed, data_seed=opts.seed,
         bf16=opts.bf16, use_cpu=use_cpu, max_length=opts.max_length, dataloader_num_workers=0,
         disable_tqdm=False, remove_unused_columns=False, activation_checkpointing=opts.activation_checkpointing,
         train_sampling_strategy="group_by_length",  # less padding per micro-batch
