@@ -29,6 +29,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/calibration")
     ap.add_argument("--difficulty", nargs="*", default=[], metavar="DIAL=VALUE",
                     help="generator dials, e.g. max_ops=3 (math) or max_hops=3 (search)")
+    ap.add_argument("--eval-difficulty", nargs="*", default=[], metavar="DIAL=VALUE",
+                    help="dials of the evaluation sets only, over --difficulty (e.g. ood_max_ops=4): "
+                         "the same trained student, scored on another test or ood")
     args = ap.parse_args()
 
     from score_distill.agent.rollout import RolloutConfig
@@ -42,9 +45,16 @@ def main() -> None:
 
     import yaml
 
-    dials = {k: yaml.safe_load(v) for k, v in (d.split("=", 1) for d in args.difficulty)}
+    def parse(items: list[str]) -> dict:
+        return {k: yaml.safe_load(v) for k, v in (d.split("=", 1) for d in items)}
+
+    def tag_of(d: dict) -> str:
+        return "".join(f"-{k}{v}" for k, v in sorted(d.items())).replace(" ", "")
+
+    dials, eval_only = parse(args.difficulty), parse(args.eval_difficulty)
+    eval_dials = {**dials, **eval_only}
     tools = ToolConfig()
-    tag = "".join(f"-{k}{v}" for k, v in sorted(dials.items()))
+    tag = tag_of(dials)
     out = Path(args.out) / f"{args.suite}-{args.n_train}-e{args.epochs:g}-s{args.seed}{tag}"
     train = generate_suite(args.suite, "train", args.n_train, args.seed, **dials)
     examples = []
@@ -62,13 +72,14 @@ def main() -> None:
     rollout = RolloutConfig(max_turns=8, max_new_tokens=160, batch_size=16, max_format_errors=2)
     rows = []
     for split in args.splits:
-        tasks = generate_suite(args.suite, split, args.n_eval, args.seed, **dials)
-        m = evaluate(model, tasks, out / f"eval-{split}", tools, rollout, desc=f"eval {split}")
+        tasks = generate_suite(args.suite, split, args.n_eval, args.seed, **eval_dials)
+        m = evaluate(model, tasks, out / f"eval-{split}{tag_of(eval_only)}", tools, rollout, desc=f"eval {split}")
         lo, hi = m["ci95"]
         rows.append(f"| {args.suite} | {len(examples)} | {args.epochs:g} | {split} | {m['n']} | "
                     f"{m['accuracy']:.1%} | [{lo:.1%}, {hi:.1%}] | {m['finish_rate']:.0%} |")
+    evaluated = f", evaluated with {eval_only}" if eval_only else ""
     print(f"# BC calibration: SmolLM2-135M, {args.suite} train n={args.n_train} seed={args.seed}, "
-          f"difficulty {dials or 'default'}, epochs {args.epochs:g}, lr {args.lr:g}, bf16 autocast; "
+          f"difficulty {dials or 'default'}{evaluated}, epochs {args.epochs:g}, lr {args.lr:g}, bf16 autocast; "
           + ("SFT checkpoint reused; " if resumed else f"SFT {sft_s:.0f} s; ")
           + "greedy eval, 8 turns x 160 tokens")
     print("| suite | BC trajectories | epochs | split | n | accuracy | 95% CI | finished |")

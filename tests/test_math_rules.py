@@ -17,6 +17,10 @@ from score_distill.teachers.math_trace import code_facts
 from score_distill.tools.sandbox import Sandbox
 from score_distill.types import Step, Task
 
+# The rules are tested on longer chains with more distractors than the suite's default
+# difficulty: more steps to plant errors in and more independent steps to swap.
+WIDE = {"max_ops": 4, "distractors": (0, 2)}
+
 
 def run_steps(steps: list[Step]) -> list[Step]:
     """Execute steps as the rollout does: observations filled, stop at final_answer."""
@@ -47,7 +51,7 @@ def rules() -> MathRules:
 @pytest.fixture(scope="module")
 def tasks() -> list[Task]:
     """One quantity per reference step, so step k computes node k."""
-    return generate("train", 120, seed=11, pair_rate=0.0)
+    return generate("train", 120, seed=11, pair_rate=0.0, **WIDE)
 
 
 def chains(tasks: list[Task], min_ops: int = 3) -> list[Task]:
@@ -134,7 +138,7 @@ def test_unused_wrong_value_and_crash_then_fix_are_not_errors(rules: MathRules, 
 
 
 def test_swapped_independent_steps_are_not_errors(rules: MathRules) -> None:
-    tasks = [t for t in generate("train", 300, seed=5, pair_rate=0.0) if t.meta["shape"] == "merge"]
+    tasks = [t for t in generate("train", 300, seed=5, pair_rate=0.0, **WIDE) if t.meta["shape"] == "merge"]
     swapped = 0
     for t in tasks:
         ref = t.reference
