@@ -23,8 +23,10 @@ problem). Splits therefore never share a question, whatever the sizes and seeds.
 Default difficulty, calibrated on SmolLM2-135M (`bench/calibration.txt`): BC on 1,024 train
 problems reaches 62% on `test` and 12% on `ood` (512: 34% on test; 256 of the older 2-4
 operation problems: 3%). Four-operation ood problems alone gave 6%, four or five 0%: the
-student stops after as many steps as it was trained on. Answers are integers or reduced fractions ("42", "17/4"), never decimals; `score`
-accepts any exactly equal form ("4.25", "\\frac{17}{4}").
+student stops after as many steps as it was trained on.
+
+Answers are integers or reduced fractions ("42", "17/4"), never decimals; `score` accepts any
+exactly equal form ("4.25", "\\frac{17}{4}").
 """
 
 from __future__ import annotations
