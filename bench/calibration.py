@@ -17,6 +17,13 @@ import time
 from pathlib import Path
 
 
+def parse_dials(items: list[str]) -> dict:
+    """`["max_ops=3", "distractors=[0,1]"]` -> {"max_ops": 3, "distractors": [0, 1]} (YAML values)."""
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in (d.split("=", 1) for d in items)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="math", choices=["math", "search"])
@@ -43,15 +50,10 @@ def main() -> None:
     from score_distill.tools.config import ToolConfig
     from score_distill.train.sft import SFTOptions, train_sft
 
-    import yaml
-
-    def parse(items: list[str]) -> dict:
-        return {k: yaml.safe_load(v) for k, v in (d.split("=", 1) for d in items)}
-
     def tag_of(d: dict) -> str:
         return "".join(f"-{k}{v}" for k, v in sorted(d.items())).replace(" ", "")
 
-    dials, eval_only = parse(args.difficulty), parse(args.eval_difficulty)
+    dials, eval_only = parse_dials(args.difficulty), parse_dials(args.eval_difficulty)
     eval_dials = {**dials, **eval_only}
     tools = ToolConfig()
     tag = tag_of(dials)

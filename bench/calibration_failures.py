@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--difficulty", nargs="*", default=[], metavar="DIAL=VALUE")
     args = ap.parse_args()
 
-    import yaml
+    from calibration import parse_dials  # bench/calibration.py, beside this script
 
     from score_distill.tasks.load import generate_suite
     from score_distill.teachers.math_rules import MathRules, established, problem_of
@@ -36,14 +36,13 @@ def main() -> None:
 
     eval_dir = Path(args.eval_dir)
     split = args.split or eval_dir.name.removeprefix("eval-")
-    dials = {k: yaml.safe_load(v) for k, v in (d.split("=", 1) for d in args.difficulty)}
+    dials = parse_dials(args.difficulty)
     trajs = list(iter_jsonl(eval_dir / "trajectories.jsonl", Trajectory))
     tasks = {t.id: t for t in generate_suite("math", split, len(trajs), args.seed, **dials)}
     missing = [t.task_id for t in trajs if t.task_id not in tasks]
     if missing:
         raise SystemExit(f"{len(missing)} trajectories are not tasks of math:{split} with these dials "
                          f"(first: {missing[0]}); pass the run's --seed and --difficulty")
-    rules = MathRules()
     teacher = ReferenceTeacher()
     first_op: collections.Counter[str] = collections.Counter()
     present: collections.Counter[str] = collections.Counter()
@@ -58,10 +57,9 @@ def main() -> None:
         if traj.score == 1.0:
             continue
         n_wrong += 1
-        verdict = teacher.judge(task, traj.steps)
+        verdict = teacher.judge(task, traj.steps)   # first_error is an index into steps (checked there)
         k = verdict.first_error or 0
-        step = traj.steps[k] if k < len(traj.steps) else None
-        if step is not None and step.parse_error is not None:
+        if traj.steps[k].parse_error is not None:
             kind = "unparseable step"
         elif "answers" in verdict.analysis:
             kind = "wrong final answer"
@@ -74,7 +72,7 @@ def main() -> None:
         if k == 0:
             first_op["(plan)"] += 1
             continue
-        trace = rules._trace(task, traj.steps[:k])
+        trace = teacher.rules_for(task)._trace(task, traj.steps[:k])   # the judge's replay cache
         nxt = MathRules._next(p, established(p, trace.env_after(k - 1)))
         first_op[nxt.op if nxt is not None else "(final answer)"] += 1
     print(f"# {eval_dir}: {len(trajs)} tasks, {n_wrong} wrong")
