@@ -4,7 +4,7 @@ raises, every malformed turn returned as data, conversations and observations.""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from score_distill.agent.format import (CODE_CLOSE, CODE_OPEN, NO_OUTPUT, OBSERVATION_PREFIX, PLAN_CLOSE, PLAN_OPEN,
@@ -31,6 +31,7 @@ def _normalised_code(code: str) -> str:
 
 
 tag_free_text = st.text().filter(_tag_free)
+thought_text = tag_free_text.filter(lambda t: t.strip() != "")
 code_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1).filter(
     lambda c: _tag_free(c) and _normalised_code(c) != "")
 python_like_code = st.lists(
@@ -48,14 +49,14 @@ def test_plan_round_trip(thought: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(tag_free_text, code_text | python_like_code.filter(lambda c: _normalised_code(c) != ""))
+@given(thought_text, code_text | python_like_code.filter(lambda c: _normalised_code(c) != ""))
 def test_action_round_trip(thought: str, code: str) -> None:
     parsed = parse_turn(render_step(Step(kind="action", thought=thought, code=code)), "action")
     assert parsed == ParsedTurn("action", thought.strip(), _normalised_code(code), None)
 
 
 @settings(max_examples=200, deadline=None)
-@given(tag_free_text, code_text)
+@given(thought_text, code_text)
 def test_parsing_a_well_formed_turn_is_a_fixed_point(thought: str, code: str) -> None:
     once = parse_turn(render_step(Step(kind="action", thought=thought, code=code)), "action")
     twice = parse_turn(render_step(Step(kind="action", thought=once.thought, code=once.code)), "action")
@@ -83,18 +84,24 @@ tag_soup = st.lists(fragments, max_size=25).map("".join)
 
 @settings(max_examples=500, deadline=None)
 @given(st.one_of(st.text(), tag_soup), st.sampled_from(["plan", "action"]))
+@example("<thought></thought><code><code></code>", "action")  # once accepted, with code "<code>"
+@example("<thought>a<code>x</code></thought><code>y</code>", "action")
+@example("<first_thought><first_thought>p</first_thought>", "plan")
 def test_parsing_never_raises_and_reports_problems_as_data(text: str, kind: str) -> None:
     parsed = parse_turn(text, kind)
     assert isinstance(parsed, ParsedTurn) and parsed.kind == kind
     assert parsed.error is None or (isinstance(parsed.error, str) and parsed.error)
     if parsed.error is None:
+        # A turn accepted as well formed has exactly one non-empty span of each of its tags,
+        # and no tag inside any span.
+        assert _tag_free(parsed.thought) and _tag_free(parsed.code) and parsed.thought.strip()
         if kind == "plan":
-            assert parsed.thought and parsed.code == ""
+            assert parsed.code == ""
             assert text.count(PLAN_OPEN) >= 1
         else:
-            assert parsed.code.strip() and text.count(CODE_OPEN) == 1 and text.count(CODE_CLOSE) == 1
+            assert parsed.code.strip()
+            assert all(text.count(tag) == 1 for tag in (CODE_OPEN, CODE_CLOSE, THOUGHT_OPEN, THOUGHT_CLOSE))
             assert text.rstrip().endswith(CODE_CLOSE)
-            assert THOUGHT_OPEN in text
     # whatever was parsed, rendering it and parsing again never raises either
     again = parse_turn(render_step(Step(kind=kind, thought=parsed.thought, code=parsed.code)), kind)
     assert isinstance(again, ParsedTurn)
@@ -120,6 +127,13 @@ def test_unknown_kind_is_our_bug() -> None:
     ("<thought>t</thought><code>\n  \n</code>", "action", "empty <code> block", "t", ""),
     ("<code>x = 1</code>", "action", "no <thought>", "", "x = 1"),
     ("<thought>unclosed thought <code>x = 1</code>", "action", "no <thought>", "", "x = 1"),
+    ("<thought></thought><code><code></code>", "action", "a <code> tag inside the code", "", "<code>"),
+    ("<thought> </thought><code>x = 1</code>", "action", "empty <thought>", "", "x = 1"),
+    ("<thought>a</thought><thought>b</thought><code>x</code>", "action", "several <thought>", "a", "x"),
+    ("<thought>a<code>x</code></thought><code>y</code>", "action", "several <code> blocks", "a<code>x</code>", "x"),
+    ("<thought>a <first_thought></thought><code>x</code>", "action", "a <first_thought> tag inside the thought",
+     "a <first_thought>", "x"),
+    ("<first_thought>p <code>x</code></first_thought>", "plan", "a <code> tag inside the plan", "p <code>x</code>", ""),
 ])
 def test_each_malformed_turn_is_returned_with_an_error(text: str, kind: str, error: str, thought: str,
                                                        code: str) -> None:

@@ -77,6 +77,20 @@ def _between(text: str, open_tag: str, close_tag: str) -> tuple[list[str], bool]
         pos = end + len(close_tag)
 
 
+_TAGS = (PLAN_OPEN, PLAN_CLOSE, THOUGHT_OPEN, THOUGHT_CLOSE, CODE_OPEN, CODE_CLOSE)
+
+
+def _tag_inside(text: str) -> str | None:
+    """The first format tag found inside a span's text, if any. A tag there means the spans
+    are nested or interleaved (`<code><code></code>`), which no well-formed turn has.
+
+    >>> _tag_inside("x = 1")
+    >>> _tag_inside("<code>")
+    '<code>'
+    """
+    return next((tag for tag in _TAGS if tag in text), None)
+
+
 def _clean_code(code: str) -> str:
     """Drop blank lines around the code and trailing spaces; keep indentation inside."""
     lines = [line.rstrip() for line in code.split("\n")]
@@ -114,6 +128,9 @@ def _parse_plan(text: str) -> ParsedTurn:
         return ParsedTurn("plan", thought, "", "several plans: write exactly one")
     if not thought:
         return ParsedTurn("plan", thought, "", "empty plan")
+    nested = _tag_inside(thought)
+    if nested:
+        return ParsedTurn("plan", thought, "", f"a {nested} tag inside the plan: write the plan alone")
     return ParsedTurn("plan", thought, "")
 
 
@@ -131,8 +148,18 @@ def _parse_action(text: str) -> ParsedTurn:
         return ParsedTurn("action", thought, code, "several <code> blocks: write exactly one per step")
     if not code.strip():
         return ParsedTurn("action", thought, code, "empty <code> block")
+    nested = _tag_inside(code)
+    if nested:
+        return ParsedTurn("action", thought, code, f"a {nested} tag inside the code: write the code alone")
     if not thoughts:
         return ParsedTurn("action", thought, code, f"no {THOUGHT_OPEN}: explain the step between {THOUGHT_OPEN} and {THOUGHT_CLOSE}")
+    if len(thoughts) > 1:
+        return ParsedTurn("action", thought, code, f"several {THOUGHT_OPEN} blocks: write exactly one per step")
+    if not thought:
+        return ParsedTurn("action", thought, code, f"empty {THOUGHT_OPEN}: explain the step before the code")
+    nested = _tag_inside(thought)
+    if nested:
+        return ParsedTurn("action", thought, code, f"a {nested} tag inside the thought: write the thought alone")
     after = text[text.rfind(CODE_CLOSE) + len(CODE_CLOSE) :].strip()
     if after:
         return ParsedTurn("action", thought, code, f"text after {CODE_CLOSE}: end the step with the code")
