@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 HELP = "cold-start BC data: teacher solutions of a fraction of the tasks, rejection-sampled"
 
@@ -32,12 +33,16 @@ def run(args: argparse.Namespace) -> int:
 
     from score_distill.bc import BCConfig, collect_bc
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args
-    from score_distill.tasks.load import load_tasks
+    from score_distill.tasks.load import TaskFileError, load_tasks
     from score_distill.teachers.load import load_teacher
 
     overrides = overrides_from_args(args, BCConfig)
     cfg = load_yaml(BCConfig, args.config, overrides) if args.config else apply_overrides(BCConfig(), overrides)
-    tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed)
+    try:  # the whole task file is checked before anything is written or loaded
+        tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed)
+    except TaskFileError as e:
+        e.report(sys.stderr)
+        return 2
     teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache")
     summary = collect_bc(teacher, tasks, args.out, cfg)
     print(json.dumps(summary, indent=2))

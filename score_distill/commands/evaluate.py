@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 HELP = "evaluate a model on tasks; writes metrics.json and trajectories.jsonl"
 
@@ -29,12 +30,16 @@ def run(args: argparse.Namespace) -> int:
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args, save_config
     from score_distill.evaluate import EvalConfig, evaluate
     from score_distill.models.load import load_model
-    from score_distill.tasks.load import load_tasks
+    from score_distill.tasks.load import TaskFileError, load_tasks
 
     overrides = overrides_from_args(args, EvalConfig)
     cfg = load_yaml(EvalConfig, args.config, overrides) if args.config else apply_overrides(EvalConfig(), overrides)
+    try:  # the whole task file is checked before anything is written or loaded
+        tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed)
+    except TaskFileError as e:
+        e.report(sys.stderr)
+        return 2
     save_config(cfg, f"{args.out}/config.yaml")
-    tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed)
     model = load_model(cfg.model)
     metrics = evaluate(model, tasks, args.out, cfg.tools, cfg.rollout, samples=cfg.samples, desc=f"eval {cfg.tasks}")
     print(json.dumps({k: metrics[k] for k in ("accuracy", "ci95", "n") if k in metrics}))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 HELP = "mentored problem-solving: student rollouts, teacher fixes at the first error; writes MPS records"
 
@@ -60,12 +61,16 @@ def run(args: argparse.Namespace) -> int:
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args
     from score_distill.mentor import MentorConfig, mentor
     from score_distill.models.load import load_model
-    from score_distill.tasks.load import load_tasks
+    from score_distill.tasks.load import TaskFileError, load_tasks
     from score_distill.teachers.load import load_teacher
 
     overrides = overrides_from_args(args, MentorConfig) + seed_overrides(args, ("rollout", "split"))
     cfg = load_yaml(MentorConfig, args.config, overrides) if args.config else apply_overrides(MentorConfig(), overrides)
-    tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed)
+    try:  # the whole task file is checked before anything is written or loaded
+        tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed)
+    except TaskFileError as e:
+        e.report(sys.stderr)
+        return 2
     if cfg.exclude:
         skip = excluded_ids(cfg.exclude)
         tasks = [t for t in tasks if t.id not in skip]

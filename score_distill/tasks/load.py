@@ -7,7 +7,9 @@ The task file format (one JSON object per line) is the `Task` record of `types.p
 
 `schema` may be omitted in files written by other tools; `suite` defaults to "external"
 (scored by exact match) and `meta` to {}. A search task names its corpus in
-`meta["corpus"]` (a JSONL path of {"id", "title", "text"} or `embedded:<seed>`).
+`meta["corpus"]` (a JSONL path of {"id", "title", "text"} or `embedded:<seed>`). A file is
+checked in full before it is used (`tasks/validate.py` holds the rules and the size limits):
+every problem comes back at once in one `TaskFileError`.
 
     >>> parse_spec("math:test")
     ('math', 'test', None)
@@ -17,10 +19,8 @@ The task file format (one JSON object per line) is the `Task` record of `types.p
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from score_distill.types import SCHEMA_VERSION, SchemaError, Task
+from score_distill.tasks.validate import TaskFileError, read_task_file  # noqa: F401 (re-exported)
+from score_distill.types import Task
 
 SUITES = ("math", "search")
 SPLITS = ("train", "dev", "test", "ood")
@@ -52,36 +52,13 @@ def generate_suite(suite: str, split: str, n: int, seed: int, **difficulty: obje
     raise ValueError(f"unknown suite {suite!r}")
 
 
-def read_task_file(path: str | Path) -> list[Task]:
-    """Read a task JSONL file, accepting records without `schema`, `suite` or `meta`."""
-    tasks, seen = [], set()
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SchemaError(f"{path}:{i + 1}: not JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise SchemaError(f"{path}:{i + 1}: expected an object")
-        data.setdefault("schema", SCHEMA_VERSION)
-        data.setdefault("suite", "external")
-        data.setdefault("meta", {})
-        data["answer"] = str(data.get("answer", ""))
-        try:
-            task = Task.from_dict(data)
-        except SchemaError as e:
-            raise SchemaError(f"{path}:{i + 1}: {e}") from None
-        if task.id in seen:
-            raise SchemaError(f"{path}:{i + 1}: duplicate task id {task.id!r}")
-        seen.add(task.id)
-        tasks.append(task)
-    return tasks
-
-
 def load_tasks(spec: str, n: int | None = None, seed: int = 0) -> list[Task]:
-    """Tasks for `spec`; `n` caps a file and sizes a generated suite (default 200)."""
-    suite, split, path = parse_spec(spec)
+    """Tasks for `spec`; `n` caps a file and sizes a generated suite (default 200). A bad
+    spec or task file raises TaskFileError (the whole file is checked, whatever `n`)."""
+    try:
+        suite, split, path = parse_spec(spec)
+    except ValueError as e:
+        raise TaskFileError([str(e)]) from None
     if path is not None:
         tasks = read_task_file(path)
         return tasks[:n] if n is not None else tasks
