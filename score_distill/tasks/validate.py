@@ -140,7 +140,7 @@ def _open(path: Path, max_bytes: int, what: str) -> IO[bytes] | str:
     if not stat.S_ISREG(info.st_mode):
         return f"not a regular file, so not a {what}"
     if info.st_size > max_bytes:
-        return f"{info.st_size / MiB:,.1f} MiB, over the {max_bytes / MiB:,.0f} MiB limit of a {what}; split it"
+        return f"{_size(info.st_size)}, over the {_size(max_bytes)} limit of a {what}; split it"
     try:
         return path.open("rb")
     except OSError as e:
@@ -149,19 +149,18 @@ def _open(path: Path, max_bytes: int, what: str) -> IO[bytes] | str:
 
 def _lines(f: IO[bytes], path: Path, max_bytes: int, problems: list[str]) -> Iterator[tuple[int, str]]:
     """(line number, text) of the non-blank lines; a line too long or not UTF-8 becomes a
-    problem instead. A line is never held in memory beyond `max_bytes`."""
+    problem instead. A longer line is read in chunks and dropped past `max_bytes`."""
     n = 0
     while True:
-        raw = f.readline(max_bytes + 1)
-        if not raw:
+        raw, size = _read_line(f, max_bytes)
+        if not size:
             return
         n += 1
-        if n == 1 and raw.startswith(BOM):
-            raw = raw[len(BOM):]
-        if len(raw) > max_bytes and not raw.endswith(b"\n"):
-            size = len(raw) + _skip_line(f)
+        if raw is None:
             problems.append(f"{path}:{n}: line of {size:,} bytes, over the limit of {max_bytes:,} (not read)")
             continue
+        if n == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -171,14 +170,20 @@ def _lines(f: IO[bytes], path: Path, max_bytes: int, problems: list[str]) -> Ite
             yield n, text
 
 
-def _skip_line(f: IO[bytes]) -> int:
-    """Read to the end of the current line in bounded chunks; the bytes skipped."""
-    skipped = 0
-    while chunk := f.readline(MiB):
-        skipped += len(chunk)
-        if chunk.endswith(b"\n"):
-            break
-    return skipped
+def _read_line(f: IO[bytes], max_bytes: int, chunk: int = MiB) -> tuple[bytes | None, int]:
+    """The next line and its size in bytes; None for a line over `max_bytes` without its
+    newline (its chunks are let go as they come, so it is never held whole); (b"", 0) at
+    the end of the file."""
+    parts: list[bytes] | None = []
+    size, ended = 0, False
+    while not ended and (part := f.readline(chunk)):
+        size += len(part)
+        ended = part.endswith(b"\n")
+        if parts is not None:
+            parts.append(part)
+            if size - ended > max_bytes:
+                parts = None
+    return (b"".join(parts) if parts is not None else None), size
 
 
 def _parse(text: str, where: str, problems: list[str]) -> dict[str, Any] | None:
@@ -352,6 +357,13 @@ def _corpus_problems(spec: str, named_at: str, task_file: Path, limits: Limits) 
     if not docs and not problems:
         problems.append(f"{path}: no documents in this corpus (named at {named_at.rsplit(': ', 1)[0]})")
     return problems
+
+
+def _size(n: int) -> str:
+    """A byte count for a message: "300.0 MiB", "256 MiB", "10 bytes"."""
+    if n < MiB:
+        return f"{n:,} bytes"
+    return f"{n // MiB:,} MiB" if n % MiB == 0 else f"{n / MiB:,.1f} MiB"
 
 
 def _kind(value: Any) -> str:
