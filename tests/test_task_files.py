@@ -35,6 +35,9 @@ BAD = [
     ("not JSON", line() + "\n{'id': 'q2'}", None, "T:2: not JSON: Expecting property name"),
     ("NaN", line(id="q2").replace('"4"', "NaN"), None, "T:1: not JSON: NaN is not a JSON value"),
     ("a BOM inside", line() + "\n\ufeff" + line(id="q2"), None, "T:2: a byte-order mark (U+FEFF) starts this line"),
+    ("nested too deeply", "[" * 100_000, None, "T:1: not JSON: nested too deeply"),
+    ("a huge integer", line(id="q2").replace('"4"', "9" * 5000), None, "T:1: not JSON: Exceeds the limit (4300 digits)"),
+    ("a lone surrogate", line(question="\ud800?"), None, "T:1: question: holds a lone surrogate '\\ud800' at character 1"),
     ("not an object", '["q1", "2 + 2", "4"]', None, "T:1: expected a JSON object (one task), got a list"),
     ("duplicate ids", line() + "\n" + line(id="q2") + "\n" + line(), None, "T:3: id: duplicate 'q1' (first on line 1)"),
     ("a key twice", '{"id": "a", "id": "b", "question": "q", "answer": "4"}', None, "T:1: id: the key appears twice"),
@@ -109,6 +112,15 @@ def test_all_problems_come_back_at_once_with_a_cap_on_the_lines_shown(tmp_path: 
     assert len(problems) == 32 and problems[-1] == f"{path}:31: answer: null (every task needs a gold answer)"
     shown = TaskFileError(problems).lines()
     assert len(shown) == 21 and shown[-1] == "... and 12 more problems"
+
+
+def test_a_file_of_bad_lines_keeps_the_first_thousand_and_counts_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("x\n" * 5000)
+    with pytest.raises(TaskFileError) as caught:
+        read_task_file(path)
+    assert len(caught.value.problems) == 1000 and caught.value.total == 5000
+    assert caught.value.lines()[-1] == "... and 4,980 more problems"
 
 
 def test_good_files_load_as_documented(tmp_path: Path) -> None:

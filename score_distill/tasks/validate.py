@@ -25,8 +25,11 @@ or start a sandbox. The rules (the README's "Task files" says the same):
   most 8 MiB (a longer line is skipped unread), a question or an answer of at most 65,536
   characters, an id of at most 256; a corpus file of at most 1 GiB.
 
-    >>> task_problems({"id": 7, "question": "2+2?", "meta": "math"})
-    [('id', 'must be a string, got the number 7 (write it as "7")'), ('answer', 'missing (every task needs a gold answer)'), ('meta', "must be an object, got the string 'math'")]
+    >>> for field, message in task_problems({"id": 7, "question": "2+2?", "meta": "math"}):
+    ...     print(f"{field}: {message}")
+    id: must be a string, got the number 7 (write it as "7")
+    answer: missing (every task needs a gold answer)
+    meta: must be an object, got the string 'math'
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from score_distill.types import AUTHORS, SCHEMA_VERSION, STEP_KINDS, SchemaError, Step, Task
 
 MiB = 2**20
 SHOWN_PROBLEMS = 20  # lines printed; the rest are counted
+KEPT_PROBLEMS = 1000  # lines kept; past them a file of a million bad lines is only counted
 TASK_FIELDS = ("id", "question", "answer", "suite", "reference", "meta", "schema")
 BOM = b"\xef\xbb\xbf"
 
@@ -64,17 +68,36 @@ class Limits:
 LIMITS = Limits()
 
 
-class TaskFileError(SchemaError):
-    """A task file (or its corpus) breaks the rules; `problems` holds one line per problem."""
+class Problems:
+    """The problem lines found so far: the first KEPT_PROBLEMS kept, all of them counted."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self) -> None:
+        self.kept: list[str] = []
+        self.total = 0
+
+    def append(self, line: str) -> None:
+        self.total += 1
+        if len(self.kept) < KEPT_PROBLEMS:
+            self.kept.append(line)
+
+    def extend(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.append(line)
+
+
+class TaskFileError(SchemaError):
+    """A task file (or its corpus) breaks the rules; `problems` holds one line per problem
+    (the first KEPT_PROBLEMS of `total`)."""
+
+    def __init__(self, problems: list[str], total: int | None = None) -> None:
         self.problems = list(problems)
+        self.total = len(self.problems) if total is None else total
         super().__init__("\n".join(self.lines()))
 
     def lines(self, shown: int = SHOWN_PROBLEMS) -> list[str]:
         """The first `shown` problems and, when there are more, a line counting the rest."""
-        rest = len(self.problems) - shown
-        return self.problems[:shown] + ([f"... and {rest} more problems"] if rest > 0 else [])
+        rest = self.total - min(shown, len(self.problems))
+        return self.problems[:shown] + ([f"... and {rest:,} more problems"] if rest > 0 else [])
 
     def report(self, stream: IO[str]) -> None:
         for line in self.lines():
@@ -84,21 +107,22 @@ class TaskFileError(SchemaError):
 def read_task_file(path: str | Path, limits: Limits = LIMITS) -> list[Task]:
     """The tasks of a JSONL file, or TaskFileError listing every problem in it."""
     tasks, problems = _read(Path(path), limits)
-    if problems:
-        raise TaskFileError(problems)
+    if problems.total:
+        raise TaskFileError(problems.kept, problems.total)
     return tasks
 
 
 def check_task_file(path: str | Path, limits: Limits = LIMITS) -> list[str]:
-    """The problem lines of a task file; [] when it can be used as it is."""
-    return _read(Path(path), limits)[1]
+    """The problem lines of a task file (the first KEPT_PROBLEMS); [] when it can be used."""
+    return _read(Path(path), limits)[1].kept
 
 
-def _read(path: Path, limits: Limits) -> tuple[list[Task], list[str]]:
-    problems: list[str] = []
+def _read(path: Path, limits: Limits) -> tuple[list[Task], Problems]:
+    problems = Problems()
     opened = _open(path, limits.file_bytes, "task file")
     if isinstance(opened, str):
-        return [], [f"{path}: {opened}"]
+        problems.append(f"{path}: {opened}")
+        return [], problems
     tasks: list[Task] = []
     first_line: dict[str, int] = {}  # task id -> line
     corpora: dict[str, int] = {}  # corpus spec -> first line naming it
@@ -115,16 +139,16 @@ def _read(path: Path, limits: Limits) -> tuple[list[Task], list[str]]:
                     found.append(("id", f"duplicate {_show(task_id)} (first on line {first_line[task_id]})"))
                 else:
                     first_line[task_id] = n
-            problems += [f"{where}: {field}: {message}" for field, message in found]
+            problems.extend(f"{where}: {field}: {message}" for field, message in found)
             corpus = data.get("meta", {}).get("corpus") if isinstance(data.get("meta"), dict) else None
             if isinstance(corpus, str) and corpus.strip():
                 corpora.setdefault(corpus, n)
             if not found:
                 tasks.append(_task(data))
-    if not tasks and not problems:
+    if not tasks and not problems.total:
         problems.append(f"{path}: no tasks (the file is empty or holds only blank lines)")
     for spec, n in corpora.items():
-        problems += _corpus_problems(spec, f"{path}:{n}: meta.corpus", path, limits)
+        _check_corpus(spec, f"{path}:{n}: meta.corpus", path, limits, problems)
     return tasks, problems
 
 
@@ -147,7 +171,7 @@ def _open(path: Path, max_bytes: int, what: str) -> IO[bytes] | str:
         return f"cannot read this {what} ({e.strerror})"
 
 
-def _lines(f: IO[bytes], path: Path, max_bytes: int, problems: list[str]) -> Iterator[tuple[int, str]]:
+def _lines(f: IO[bytes], path: Path, max_bytes: int, problems: Problems) -> Iterator[tuple[int, str]]:
     """(line number, text) of the non-blank lines; a line too long or not UTF-8 becomes a
     problem instead. A longer line is read in chunks and dropped past `max_bytes`."""
     n = 0
@@ -186,7 +210,7 @@ def _read_line(f: IO[bytes], max_bytes: int, chunk: int = MiB) -> tuple[bytes | 
     return (b"".join(parts) if parts is not None else None), size
 
 
-def _parse(text: str, where: str, problems: list[str]) -> dict[str, Any] | None:
+def _parse(text: str, where: str, problems: Problems) -> dict[str, Any] | None:
     """The line's JSON object, or None with its problem recorded."""
     if text.lstrip().startswith("\ufeff"):
         problems.append(f"{where}: a byte-order mark (U+FEFF) starts this line; only the file's first line may have one")
@@ -194,9 +218,14 @@ def _parse(text: str, where: str, problems: list[str]) -> dict[str, Any] | None:
     repeated: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in items]
-        repeated.extend(k for i, k in enumerate(keys) if k in keys[:i])
-        return dict(items)
+        data = dict(items)
+        if len(data) < len(items):
+            seen: set[str] = set()
+            for k, _ in items:
+                if k in seen:
+                    repeated.append(k)
+                seen.add(k)
+        return data
 
     def constant(name: str) -> Any:
         raise ValueError(f"{name} is not a JSON value")
@@ -206,8 +235,11 @@ def _parse(text: str, where: str, problems: list[str]) -> dict[str, Any] | None:
     except json.JSONDecodeError as e:
         problems.append(f"{where}: not JSON: {e.msg} at column {e.colno}")
         return None
-    except ValueError as e:  # NaN / Infinity
-        problems.append(f"{where}: not JSON: {e}")
+    except ValueError as e:  # NaN / Infinity, an integer of over 4,300 digits
+        problems.append(f"{where}: not JSON: {str(e).split(':')[0]}")
+        return None
+    except RecursionError:
+        problems.append(f"{where}: not JSON: nested too deeply")
         return None
     if not isinstance(data, dict):
         problems.append(f"{where}: expected a JSON object (one task), got {_kind(data)}")
@@ -221,9 +253,9 @@ def _parse(text: str, where: str, problems: list[str]) -> dict[str, Any] | None:
 def task_problems(data: dict[str, Any], limits: Limits = LIMITS) -> list[tuple[str, str]]:
     """(field, message) for each rule of the module docstring that the record `data` breaks."""
     found = [(_name(k), "unknown field (a task has " + ", ".join(TASK_FIELDS) + ")") for k in data if k not in TASK_FIELDS]
-    found += _schema_problem("schema", data)
+    found += _schema_problem(data)
     task_id = data.get("id")
-    if type(task_id) is int:
+    if type(task_id) is int and len(str(task_id)) <= 40:
         found.append(("id", f'must be a string, got the number {task_id} (write it as "{task_id}")'))
     else:
         found += _text_problem("id", data, limits.id_chars)
@@ -254,13 +286,13 @@ def task_problems(data: dict[str, Any], limits: Limits = LIMITS) -> list[tuple[s
     return found
 
 
-def _schema_problem(field: str, data: dict[str, Any]) -> list[tuple[str, str]]:
+def _schema_problem(data: dict[str, Any]) -> list[tuple[str, str]]:
     if "schema" not in data:
         return []
     version = data["schema"]
     if type(version) is int and version == SCHEMA_VERSION:
         return []
-    return [(field, f"version {_show(version)} is not supported; this score-distill reads schema {SCHEMA_VERSION} "
+    return [("schema", f"version {_show(version)} is not supported; this score-distill reads schema {SCHEMA_VERSION} "
                     "(or a record without `schema`)")]
 
 
@@ -273,6 +305,10 @@ def _text_problem(field: str, data: dict[str, Any], max_chars: int) -> list[tupl
         return [(field, f"must be a string, got {_kind(value)}")]
     if not value.strip():
         return [(field, "empty")]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a JSON escape such as "\\ud800" decodes to no character
+        return [(field, f"holds a lone surrogate {value[e.start]!r} at character {e.start + 1}, which is not text")]
     if len(value) > max_chars:
         return [(field, f"{len(value):,} characters, over the limit of {max_chars:,}")]
     return []
@@ -293,7 +329,7 @@ def _step_problems(step: Any) -> list[tuple[str, str]]:
     if not isinstance(step, dict):
         return [("", f"expected a step object, got {_kind(step)}")]
     found = [(f".{_name(k)}", "unknown field of a step") for k in step if k not in STEP_TYPES and k != "schema"]
-    found += [(f".{sub}", msg) for sub, msg in _schema_problem("schema", step)]
+    found += [(f".{sub}", msg) for sub, msg in _schema_problem(step)]
     found += [(f".{name}", "missing") for name in STEP_REQUIRED if name not in step]
     for name, hint in STEP_TYPES.items():
         if name in step and not _fits(step[name], hint):
@@ -330,19 +366,20 @@ def _task(data: dict[str, Any]) -> Task:
                 suite=data.get("suite", "external"), reference=steps, meta=data.get("meta", {}))
 
 
-def _corpus_problems(spec: str, named_at: str, task_file: Path, limits: Limits) -> list[str]:
+def _check_corpus(spec: str, named_at: str, task_file: Path, limits: Limits, problems: Problems) -> None:
     """The problems of a search corpus: its spec (at `named_at`), then its file's lines."""
     if spec.startswith("embedded:"):
-        seed = spec[len("embedded:"):]
-        return [] if seed.lstrip("-").isdigit() else [f"{named_at}: {_show(spec)} is not embedded:<integer seed>"]
+        if not spec[len("embedded:"):].lstrip("-").isdigit():
+            problems.append(f"{named_at}: {_show(spec)} is not embedded:<integer seed>")
+        return
     path = Path(spec)
     opened = _open(path, limits.corpus_bytes, "corpus file")
     if isinstance(opened, str):
         hint = task_file.parent / spec
         also = f" (paths are relative to the working directory; did you mean {hint}?)" if hint.is_file() else ""
-        return [f"{named_at}: {opened} ({spec}){also}"]
-    problems: list[str] = []
-    docs = 0
+        problems.append(f"{named_at}: {opened} ({spec}){also}")
+        return
+    before, docs = problems.total, 0
     with opened as f:
         for n, text in _lines(f, path, limits.line_bytes, problems):
             doc = _parse(text, f"{path}:{n}", problems)
@@ -352,11 +389,12 @@ def _corpus_problems(spec: str, named_at: str, task_file: Path, limits: Limits) 
             if "id" not in doc:
                 problems.append(f"{path}:{n}: id: missing")
             for field in ("title", "text"):
-                if not isinstance(doc.get(field), str):
-                    problems.append(f"{path}:{n}: {field}: " + ("missing" if field not in doc else f"must be a string, got {_kind(doc[field])}"))
-    if not docs and not problems:
+                if field not in doc:
+                    problems.append(f"{path}:{n}: {field}: missing")
+                elif not isinstance(doc[field], str):
+                    problems.append(f"{path}:{n}: {field}: must be a string, got {_kind(doc[field])}")
+    if not docs and problems.total == before:
         problems.append(f"{path}: no documents in this corpus (named at {named_at.rsplit(': ', 1)[0]})")
-    return problems
 
 
 def _size(n: int) -> str:
@@ -373,7 +411,7 @@ def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        return f"the number {value}"
+        return f"the number {_show(value)}"
     if isinstance(value, str):
         return f"the string {_show(value)}"
     return "a list" if isinstance(value, list) else "an object"
