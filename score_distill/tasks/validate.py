@@ -10,7 +10,8 @@ or start a sandbox. The rules (the README's "Task files" says the same):
 
 - UTF-8 text, one JSON object per line; blank lines are skipped; a byte-order mark at the
   very start of the file is dropped (editors on Windows write one), anywhere else it is an
-  error. Strict JSON: no NaN or Infinity, no key twice in one object.
+  error. Strict JSON: no NaN or Infinity, no key twice in one object; the text fields hold
+  no lone surrogate (a `"\\ud800"` escape decodes to no character and cannot be stored).
 - Fields: `id` (a non-empty string; an integer is refused, not converted, so that ids stay
   the strings the records, `chosen_ids.json` and `--exclude` files hold), `question` (a
   non-empty string), `answer` (a non-empty string, or a number, kept as Python's `str` of
