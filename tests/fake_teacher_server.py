@@ -19,8 +19,13 @@ What the reply function can return:
   - `delay_s=2.0`: sleep before answering (to trigger the client's timeout);
   - `finish_reason="length"`: report a reply cut by the token cap;
   - `prompt_tokens=`/`completion_tokens=`: the usage to report (default: word counts);
-  - `body="not json"`: send this raw body with the status as is (a broken server).
+  - `body="not json"`: send this raw body with the status as is (a broken server);
+  - `headers={"Location": ...}`: extra response headers (a redirect);
+  - `trickle_s=0.2`: send the body 16 bytes at a time, this long apart (a trickling server);
+  - `hang=True`: never answer (until the server stops);
+  - `close_delimited=True`: no Content-Length; the body ends when the connection closes.
 If the function raises, the server answers 500 with the exception text.
+Every request, on any path and with any method, has its path and headers kept in `seen`.
 
 Like OpenAI, the server honours the request's `stop` strings: the text is cut before the
 first one and the finish reason is "stop" (pass `honour_stop=False` to send text as is).
@@ -47,6 +52,10 @@ class FakeReply:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     body: str | None = None
+    headers: dict[str, str] | None = None
+    trickle_s: float = 0.0
+    hang: bool = False
+    close_delimited: bool = False
 
 
 ReplyFn = Callable[[dict[str, Any]], "str | FakeReply"]
@@ -112,7 +121,9 @@ class FakeServer:
         self.reply = reply
         self.honour_stop = honour_stop
         self.requests: list[dict[str, Any]] = []
+        self.seen: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers) of every request
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         # A short poll interval makes stop() quick (shutdown waits for the next poll).
@@ -133,6 +144,7 @@ class FakeServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # hanging handlers give up
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -143,20 +155,24 @@ class FakeServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _answer(self, request: dict[str, Any]) -> tuple[int, str, float]:
-        """(status, body, delay) for one chat request."""
+    def _answer(self, request: dict[str, Any]) -> tuple[str, FakeReply]:
+        """(body, how to send it) for one chat request."""
         with self._lock:
             self.requests.append(request)
         try:
             out = self.reply(request)
         except Exception as e:  # the test's reply function failed: answer like a broken server
-            return 500, json.dumps({"error": {"message": f"reply function raised {e!r}"}}), 0.0
+            return json.dumps({"error": {"message": f"reply function raised {e!r}"}}), FakeReply(status=500)
         reply = FakeReply(text=out) if isinstance(out, str) else out
         if reply.body is not None:
-            return reply.status, reply.body, reply.delay_s
+            return reply.body, reply
         if reply.status != 200:
-            return reply.status, json.dumps({"error": {"message": f"fake error {reply.status}"}}), reply.delay_s
-        return 200, json.dumps(_completion(request, reply, self.honour_stop)), reply.delay_s
+            return json.dumps({"error": {"message": f"fake error {reply.status}"}}), reply
+        return json.dumps(_completion(request, reply, self.honour_stop)), reply
+
+    def _saw(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.seen.append((handler.command, handler.path, dict(handler.headers)))
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -165,6 +181,7 @@ class FakeServer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                server._saw(self)
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}))
                     return
@@ -174,25 +191,43 @@ class FakeServer:
                 except json.JSONDecodeError:
                     self._send(400, json.dumps({"error": {"message": "body is not JSON"}}))
                     return
-                status, body, delay = server._answer(request)
-                if delay:
-                    time.sleep(delay)
-                self._send(status, body)
+                body, reply = server._answer(request)
+                if reply.hang:
+                    server._stopping.wait()
+                    self.close_connection = True
+                    return
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                self._send(reply.status, body, reply)
 
             def do_GET(self) -> None:
+                server._saw(self)
                 if self.path.rstrip("/").endswith("/models"):
                     self._send(200, json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}))
                 else:
                     self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}))
 
-            def _send(self, status: int, body: str) -> None:
+            def _send(self, status: int, body: str, reply: FakeReply | None = None) -> None:
                 data = body.encode("utf-8")
+                reply = reply or FakeReply()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
+                    for name, value in (reply.headers or {}).items():
+                        self.send_header(name, value)
+                    if reply.close_delimited:
+                        self.send_header("Connection", "close")
+                        self.close_connection = True
+                    else:
+                        self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    if not reply.trickle_s:
+                        self.wfile.write(data)
+                    for i in range(0, len(data) if reply.trickle_s else 0, 16):
+                        self.wfile.write(data[i:i + 16])
+                        self.wfile.flush()
+                        if server._stopping.wait(reply.trickle_s):
+                            return
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (its timeout) before the slow reply came
 

@@ -1,17 +1,30 @@
 """A `ChatModel` over any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp, SGLang...).
 
-Each request is one `POST {base_url}/chat/completions` (stdlib `urllib`, no extra
-dependency); the requests of a `generate` call run concurrently on a thread pool bounded by
-`concurrency`. Failures are handled by kind:
+Each request is one `POST {base_url}/chat/completions` (stdlib `http.client` through
+`http_post.post`, no extra dependency); the requests of a `generate` call run concurrently
+on a thread pool bounded by `concurrency`.
 
-- timeouts, connection errors, HTTP 429 and 5xx: retried with exponential backoff and
+Time and size are bounded per call, not per read (`http_post` explains how):
+- `timeout_s`: one attempt (connect, send, and the whole reply) ends within it;
+- `total_timeout_s` (default `(max_retries + 1) * timeout_s`): the call, every attempt and
+  backoff sleep included, ends within it; a retry that cannot start in time is not made;
+- `max_reply_bytes` (default 8 MiB): a longer reply is not read past the cap.
+
+Failures are handled by kind:
+- timeouts, connection errors, HTTP 408, 429 and 5xx: retried with exponential backoff and
   seeded jitter (a server's numeric `Retry-After` is honoured, capped at `max_backoff_s`);
-- a 200 whose body is not a usable completion (not JSON, no choices/message/content):
-  retried the same way, since proxies and overloaded servers send such bodies transiently;
+- a 200 whose body is not a usable completion (not JSON, HTML, no choices/message/content,
+  over the size cap; with `allow_empty=False` also an empty message): retried the same way,
+  since proxies and overloaded servers send such bodies transiently;
+- redirects: only a 307/308 to the same origin is followed; any other (another host, port
+  or scheme, or a 301/302/303) raises at once, so the key is never sent elsewhere;
 - any other 4xx (bad request, bad key, unknown model): raised at once.
 When retries run out, `ModelError` says what happened last, with the HTTP status and an
-excerpt of the body. The API key is read from the environment variable `api_key_env` at
-each request and only ever sent in the Authorization header: it is never logged or stored.
+excerpt of the body. These are the server's faults, always `ModelError`; a mistake of ours
+raises as itself. The API key is read from the environment variable `api_key_env` at each
+call and only ever sent in the Authorization header, to the origin of `base_url`: every
+message the client builds goes through `http_post.redact`, so a server that echoes the key
+(or part of it) never gets it printed.
 
 Requests carry temperature, top_p, max_tokens, stop and seed, and ask for log-probabilities
 (set `logprobs=False` for servers that reject the field); a reply without them gives empty
@@ -28,22 +41,24 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from score_distill.models.base import BatchedStream, Generation, GenRequest, ModelError, SamplingParams
+from score_distill.models.http_post import Redirected, ReplyTooLarge, origin, post, redact
 from score_distill.models.stops import restore_stop
 
 EXCERPT_CHARS = 300
+MAX_REPLY_BYTES = 8 << 20
 # Errors of the connection itself (as opposed to an HTTP answer): worth another attempt.
-TRANSIENT = (TimeoutError, ConnectionError, urllib.error.URLError, http.client.HTTPException)
+# OSError covers refused connections, DNS and TLS failures and our deadline (CallTimeout).
+TRANSIENT = (OSError, http.client.HTTPException)
 
 
 class MalformedReply(ValueError):
@@ -63,7 +78,23 @@ class Completion:
     completion_tokens: int = 0
 
 
-def parse_completion(body: Any) -> Completion:
+def decode_completion(raw: bytes, allow_empty: bool = True) -> Completion:
+    """Parse the raw body of a 200 answer; anything but a usable completion (not JSON, not
+    UTF-8, nested past the parser's depth, HTML) is a `MalformedReply`.
+
+    >>> decode_completion(b"<html>502 Bad Gateway</html>")
+    Traceback (most recent call last):
+    ...
+    score_distill.models.openai_compat.MalformedReply: not JSON (Expecting value: line 1 column 1 (char 0))
+    """
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as err:  # JSON and UTF-8 errors are ValueErrors
+        raise MalformedReply(f"not JSON ({err})") from None
+    return parse_completion(body, allow_empty)
+
+
+def parse_completion(body: Any, allow_empty: bool = True) -> Completion:
     """Read a chat completion body; raise `MalformedReply` saying what is missing.
 
     >>> parse_completion({"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
@@ -84,16 +115,36 @@ def parse_completion(body: Any) -> Completion:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
         raise MalformedReply("the first choice has no message content")
+    if not allow_empty and not content.strip():
+        raise MalformedReply("the first choice's message content is empty")
     lp = choice.get("logprobs")
     entries = lp.get("content") if isinstance(lp, dict) else None
-    logprobs = [float(e["logprob"]) for e in entries or [] if isinstance(e, dict) and "logprob" in e]
+    logprobs = [_number(e["logprob"], float, "a logprob") for e in entries or []
+                if isinstance(e, dict) and "logprob" in e]
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Completion(text=content, finish_reason=str(choice.get("finish_reason") or "stop"),
                       stop_reason=choice.get("stop_reason"), logprobs=logprobs,
-                      prompt_tokens=int(usage.get("prompt_tokens") or 0), cached_tokens=int(cached or 0),
-                      completion_tokens=int(usage.get("completion_tokens") or 0))
+                      prompt_tokens=_number(usage.get("prompt_tokens") or 0, int, "usage.prompt_tokens"),
+                      cached_tokens=_number(cached or 0, int, "cached_tokens"),
+                      completion_tokens=_number(usage.get("completion_tokens") or 0, int, "usage.completion_tokens"))
+
+
+def _number(value: Any, kind: type, what: str) -> Any:
+    """`kind(value)`, or `MalformedReply` when the server sent something else.
+
+    >>> _number("12", int, "usage.prompt_tokens")
+    12
+    >>> _number([1], int, "usage.prompt_tokens")
+    Traceback (most recent call last):
+    ...
+    score_distill.models.openai_compat.MalformedReply: usage.prompt_tokens is not a number: [1]
+    """
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise MalformedReply(f"{what} is not a number: {str(value)[:40]}") from None
 
 
 class OpenAIModel:
@@ -102,14 +153,22 @@ class OpenAIModel:
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 120.0,
                  max_retries: int = 5, backoff: float = 1.0, max_backoff_s: float = 60.0, concurrency: int = 8,
                  logprobs: bool = True, extra_body: dict[str, Any] | None = None, seed: int = 0,
-                 name: str | None = None) -> None:
+                 name: str | None = None, total_timeout_s: float | None = None,
+                 max_reply_bytes: int = MAX_REPLY_BYTES, allow_empty: bool = True) -> None:
         if concurrency < 1 or max_retries < 0:
             raise ValueError(f"concurrency must be >= 1 and max_retries >= 0, got {concurrency}, {max_retries}")
+        total = (max_retries + 1) * timeout_s if total_timeout_s is None else total_timeout_s
+        for what, value in (("timeout_s", timeout_s), ("total_timeout_s", total), ("max_reply_bytes", max_reply_bytes)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{what} must be a positive finite number, got {value!r}")
         self.url = base_url.rstrip("/") + "/chat/completions"
+        origin(self.url)  # a URL we cannot post to is a usage error now, not a retried failure later
         self.model = model
         self.name = name or model
         self.api_key_env = api_key_env
-        self.timeout_s, self.max_retries = timeout_s, max_retries
+        self.timeout_s, self.max_retries, self.total_timeout_s = timeout_s, max_retries, total
+        self.max_reply_bytes = int(max_reply_bytes)
+        self.allow_empty = allow_empty
         self.backoff, self.max_backoff_s = backoff, max_backoff_s
         self.concurrency = concurrency
         self.logprobs = logprobs
@@ -171,42 +230,53 @@ class OpenAIModel:
     # -- transport ----------------------------------------------------------------------
 
     def _post(self, payload: bytes) -> Completion:
-        """POST with retries. Only 429/5xx, connection trouble and malformed bodies retry."""
-        last, retry_after = "no attempt made", None
+        """POST with retries, all within `total_timeout_s`. Only 408/429/5xx, connection
+        trouble and malformed bodies retry."""
+        key = os.environ.get(self.api_key_env)
+        budget_end = time.monotonic() + self.total_timeout_s
+        last, retry_after, attempts = "no attempt made", None, 0
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(self._delay(attempt - 1, retry_after))
-                retry_after = None
-            try:
-                status, headers, raw = self._send(payload)
-            except TRANSIENT as err:
-                last = f"{type(err).__name__}: {err}"
-                continue
-            if status == 200:
-                try:
-                    return parse_completion(json.loads(raw))
-                except (ValueError, TypeError, KeyError) as err:  # json errors are ValueErrors
-                    last = f"HTTP 200 with a malformed body ({err}): {_excerpt(raw)}"
-                    continue
-            last = f"HTTP {status}: {_excerpt(raw)}"
-            if status != 429 and status < 500:
-                raise ModelError(f"{self.url} ({self.model}): {last}")
-            retry_after = _seconds(headers.get("Retry-After"))
-        raise ModelError(f"{self.url} ({self.model}): failed after {self.max_retries + 1} attempts; last: {last}")
+                delay = self._delay(attempt - 1, retry_after)
+                if time.monotonic() + delay >= budget_end:
+                    last += f" (no time left for another attempt within total_timeout_s={self.total_timeout_s:g})"
+                    break
+                time.sleep(delay)
+            attempts += 1
+            outcome = self._attempt(payload, key, min(time.monotonic() + self.timeout_s, budget_end))
+            if isinstance(outcome, Completion):
+                return outcome
+            last, retry_after, retry = outcome
+            if not retry:
+                raise self._error(last, key)
+        raise self._error(f"failed after {attempts} attempts; last: {last}", key)
 
-    def _send(self, payload: bytes) -> tuple[int, http.client.HTTPMessage, bytes]:
-        """One HTTP exchange: (status, headers, body); HTTP errors come back as statuses."""
+    def _attempt(self, payload: bytes, key: str | None, deadline: float) -> Completion | tuple[str, float | None, bool]:
+        """One exchange: the completion, or (what went wrong, Retry-After, worth a retry)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return resp.status, resp.headers, resp.read()
-        except urllib.error.HTTPError as err:
-            with err:
-                return err.code, err.headers, err.read()
+            reply = post(self.url, payload, headers, deadline, self.max_reply_bytes)
+        except Redirected as err:
+            return str(err), None, False
+        except ReplyTooLarge as err:
+            return f"{err} (max_reply_bytes)", None, True
+        except TimeoutError:
+            return f"no complete reply within timeout_s={self.timeout_s:g}", None, True
+        except TRANSIENT as err:
+            return f"{type(err).__name__}: {err}", None, True
+        if reply.status == 200:
+            try:
+                return decode_completion(reply.body, self.allow_empty)
+            except MalformedReply as err:
+                return f"HTTP 200 with a malformed body ({err}): {_excerpt(reply.body, key)}", None, True
+        retry = reply.status in (408, 429) or reply.status >= 500
+        return f"HTTP {reply.status}: {_excerpt(reply.body, key)}", _seconds(reply.headers.get("Retry-After")), retry
+
+    def _error(self, what: str, key: str | None) -> ModelError:
+        """The one place a failure becomes a message: redacted."""
+        return ModelError(redact(f"{self.url} ({self.model}): {what}", [key]))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter in [0.5, 1.5) of the step, capped."""
@@ -218,13 +288,17 @@ class OpenAIModel:
         return delay
 
 
-def _excerpt(raw: bytes) -> str:
-    """The start of a body, for error messages.
+def _excerpt(raw: bytes, key: str | None = None) -> str:
+    """The start of a body for error messages, redacted before it is cut (a cut key would
+    no longer match the key). Only a window is decoded: a body may be megabytes long.
 
     >>> _excerpt(b"x" * 400)[-5:]
     'x...'
+    >>> _excerpt(b"y" * 297 + b"sk-abcdefghijkl", "sk-abcdefghijkl")[-12:]
+    'yyyyyy[re...'
     """
-    text = raw.decode("utf-8", errors="replace").strip()
+    window = raw[: 4 * EXCERPT_CHARS + 4 * len(key or "")].decode("utf-8", errors="replace").strip()
+    text = redact(window, [key])
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
 
 

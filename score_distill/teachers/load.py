@@ -39,7 +39,8 @@ def load_teacher(spec: str, *, tools: ToolConfig | None = None, cache_dir: str |
         return ReferenceTeacher()
     if spec.startswith(OPENAI_PREFIX):
         model, base_url = parse_openai_spec(spec)
-        # The teacher never needs token log-probabilities; some servers reject the field.
-        client = OpenAIModel(base_url, model, **{"logprobs": False, **client_options})
+        # The teacher never needs token log-probabilities; some servers reject the field. An
+        # empty reply is never a judge's, repair's or solver's answer: treat it as the server's fault.
+        client = OpenAIModel(base_url, model, **{"logprobs": False, "allow_empty": False, **client_options})
         return LLMTeacher(chat_fn_from_openai(client), model=model, config=config, cache_dir=cache_dir, tools=tools)
     raise ValueError(f"unknown teacher {spec!r}: expected {REFERENCE!r} or {OPENAI_PREFIX}<model>@<base-url>")
