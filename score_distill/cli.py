@@ -49,7 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     selected = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(selected if selected in COMMANDS else None).parse_args(argv)
     _show_our_logs()
-    return int(args._run(args) or 0)
+    from score_distill.config import UsageError
+
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as exc:  # a mistake in what was given; anything else is ours and keeps its traceback
+        print(f"score-distill {args.command}: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+
+
+def one_line(message: str) -> str:
+    """A message on one line (a YAML or JSON error names its place over several).
+
+    >>> one_line("bad value\\n  in line 3\\n")
+    'bad value; in line 3'
+    """
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _show_our_logs() -> None:

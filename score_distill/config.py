@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -23,7 +24,14 @@ from typing import Any, TypeVar
 
 import yaml
 
+from score_distill.storage import atomic_write_text
+
 C = TypeVar("C")
+
+
+class UsageError(ValueError):
+    """A mistake in what the user gave (a flag, a config file, an override): the command line
+    prints it as one line, `score-distill <command>: <message>`, and exits 2."""
 
 
 class _Text(str):
@@ -53,12 +61,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return _convert(args[0], value, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, str):  # a whole section given on the command line as YAML
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, tp, where)
         if isinstance(value, dict):
             return from_dict(tp, value)
-        raise ValueError(f"{where}: expected a mapping for {tp.__name__}")
+        raise UsageError(f"{where}: expected a mapping for {tp.__name__}")
     if isinstance(value, str) and (tp in (int, float, bool, list, dict) or origin in (list, dict)):
-        value = yaml.safe_load(value)
+        value = _yaml_value(value, tp, where)
     try:
         if tp in (int, float) and isinstance(value, bool):
             raise ValueError  # bool is an int subclass; `steps=true` is a mistake
@@ -69,20 +77,39 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if tp in (int, float, str):
             if tp is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return tp(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: cannot read {value!r} as {tp.__name__}") from None
+            converted = tp(value)
+            if tp is float and math.isnan(converted):
+                raise ValueError  # never meant: every comparison with it is False, every check passes
+            return converted
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"{where}: cannot read {value!r} as {tp.__name__}") from None
     return value
 
 
+def _yaml_value(text: str, tp: Any, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UsageError(f"{where}: cannot read {text!r} as {getattr(tp, '__name__', tp)}") from None
+
+
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Build config `cls` from a mapping; unknown keys raise (a typo must not pass silently)."""
+    """Build config `cls` from a mapping; unknown keys raise (a typo must not pass silently).
+    Every problem with the values, the config's own checks (`__post_init__`) included, is a
+    `UsageError`."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if not isinstance(data, dict):
+        raise UsageError(f"{cls.__name__}: expected a mapping of its fields, got {type(data).__name__}")
     unknown = set(data) - set(fields)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+        raise UsageError(f"{cls.__name__}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
     kwargs = {k: _convert(_field_type(cls, fields[k]), v, f"{cls.__name__}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UsageError:
+        raise
+    except ValueError as exc:  # a config's __post_init__ rejects a value it was given
+        raise UsageError(str(exc)) from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -94,16 +121,16 @@ def apply_overrides(config: C, overrides: list[str]) -> C:
     data = to_dict(config)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise UsageError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
-                raise ValueError(f"override {key!r}: {p!r} is not a section")
+                raise UsageError(f"override {key!r}: {p!r} is not a section")
             node = node[p]
         if parts[-1] not in node:
-            raise ValueError(f"override {key!r}: unknown key {parts[-1]!r}")
+            raise UsageError(f"override {key!r}: unknown key {parts[-1]!r}")
         # Kept as text: `_convert` parses it by the field's type, so a str field keeps
         # exactly what was given ("1.10", "no", "null").
         node[parts[-1]] = _Text(raw)
@@ -111,15 +138,18 @@ def apply_overrides(config: C, overrides: list[str]) -> C:
 
 
 def load_yaml(cls: type[C], path: str | Path, overrides: list[str] | None = None) -> C:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """Config `cls` from a YAML file, then `overrides`; an unreadable file is a UsageError."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise UsageError(f"{path}: cannot read it as a YAML config ({reason})") from None
     return apply_overrides(from_dict(cls, data), overrides or [])
 
 
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config (YAML) so every output says how it was made."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(config))), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(json.loads(json.dumps(to_dict(config))), sort_keys=False))
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:

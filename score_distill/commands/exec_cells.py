@@ -5,7 +5,9 @@
 
 stdin holds a JSON list of strings (the cells); they run in order in one interpreter, with
 the limits of `SandboxConfig` (every field is a flag). stdout gets one object per cell, plus
-"final_answer" for a cell that called final_answer(x). Bad input: a message on stderr, exit 2.
+"final_answer" for a cell that called final_answer(x). Bad input (stdin that is not UTF-8, not
+a JSON list of strings, a flag value out of range): one line on stderr, exit 2, nothing run. A
+sandbox that cannot start: one line on stderr, exit 1.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import sys
 
 from score_distill.config import add_arguments as add_config_arguments
-from score_distill.config import apply_overrides, overrides_from_args
+from score_distill.config import UsageError, apply_overrides, overrides_from_args
 
 HELP = "run code cells (a JSON list of strings on stdin) in the sandbox; print their results as JSON"
 
@@ -28,39 +30,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, SandboxConfig)
 
 
+def decode_stdin(data: bytes) -> str:
+    """stdin's bytes as text: strict UTF-8 (a byte that is not would reach model code as a
+    lone surrogate, which no interpreter can compile).
+
+    >>> decode_stdin(b'["print(1)"]')
+    '["print(1)"]'
+    >>> decode_stdin(b'["\\xff"]')
+    Traceback (most recent call last):
+    ...
+    score_distill.config.UsageError: stdin is not valid UTF-8: byte 0xff at offset 2
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"stdin is not valid UTF-8: byte {data[exc.start]:#04x} at offset {exc.start}") from None
+
+
 def read_cells(text: str) -> list[str]:
-    """The cells in `text`, or ValueError saying what is wrong with it.
+    """The cells in `text`, or UsageError saying what is wrong with it.
 
     >>> read_cells('["a = 1", "print(a)"]')
     ['a = 1', 'print(a)']
     >>> read_cells('{"a": 1}')
     Traceback (most recent call last):
     ...
-    ValueError: stdin must hold a JSON list of strings (the cells), got a dict
+    score_distill.config.UsageError: stdin must hold a JSON list of strings (the cells), got a dict
     """
     try:
         cells = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"stdin is not JSON: {exc}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise UsageError(f"stdin is not JSON: {exc}") from None
     if not isinstance(cells, list):
-        raise ValueError(f"stdin must hold a JSON list of strings (the cells), got a {type(cells).__name__}")
+        raise UsageError(f"stdin must hold a JSON list of strings (the cells), got a {type(cells).__name__}")
     for i, cell in enumerate(cells):
         if not isinstance(cell, str):
-            raise ValueError(f"cell {i} is not a string but {type(cell).__name__}")
+            raise UsageError(f"cell {i} is not a string but {type(cell).__name__}")
+        try:
+            cell.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a JSON escape such as "\udcff": no character, no code
+            raise UsageError(f"cell {i} holds a lone surrogate ({cell[exc.start]!r}) at position "
+                             f"{exc.start}: not text") from None
     return cells
 
 
 def run(args: argparse.Namespace) -> int:
-    from score_distill.tools.sandbox import Sandbox, SandboxConfig
+    from score_distill.tools.sandbox import Sandbox, SandboxConfig, SandboxError
 
-    try:
-        config = apply_overrides(SandboxConfig(), overrides_from_args(args, SandboxConfig))
-        cells = read_cells(sys.stdin.read())
-    except ValueError as exc:
-        print(f"score-distill exec: {exc}", file=sys.stderr)
-        return 2
+    # UsageErrors go up to the command line's handler: one line, exit 2.
+    config = apply_overrides(SandboxConfig(), overrides_from_args(args, SandboxConfig))
+    cells = read_cells(decode_stdin(sys.stdin.buffer.read()))
     results = []
-    with Sandbox(config) as sandbox:
+    try:
+        sandbox = Sandbox(config)
+    except SandboxError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"score-distill exec: the sandbox could not start: {first}", file=sys.stderr)
+        return 1
+    with sandbox:
         for code in cells:
             r = sandbox.run(code)
             item: dict[str, object] = {"output": r.output, "error": r.error, "timed_out": r.timed_out}

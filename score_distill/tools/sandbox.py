@@ -54,6 +54,7 @@ which is in use; tests/test_sandbox.py attacks each line below.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import sys
@@ -66,6 +67,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from score_distill.config import option
+from score_distill.storage import safe_text
 from score_distill.tools import sandbox_confine
 from score_distill.tools.sandbox_process import (Interpreter, OutputCapture, SandboxError, SandboxStartError,
                                                  cap_output)
@@ -100,10 +102,54 @@ class SandboxConfig:
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"SandboxConfig.isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
-        for name, low in (("timeout_s", 0), ("cpu_time_s", 0), ("cpu_total_s", 0), ("memory_mb", 63),
-                          ("max_output_chars", 19), ("max_processes", 3), ("disk_mb", 0)):
-            if not getattr(self, name) > low:
-                raise ValueError(f"SandboxConfig.{name} must be more than {low}, got {getattr(self, name)!r}")
+        for name, (kind, low, high, unit) in limit_ranges().items():
+            check_limit(f"SandboxConfig.{name}", getattr(self, name), kind, low, high, unit)
+
+
+DAY_S = 86400.0
+
+
+def machine_memory_mb() -> int:
+    """The machine's physical memory in MiB (never below the default memory_mb, so that the
+    default config stays valid on a small machine); a limit above it bounds nothing."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+    except (ValueError, OSError):  # not reported here: the largest limit setrlimit takes
+        total = (2 ** 63 - 1) >> 20
+    return max(int(total), 1024)
+
+
+def limit_ranges() -> dict[str, tuple[type, float, float, str]]:
+    """Field -> (type, exclusive lower bound, inclusive upper bound, unit) of every limit.
+    The upper bounds keep each value inside what the kernel and our clocks accept (poll()
+    takes int milliseconds, setrlimit a 64-bit count) and inside the machine."""
+    ram = machine_memory_mb()
+    return {"timeout_s": (float, 0, DAY_S, "seconds"), "cpu_time_s": (float, 0, DAY_S, "seconds"),
+            "cpu_total_s": (float, 0, DAY_S, "seconds"),
+            "memory_mb": (int, 63, ram, "MiB, the machine's memory"),
+            "disk_mb": (int, 0, ram, "MiB, the machine's memory: the work dir is a tmpfs"),
+            "max_output_chars": (int, 19, 10 ** 7, "characters"), "max_processes": (int, 3, 65536, "")}
+
+
+def check_limit(where: str, value: object, kind: type, low: float, high: float, unit: str) -> None:
+    """ValueError naming `where` and the accepted range unless `value` is a finite number of
+    type `kind` (an int is a float here) with low < value <= high.
+
+    >>> check_limit("timeout_s", float("inf"), float, 0, 86400, "seconds")
+    Traceback (most recent call last):
+    ...
+    ValueError: timeout_s must be more than 0 and at most 86400 (seconds), got inf
+    """
+    numeric = (int, float) if kind is float else (int,)
+    span = f"more than {_number(low)} and at most {_number(high)}" + (f" ({unit})" if unit else "")
+    if isinstance(value, bool) or not isinstance(value, numeric):
+        raise ValueError(f"{where} must be {'a number' if kind is float else 'an integer'} {span}, got {value!r}")
+    if not (math.isfinite(value) and low < value <= high):
+        raise ValueError(f"{where} must be {span}, got {value!r}")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 @dataclass
@@ -191,6 +237,7 @@ class Sandbox:
             raise SandboxError("run() on a closed sandbox")
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
+        code = safe_text(code)  # a lone surrogate cannot be compiled; the cell runs what is recorded
         if self._interp is not None and not self._interp.alive():
             self._stop()  # killed between cells (e.g. a background thread of the model): rebuild
         if self._interp is None:
@@ -201,7 +248,8 @@ class Sandbox:
         started = time.monotonic()
         outcome = self._interp.run(code, self._cells, self.config.timeout_s, capture, self._search)
         duration = time.monotonic() - started
-        error = outcome.error
+        # Model text is data: what the cell returned is kept as it will be stored (storage.safe_text).
+        error = None if outcome.error is None else safe_text(outcome.error)
         if outcome.died is not None:
             self._interp.close()
             self._interp = None  # the next run() rebuilds it
@@ -210,8 +258,9 @@ class Sandbox:
             self._history.append(code)
         if error is not None:
             error = cap_output(error, self.config.max_output_chars)
+        final = None if outcome.final_answer is None else safe_text(outcome.final_answer)
         return CellResult(output=capture.text(), error=error, timed_out=outcome.timed_out,
-                          final_answer=outcome.final_answer, duration_s=duration)
+                          final_answer=final, duration_s=duration)
 
     def replay(self, cells: Sequence[str]) -> list[CellResult]:
         """A fresh interpreter, then `cells` in order: the state of a prefix, with results."""
