@@ -43,7 +43,6 @@ Files written by `export_mentor(records, DIR, config)` (BC data goes through `ex
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from score_distill.agent.format import SYSTEM_PROMPT, to_messages
 from score_distill.agent.rollout import derive_seed
 from score_distill.config import option
+from score_distill.storage import atomic_path, atomic_write_json, atomic_write_lines, dumps, safe_data
 from score_distill.types import KeyStepItem, Step, Trajectory, read_jsonl, write_jsonl
 
 if TYPE_CHECKING:
@@ -160,9 +160,7 @@ def dataset_info(name: str, file_name: str) -> dict[str, Any]:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write_lines(path, (dumps(row) for row in rows))
 
 
 def export_sft(examples: list[SFTExample], out_dir: str | Path, name: str = "sft") -> dict[str, int]:
@@ -176,7 +174,7 @@ def export_sft(examples: list[SFTExample], out_dir: str | Path, name: str = "sft
     _write_rows(out / f"{name}_trl.jsonl", [{"messages": sft_messages(e.question, e.steps)} for e in examples])
     _write_rows(out / f"{name}_sharegpt.jsonl", [sharegpt_row(e.question, e.steps) for e in examples])
     info = dataset_info(f"score_distill_{name}", f"{name}_sharegpt.jsonl")
-    (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_json(out / "dataset_info.json", info)
     return {name: len(examples)}
 
 
@@ -201,7 +199,7 @@ def verl_rows(items: list[KeyStepItem]) -> list[dict[str, Any]]:
             "extra_info": {"split": "train", "index": i, "task_id": it.task_id, "step_index": it.step_index,
                            "intervention": int(it.meta.get("intervention", 0)),
                            "outcome_only": bool(it.meta.get("outcome_only", False)), "question": it.question,
-                           "prefix": json.dumps([s.to_dict() for s in it.prefix], ensure_ascii=False),
+                           "prefix": dumps([s.to_dict() for s in it.prefix]),
                            "chosen": _step_json(it.chosen), "rejected": _step_json(it.rejected)},
         })
     return rows
@@ -220,7 +218,9 @@ def write_verl(items: list[KeyStepItem], path: str | Path) -> None:
     schema = pa.schema([("data_source", text), ("prompt", pa.list_(message)), ("ability", text),
                         ("reward_model", pa.struct([("style", text), ("ground_truth", text)])),
                         ("extra_info", extra)])
-    pq.write_table(pa.Table.from_pylist(verl_rows(items), schema=schema), str(path))
+    table = pa.Table.from_pylist(safe_data(verl_rows(items)), schema=schema)  # Arrow strings are UTF-8
+    with atomic_path(path) as tmp:
+        pq.write_table(table, str(tmp))
 
 
 def export_mentor(records: list[MentorRecord], out_dir: str | Path, cfg: SplitConfig) -> dict[str, Any]:
@@ -230,8 +230,8 @@ def export_mentor(records: list[MentorRecord], out_dir: str | Path, cfg: SplitCo
     split = split_records(records, cfg)
     counts = {"sft_tasks": len(split.sft_tasks), "rl_tasks": len(split.rl_tasks), "sft_examples": len(split.sft),
               "rl_items": len(split.rl), "rl_outcome_only": sum(bool(i.meta.get("outcome_only")) for i in split.rl)}
-    (out / "split.json").write_text(json.dumps({"seed": cfg.seed, "counts": counts, "sft_tasks": split.sft_tasks,
-                                                 "rl_tasks": split.rl_tasks}, indent=2) + "\n")
+    atomic_write_json(out / "split.json", {"seed": cfg.seed, "counts": counts, "sft_tasks": split.sft_tasks,
+                                           "rl_tasks": split.rl_tasks})
     export_sft(split.sft, out, name="sft")
     write_jsonl(out / "rl_items.jsonl", split.rl)
     write_verl(split.rl, out / "rl_verl.parquet")

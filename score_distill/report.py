@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from score_distill.storage import atomic_path, atomic_write_json, atomic_write_text
+
 
 def _cell(entry: dict | None) -> str:
     if not entry:
@@ -64,7 +66,8 @@ def plot_accuracy(report: dict, path: Path) -> None:
     ax.set_title("accuracy per stage (95% Wilson intervals)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -90,13 +93,14 @@ def plot_rl(log_path: Path, path: Path) -> bool:
     ax.legend(fontsize=8)
     ax.set_title("SCoRe-RL")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return True
 
 
 def write_report(report: dict, out: Path) -> None:
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_json(out / "report.json", report)
     plot_accuracy(report, out / "accuracy.png")
     has_rl = plot_rl(out / "score_rl" / "rl_log.jsonl", out / "rl_reward.png")
     parts = [f"# score-distill run: {out.name}", "",
@@ -111,4 +115,4 @@ def write_report(report: dict, out: Path) -> None:
     wall = report["wall_time_s"]
     parts += [f"Wall time: {sum(wall.values()) / 60:.1f} min in all; per step (s): "
               + ", ".join(f"{k} {v}" for k, v in wall.items()), ""]
-    (out / "report.md").write_text("\n".join(parts))
+    atomic_write_text(out / "report.md", "\n".join(parts))

@@ -4,6 +4,16 @@ Everything score-distill writes to disk is JSONL of these dataclasses. Every rec
 `"schema": SCHEMA_VERSION`; reading a record of another version raises, so a stale file is
 caught at once instead of being half-understood.
 
+Text in records is data: whatever a model, a tool or a server produced is stored. The one
+rule (`storage.safe_text`): lone surrogates, which UTF-8 cannot encode, become U+FFFD and
+a surrogate pair written as two code points becomes its character; nothing else changes.
+It is applied when a record is built from JSON (`from_dict`) and when it is written
+(`to_json`), so a record read back equals the record written.
+
+A file is rewritten atomically (`write_jsonl` without `append`: temporary file, fsync,
+rename) and appended one flushed line at a time; `iter_jsonl` drops a torn last line,
+wherever the writer died in it.
+
     >>> s = Step(kind="action", thought="add", code="print(1 + 1)", observation="2")
     >>> Step.from_dict(s.to_dict()) == s
     True
@@ -16,6 +26,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Literal, TypeVar
+
+from score_distill.storage import atomic_write_lines, dumps, safe_data, split_jsonl
 
 SCHEMA_VERSION = 1
 
@@ -66,6 +78,8 @@ class Record:
                 if is_list and not isinstance(value, list):
                     raise SchemaError(f"{cls.__name__}.{name}: expected a list, got {type(value).__name__}")
                 value = [sub.from_dict(v) for v in value] if is_list else sub.from_dict(value)
+            else:
+                value = safe_data(value)  # text from a file may hold lone surrogates (JSON escapes)
             kwargs[name] = value
         try:
             obj = cls(**kwargs)
@@ -74,7 +88,7 @@ class Record:
         return obj
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
+        return dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls: type[T], text: str) -> T:
@@ -203,12 +217,15 @@ R = TypeVar("R", bound=Record)
 
 
 def write_jsonl(path: str | Path, records: Iterable[Record], append: bool = False) -> int:
-    """Write records one per line; returns how many. Flushed per line so a crash loses at
-    most the line being written."""
+    """Write records one per line; returns how many. Without `append` the file is replaced
+    atomically (killed mid-write, it keeps its old content); with `append` each line is
+    flushed as it is written, so a crash loses at most the line being written."""
     path = Path(path)
+    if not append:
+        return atomic_write_lines(path, (r.to_json() for r in records))
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with path.open("a" if append else "w", encoding="utf-8") as f:
+    with path.open("a", encoding="utf-8") as f:
         for r in records:
             f.write(r.to_json() + "\n")
             f.flush()
@@ -223,17 +240,32 @@ def read_jsonl(path: str | Path, cls: type[R]) -> list[R]:
 
 
 def iter_jsonl(path: str | Path, cls: type[R]) -> Iterator[R]:
-    lines = Path(path).read_text(encoding="utf-8").split("\n")
-    for i, line in enumerate(lines):
+    """The records of a JSONL file. Only the unterminated last line may be torn (the writer
+    died mid-line, perhaps inside a character): it is dropped unless it is a whole record. A
+    complete line that is not UTF-8, not JSON or not a record raises `SchemaError` naming
+    the file and line."""
+    try:
+        lines, tail = split_jsonl(Path(path).read_bytes(), str(path))
+    except UnicodeError as e:
+        raise SchemaError(str(e)) from None
+    for number, line in lines:
         if not line.strip():
             continue
         try:
             data = json.loads(line)
         except json.JSONDecodeError as e:
-            if i == len(lines) - 1:  # no trailing newline: the writer died mid-line
-                return
-            raise SchemaError(f"{path}:{i + 1}: not JSON ({e})") from None
-        try:
-            yield cls.from_dict(data)
-        except SchemaError as e:
-            raise SchemaError(f"{path}:{i + 1}: {e}") from None
+            raise SchemaError(f"{path}:{number}: not JSON ({e})") from None
+        yield _record(cls, data, path, number)
+    try:  # a last line without its newline: whole (written by hand) or torn
+        data = json.loads(tail.decode("utf-8")) if tail.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return
+    if data is not None:
+        yield _record(cls, data, path, len(lines) + 1)
+
+
+def _record(cls: type[R], data: Any, path: str | Path, number: int) -> R:
+    try:
+        return cls.from_dict(data)
+    except SchemaError as e:
+        raise SchemaError(f"{path}:{number}: {e}") from None

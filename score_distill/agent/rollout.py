@@ -35,6 +35,7 @@ from typing import Callable, Iterator
 from score_distill.agent.format import format_observation, next_kind, parse_turn, to_messages
 from score_distill.config import option
 from score_distill.models.base import ChatModel, Generation, GenRequest, SamplingParams, TurnStream
+from score_distill.storage import safe_text
 from score_distill.tools.config import ToolConfig, open_sandbox
 from score_distill.tools.sandbox import Sandbox
 from score_distill.types import Step, Task, Trajectory
@@ -78,7 +79,7 @@ def derive_seed(*parts: object) -> int:
     >>> derive_seed("eval", "math-0-test-1", 0, 2) == derive_seed("eval", "math-0-test-1", 0, 2)
     True
     """
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    digest = hashlib.sha256(safe_text("\x1f".join(map(str, parts))).encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 
@@ -114,11 +115,12 @@ def _start(ep: Episode, tools: ToolConfig) -> _Live:
 
 
 def _step_from_generation(gen: Generation, kind: str) -> Step:
-    parsed = parse_turn(gen.text, kind)
+    text = safe_text(gen.text)  # model text is data: kept as it will be stored
+    parsed = parse_turn(text, kind)
     step = Step(kind=kind, thought=parsed.thought, code=parsed.code, author="student", n_tokens=len(gen.token_ids))
     if parsed.error is not None:
         step.parse_error = parsed.error
-        step.raw = gen.text
+        step.raw = text
         step.observation = format_observation("", parse_error=parsed.error)
     return step
 

@@ -6,6 +6,8 @@ reply (text, tokens, finish reason) is appended to `<directory>/teacher_calls.js
 JSON object per line, flushed per line. Reading tolerates a torn last line (the process died
 mid-write): the fragment is cut off before anything new is appended, so the file stays
 valid JSONL. A malformed line anywhere else raises, since that is corruption, not a crash.
+Text is stored and hashed under the rule of `storage.safe_text` (a lone surrogate becomes
+U+FFFD), so any reply or message is storable and a key is the same before and after a reload.
 
     cache = TeacherCache("runs/x/teacher-cache")
     key = call_key(PROMPT_VERSION, "qwen2.5-72b", messages, {"temperature": 0.0})
@@ -26,6 +28,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from score_distill.storage import dumps, safe_text, split_jsonl
 
 CACHE_SCHEMA = 1
 CACHE_FILE = "teacher_calls.jsonl"
@@ -54,7 +58,7 @@ def call_key(version: str, model: str, messages: list[dict[str, str]], options: 
     False
     """
     payload = {"version": version, "model": model, "messages": messages, "options": options}
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    blob = dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -77,10 +81,12 @@ class TeacherCache:
             return self._entries.get(key)
 
     def put(self, key: str, reply: CachedReply) -> None:
-        """Record a reply (a key seen before keeps its first reply: replays stay stable)."""
+        """Record a reply (a key seen before keeps its first reply: replays stay stable). Its
+        text is kept as it will read back (`storage.safe_text`)."""
+        reply = CachedReply(safe_text(reply.text), reply.tokens, safe_text(reply.finish_reason))
         record = {"schema": CACHE_SCHEMA, "key": key, "text": reply.text, "tokens": reply.tokens,
                   "finish_reason": reply.finish_reason}
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        line = dumps(record) + "\n"
         with self._lock:
             if key in self._entries:
                 return
@@ -95,7 +101,11 @@ class TeacherCache:
         if cut < len(raw):
             # A torn last line: drop it now, or the next append would glue onto it.
             os.truncate(self.path, cut)
-        for number, line in enumerate(raw[:cut].decode("utf-8").split("\n"), start=1):
+        try:
+            lines, _ = split_jsonl(raw[:cut], str(self.path))
+        except UnicodeError as e:
+            raise CacheError(str(e)) from None
+        for number, line in lines:
             if line.strip():
                 self._load_line(line, number)
 
@@ -107,7 +117,8 @@ class TeacherCache:
         if not isinstance(record, dict) or record.get("schema") != CACHE_SCHEMA:
             raise CacheError(f"{self.path}:{number}: not a schema-{CACHE_SCHEMA} cache record")
         try:
-            reply = CachedReply(str(record["text"]), int(record["tokens"]), str(record["finish_reason"]))
+            reply = CachedReply(safe_text(str(record["text"])), int(record["tokens"]),
+                                safe_text(str(record["finish_reason"])))
             key = str(record["key"])
         except KeyError as e:
             raise CacheError(f"{self.path}:{number}: missing field {e}") from None

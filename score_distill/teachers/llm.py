@@ -50,6 +50,7 @@ from score_distill.config import option
 from score_distill.models.base import BatchedStream, Generation, GenRequest, SamplingParams
 from score_distill.models.openai_compat import OpenAIModel
 from score_distill.models.stops import restore_stop
+from score_distill.storage import safe_text
 from score_distill.teachers.base import TeacherUsage, Verdict
 from score_distill.teachers.cache import CachedReply, TeacherCache, call_key
 from score_distill.teachers.leak import leaks_answer, withhold_answer
@@ -139,6 +140,8 @@ class LLMTeacher:
                 self.cache_hits += 1
             return ChatReply(cached.text, cached.tokens, cached.finish_reason)
         reply = self.chat(messages, options)
+        # Cleaned as the cache stores it, so a first run and its replay see the same text.
+        reply = dataclasses.replace(reply, text=safe_text(reply.text))
         with self._lock:
             self.usage.add(op, reply.tokens)
         if self.cache is not None:

@@ -29,7 +29,6 @@ import http.client
 import json
 import logging
 import os
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from score_distill.config import option
+from score_distill.storage import atomic_write_json, safe_text
 
 EMBEDDED = "embedded:"
 MAX_QUERY_CHARS = 1000  # longer "queries" are model mistakes (a pasted document), not searches
@@ -186,10 +186,7 @@ class HttpSearch:
                 if not e.retry:
                     break
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")  # rollouts search from threads
-            tmp.write_text(json.dumps(results, ensure_ascii=False), encoding="utf-8")
-            tmp.replace(path)  # atomic: concurrent sandboxes never read half a file
+            atomic_write_json(path, results, indent=None)  # concurrent sandboxes never read half a file
             return results
         raise SearchError(f"search failed after {attempt + 1} attempt(s): {last}", retry=False)
 
@@ -233,7 +230,8 @@ def _parse_reply(body: bytes, k: int) -> list[tuple[str, str]]:
         if not isinstance(r, dict) or not isinstance(r.get("title"), str):
             raise SearchError("a search API result has no 'title'")
         snippet = r.get("snippet", r.get("text", ""))
-        out.append((r["title"], snippet if isinstance(snippet, str) else ""))
+        # A server's text is data: stored and shown under the rule of storage.safe_text.
+        out.append((safe_text(r["title"]), safe_text(snippet) if isinstance(snippet, str) else ""))
     return out
 
 
@@ -253,6 +251,7 @@ def make_search(config: SearchConfig) -> Callable[[str], str]:
     def web_search(query: str) -> str:
         if not isinstance(query, str):
             return f"Error: web_search expects a text query, got {type(query).__name__}."
+        query = safe_text(query)  # model text: a lone surrogate cannot go into a URL or a cache key
         if not query.strip():
             return "Error: web_search got an empty query."
         if len(query) > MAX_QUERY_CHARS:

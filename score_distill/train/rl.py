@@ -63,6 +63,7 @@ from tqdm import tqdm
 
 from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option, save_config
+from score_distill.storage import atomic_write_lines, split_jsonl
 from score_distill.teachers.base import Teacher
 from score_distill.tools.config import ToolConfig
 from score_distill.train.render import render_trajectory
@@ -256,15 +257,16 @@ class RunFiles:
 def _trim_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
     if not path.exists():
         return
+    complete, _ = split_jsonl(path.read_bytes(), str(path))  # a torn last line is dropped
     lines = []
-    for line in path.read_text().splitlines():
+    for _, line in complete:
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # the torn last line of a killed run
+        except json.JSONDecodeError:
             continue
         if keep(record):
-            lines.append(line + "\n")
-    path.write_text("".join(lines))
+            lines.append(line)
+    atomic_write_lines(path, lines)  # a kill here keeps the old log whole
 
 
 def format_line(r: dict[str, Any], total: int) -> str:
