@@ -289,15 +289,16 @@ class OpenAIModel:
 
 
 def _excerpt(raw: bytes, key: str | None = None) -> str:
-    """The start of a body for error messages, redacted before it is cut (a cut key would
-    no longer match the key). Only a window is decoded: a body may be megabytes long.
+    """The start of a body for error messages, on one line, redacted before it is cut (a cut
+    key would no longer match the key). Only a window is decoded: a body may be megabytes long.
 
     >>> _excerpt(b"x" * 400)[-5:]
     'x...'
     >>> _excerpt(b"y" * 297 + b"sk-abcdefghijkl", "sk-abcdefghijkl")[-12:]
     'yyyyyy[re...'
     """
-    window = raw[: 4 * EXCERPT_CHARS + 4 * len(key or "")].decode("utf-8", errors="replace").strip()
+    # On one line: an HTML error page must not spread a log line or a stop message over many.
+    window = " ".join(raw[: 4 * EXCERPT_CHARS + 4 * len(key or "")].decode("utf-8", errors="replace").split())
     text = redact(window, [key])
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
 
