@@ -14,6 +14,11 @@ For each task:
    one that never does is "hard_to_teach". A failed judge or repair (`TeacherFailure`, a
    step out of range, "no error" in a wrong trajectory, a malformed step) marks the task
    "teacher_failed" with its reason: recorded, never dropped.
+6. A teacher call whose endpoint failed after the client's retries (`ModelError`: down,
+   5xx, timeouts, garbage) also marks the task "teacher_failed", with a reason starting
+   "teacher_unavailable", and the other tasks go on. `teacher_down_after` such failures in
+   a row stop the run with `TeacherDown` (teachers/health.py; the command prints one line
+   and exits 3); tasks in flight whose calls were not made are left unrecorded.
 
 Work moves in rounds: every task in flight gets its rollout in ONE `rollout()` call (the
 student generates for all of them together), then the teacher phase runs in threads. A
@@ -25,7 +30,8 @@ Output directory:
   one write + fsync (`RecordLog`). Killed at any moment and started again, a run cuts a torn
   last line, skips finished tasks and redoes only those in flight (their teacher calls hit
   the LLM teacher's content cache). Teacher calls and tokens are stored per task, so totals
-  never count work repeated after a crash;
+  never count work repeated after a crash. A "teacher_unavailable" record is the one kind
+  a rerun redoes (the server's fault is no result): a later line for the task replaces it;
 - `mps_trajectories.jsonl`: every task's final trajectory, kept or not, with
   `meta["status"]`, `meta["interventions"]` and each step's author;
 - `keysteps.jsonl`: one `KeyStepItem` per intervention of a solved task whose fix survives
@@ -58,9 +64,10 @@ from score_distill.agent.format import format_observation, parse_turn, render_st
 from score_distill.agent.rollout import Episode, RolloutConfig, prefix_cells, rollout
 from score_distill.config import option, save_config, to_dict
 from score_distill.datasets_export import SplitConfig, export_mentor
-from score_distill.models.base import ChatModel
+from score_distill.models.base import ChatModel, ModelError
 from score_distill.tasks.scoring import score_answer
 from score_distill.teachers.base import Teacher
+from score_distill.teachers.health import UNAVAILABLE, TeacherDown, TeacherHealth
 from score_distill.teachers.llm import TeacherFailure
 from score_distill.tools.config import ToolConfig, open_sandbox
 from score_distill.types import Intervention, KeyStepItem, Record, SchemaError, Step, Task, Trajectory, write_jsonl
@@ -74,11 +81,13 @@ class RecordLog(Generic[R]):
 
     `load()` cuts a torn last line off the file (the writer died mid-line), then returns the
     records by key; a malformed line elsewhere, or a key seen twice, raises (corruption or
-    our bug, not a crash). Only one thread appends (the caller's main loop).
+    our bug, not a crash), unless `replaceable(earlier record)` says the work is to be redone:
+    then the later line wins. Only one thread appends (the caller's main loop).
     """
 
-    def __init__(self, path: str | Path, cls: type[R], key: Callable[[R], str]):
-        self.path, self.cls, self.key = Path(path), cls, key
+    def __init__(self, path: str | Path, cls: type[R], key: Callable[[R], str],
+                 replaceable: Callable[[R], bool] | None = None):
+        self.path, self.cls, self.key, self.replaceable = Path(path), cls, key, replaceable
 
     def load(self) -> dict[str, R]:
         if not self.path.exists():
@@ -96,7 +105,7 @@ class RecordLog(Generic[R]):
             except (json.JSONDecodeError, SchemaError) as e:
                 raise SchemaError(f"{self.path}:{i + 1}: {e}") from None
             k = self.key(record)
-            if k in out:
+            if k in out and not (self.replaceable is not None and self.replaceable(out[k])):
                 raise SchemaError(f"{self.path}:{i + 1}: {k!r} is recorded twice")
             out[k] = record
         return out
@@ -160,13 +169,17 @@ class MentorConfig:
     max_interventions: int = option(3, "teacher fixes per task before it is marked hard to teach")
     teacher_concurrency: int = option(8, "teacher calls (judge, repair, fix execution) run at once")
     max_in_flight: int = option(256, "tasks worked on at once; they move through rounds together")
+    teacher_down_after: int = option(
+        5, "stop the run (exit 3, one line) after this many teacher calls in a row fail at the endpoint, "
+           "after the client's own retries (0: never stop). Such a task is recorded as teacher_failed "
+           "(teacher_unavailable) and the others go on; rerunning the same command resumes and retries those tasks")
     rollout: RolloutConfig = field(default_factory=mps_rollout_config, metadata={"help": "student sampling and turn budget"})
     tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
     split: SplitConfig = field(default_factory=SplitConfig, metadata={"help": "SFT/RL split and exports"})
 
 
 # Settings that change speed, not results: a run may be resumed with other values.
-RESUME_FREE = ("teacher_concurrency", "max_in_flight", "rollout.batch_size", "split")
+RESUME_FREE = ("teacher_concurrency", "max_in_flight", "teacher_down_after", "rollout.batch_size", "split")
 
 
 @dataclass
@@ -259,10 +272,16 @@ class _Work:
 FAILED = "teacher_failed"
 
 
-def _teach(w: _Work, teacher: Teacher, cfg: MentorConfig) -> tuple[str, str | None] | None:
+def retryable(record: MentorRecord) -> bool:
+    """Whether a rerun redoes this task: its teacher could not be reached."""
+    return record.status == FAILED and (record.reason or "").startswith(UNAVAILABLE + ":")
+
+
+def _teach(w: _Work, teacher: Teacher, cfg: MentorConfig, health: TeacherHealth) -> tuple[str, str | None] | None:
     """The teacher phase of one task: score the latest trajectory, judge it, repair the
     first error and run the fix. Returns (status, reason) when the task is finished, None
-    when the student carries on from the fix."""
+    when the student carries on from the fix. Raises `TeacherDown` (the task unfinished)
+    once the endpoint is down."""
     while True:
         if score_answer(w.task.suite, w.final_answer, w.task.answer, w.task.question).correct:
             return "solved", None
@@ -270,9 +289,11 @@ def _teach(w: _Work, teacher: Teacher, cfg: MentorConfig) -> tuple[str, str | No
             return "hard_to_teach", None
         w.teacher_calls += 1
         try:
-            verdict = teacher.judge(w.task, w.steps)
+            verdict = health.call(lambda: teacher.judge(w.task, w.steps))
         except TeacherFailure as e:
             return FAILED, f"judge_failed: {e}"
+        except ModelError as e:  # the server's fault (after its retries): data, the others go on
+            return FAILED, f"{UNAVAILABLE}: judge: {e}"
         w.teacher_tokens += verdict.tokens
         if verdict.correct:
             return FAILED, "judge_no_error: the judge found no error in a wrong trajectory"
@@ -282,9 +303,11 @@ def _teach(w: _Work, teacher: Teacher, cfg: MentorConfig) -> tuple[str, str | No
         prefix, mistaken = w.steps[:k], w.steps[k]
         w.teacher_calls += 1
         try:
-            proposed = teacher.repair(w.task, prefix, mistaken, verdict)
+            proposed = health.call(lambda: teacher.repair(w.task, prefix, mistaken, verdict))
         except TeacherFailure as e:
             return FAILED, f"repair_failed: {e}"
+        except ModelError as e:
+            return FAILED, f"{UNAVAILABLE}: repair: {e}"
         w.teacher_tokens += proposed.n_tokens
         problem = fix_problem(proposed, k)
         if problem is not None:
@@ -325,8 +348,9 @@ def _record(w: _Work) -> MentorRecord:
 
 
 def _rounds(student: ChatModel, teacher: Teacher, tasks: list[Task], cfg: MentorConfig,
-            pool: ThreadPoolExecutor) -> Iterator[MentorRecord]:
-    """Move tasks through rollout/teacher rounds; yield each record as its task finishes."""
+            pool: ThreadPoolExecutor, health: TeacherHealth) -> Iterator[MentorRecord]:
+    """Move tasks through rollout/teacher rounds; yield each record as its task finishes.
+    Once the teacher is down, the round's finished tasks are yielded, then `TeacherDown`."""
     queue = list(tasks)[::-1]
     active: list[_Work] = []
     rnd = 0
@@ -337,13 +361,18 @@ def _rounds(student: ChatModel, teacher: Teacher, tasks: list[Task], cfg: Mentor
         episodes = [Episode(w.task, prefix=w.prefix) for w in active]
         for w, traj in zip(active, rollout(student, episodes, cfg.tools, cfg.rollout)):
             w.absorb(traj)
-        futures = {pool.submit(_teach, w, teacher, cfg): w for w in active}
+        futures = {pool.submit(_teach, w, teacher, cfg, health): w for w in active}
         for fut in as_completed(futures):
-            outcome = fut.result()  # our bugs raise here; the teacher's mistakes are outcomes
+            try:
+                outcome = fut.result()  # our bugs raise here; the teacher's mistakes are outcomes
+            except TeacherDown:
+                continue  # a call not made: the task is unfinished, a rerun does it
             if outcome is not None:
                 w = futures[fut]
                 w.status, w.reason = outcome
                 yield _record(w)
+        if health.down:
+            raise TeacherDown(health.describe())
         active = [w for w in active if w.status is None]
         tqdm.write(f"mps round {rnd} | in flight {len(active)} | queued {len(queue)}", file=sys.stderr)
 
@@ -376,6 +405,7 @@ def summarize(records: list[MentorRecord]) -> dict:
         "wall_time_s": 0.0,
         "solved": by_status["solved"],
         "teacher_failed": by_status["teacher_failed"],
+        "teacher_unavailable": sum(retryable(r) for r in records),
         "teacher_failure_reasons": dict(sorted(reasons.items())),
         "keysteps": sum(len(r.keysteps) for r in records),
         "discarded_fixes": sum(len(r.interventions) - len(r.keysteps) for r in records if r.status == "solved"),
@@ -395,8 +425,9 @@ def mentor(student: ChatModel, teacher: Teacher, tasks: list[Task], out_dir: str
            cfg: MentorConfig) -> dict:
     """Run MPS on `tasks` into `out_dir` (resuming from its records); returns the summary."""
     out = Path(out_dir)
+    health = TeacherHealth(cfg.teacher_down_after)  # checks the limit before anything is written
     open_run_dir(out, cfg, RESUME_FREE)
-    log = RecordLog(out / "records.jsonl", MentorRecord, key=lambda r: r.task_id)
+    log = RecordLog(out / "records.jsonl", MentorRecord, key=lambda r: r.task_id, replaceable=retryable)
     done = log.load()
     ids = [t.id for t in tasks]
     if len(set(ids)) != len(ids):
@@ -406,16 +437,27 @@ def mentor(student: ChatModel, teacher: Teacher, tasks: list[Task], out_dir: str
         raise ValueError(f"{log.path} holds tasks that are not in this task list (e.g. {sorted(stray)[:3]}); "
                          "use a new output directory")
     t0 = time.perf_counter()
-    todo = [t for t in tasks if t.id not in done]
-    with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="mps", unit="task") as bar, \
-            ThreadPoolExecutor(max_workers=max(1, cfg.teacher_concurrency)) as pool:
-        for record in _rounds(student, teacher, todo, cfg, pool):
-            log.append(record)
-            done[record.task_id] = record
-            bar.update(1)
+    todo = [t for t in tasks if t.id not in done or retryable(done[t.id])]
+    retried = sum(t.id in done for t in todo)
+    if retried:
+        tqdm.write(f"mps: retrying {retried} tasks whose teacher could not be reached before", file=sys.stderr)
+    try:
+        with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="mps", unit="task") as bar, \
+                ThreadPoolExecutor(max_workers=max(1, cfg.teacher_concurrency)) as pool:
+            for record in _rounds(student, teacher, todo, cfg, pool, health):
+                log.append(record)
+                done[record.task_id] = record
+                bar.update(1)
+    except TeacherDown as e:
+        left = sum(t.id not in done or retryable(done[t.id]) for t in tasks)
+        raise TeacherDown(f"{e}; stopped with {len(tasks) - left} of {len(tasks)} tasks done: rerun the same "
+                          f"command when the teacher is back, it resumes and retries the other {left}") from None
     summary = write_outputs([done[i] for i in ids], out, cfg.split)
     summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
     summary["resumed_tasks"] = len(tasks) - len(todo)
+    if summary["teacher_unavailable"]:
+        tqdm.write(f"mps: {summary['teacher_unavailable']} tasks could not reach the teacher (teacher_unavailable); "
+                   "rerun the same command to retry them", file=sys.stderr)
     # What this process spent (cache hits excluded); the totals above are per-task sums.
     summary["teacher_usage_this_run"] = {"calls": teacher.usage.calls, "tokens": teacher.usage.tokens,
                                          "by_op": dict(teacher.usage.by_op)}

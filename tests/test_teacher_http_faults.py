@@ -16,23 +16,30 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from score_distill.mentor import MentorConfig, MentorRecord, mentor
 from score_distill.models import openai_compat
 from score_distill.models.base import ModelError
 from score_distill.models.openai_compat import OpenAIModel
 from score_distill.teachers.llm import LLMTeacher
 from score_distill.teachers.load import load_teacher
-from tests.fake_teacher_server import FakeReply, FakeServer, script
+from score_distill.tools.config import ToolConfig
+from score_distill.tools.sandbox import SandboxConfig
+from score_distill.types import read_jsonl
+from tests.fake_teacher_server import FakeReply, FakeServer, all_text, script, system
+from tests.mentor_script import make_student, make_task
 from tests.test_llm_teacher import STEPS, TASK
 
 KEY_ENV = "FAULTS_TEST_KEY"
 KEY = "sk-proj-Zq8rT2vK9mW4xN7pL3sB6yH1cD5fG0"
 MESSAGES = [{"role": "user", "content": "2+2?"}]
+TOOLS = ToolConfig(sandbox=SandboxConfig(timeout_s=5.0))
 
 
 @pytest.fixture(autouse=True)
@@ -162,14 +169,14 @@ def test_limits_must_be_positive_and_finite(bad: float):
 # -- the server's faults are data, ours raise ---------------------------------------------
 
 
-@pytest.mark.parametrize("body", ["<html><body>502 Bad Gateway</body></html>", "[" * 100_000, '{"choices": []}',
+@pytest.mark.parametrize("body", ["<html>\n<body>502 Bad Gateway</body>\n</html>", "[" * 100_000, '{"choices": []}',
                                   '{"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": [1]}}',
                                   '{"choices": [{"message": {"content": "hi"}, "logprobs": {"content": '
                                   '[{"logprob": "low"}]}}]}'])
 def test_garbage_replies_are_model_errors_after_retries(body: str):
-    with FakeServer(script(FakeReply(body=body))) as server, pytest.raises(ModelError, match="malformed body"):
+    with FakeServer(script(FakeReply(body=body))) as server, pytest.raises(ModelError, match="malformed body") as err:
         client(server).chat(MESSAGES)
-    assert server.hits == 2
+    assert server.hits == 2 and "\n" not in str(err.value)  # one line, whatever the body held
 
 
 def test_an_empty_reply_is_a_server_fault_for_the_teacher():
@@ -201,3 +208,97 @@ def test_proxies_from_the_environment_are_used(monkeypatch: pytest.MonkeyPatch):
         assert model.chat(MESSAGES) == "via proxy"
     [(method, path, headers)] = proxy.seen
     assert path == "http://teacher.invalid:8000/v1/chat/completions" and headers["Host"] == "teacher.invalid:8000"
+
+
+# -- MPS with a failing teacher -----------------------------------------------------------
+
+FAULTS = {"http_500": FakeReply(status=500, body=f"internal error for key {KEY}"),
+          "html": FakeReply(body="<html>\n<h1>Bad gateway</h1>\n</html>"),
+          "hang": FakeReply(hang=True),
+          "bad_key": FakeReply(status=401, body=json.dumps({"error": f"Incorrect API key provided: {KEY}"}))}
+
+
+def mps_reply(fault_for: Callable[[dict[str, Any]], bool], fault: FakeReply) -> Callable[[dict[str, Any]], Any]:
+    """The teacher of tests/test_mentor.py over HTTP (the judge names step 1, the fix answers),
+    with `fault` for the requests `fault_for` picks."""
+    def reply(request: dict[str, Any]) -> str | FakeReply:
+        if fault_for(request):
+            return fault
+        if system(request).startswith("You grade"):
+            return json.dumps({"is_correct": False, "error_analysis": "step 1 answers 0 without computing",
+                               "first_error_step": 1, "suggestion": "multiply the two numbers"})
+        return "<thought>Multiply the two numbers.</thought>\n<code>\nfinal_answer(6 * 7)\n</code>"
+
+    return reply
+
+
+def fast_teacher(spec: str, **kw: Any) -> Any:
+    return load_teacher(spec, **kw, timeout_s=0.3, max_retries=1, backoff=0.01, max_backoff_s=0.02, api_key_env=KEY_ENV)
+
+
+def written(out: Path) -> str:
+    return "".join(p.read_bytes().decode("utf-8", "replace") for p in sorted(out.rglob("*"))
+                   if p.is_file() and "cache" not in p.parts)
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_mps_marks_the_task_whose_teacher_fails_and_a_rerun_retries_it(fault: str, tmp_path: Path,
+                                                                        capfd: pytest.CaptureFixture[str]):
+    state = {"broken": True}
+    tasks = [make_task("stubborn", i) for i in range(3)]
+    out, cfg = tmp_path / "out", MentorConfig(tools=TOOLS)
+    with FakeServer(mps_reply(lambda r: state["broken"] and "(#1)" in all_text(r), FAULTS[fault])) as server:
+        spec = f"openai:fake@{server.url}"
+        summary = mentor(make_student(), fast_teacher(spec, tools=TOOLS, cache_dir=tmp_path / "cache"), tasks, out, cfg)
+        records = {r.task_id: r for r in read_jsonl(out / "records.jsonl", MentorRecord)}
+        assert (summary["solved"], summary["teacher_failed"], summary["teacher_unavailable"]) == (2, 1, 1)
+        failed = records["stubborn-1"]
+        assert failed.status == "teacher_failed" and failed.reason.startswith("teacher_unavailable: judge: ")
+        assert summary["teacher_failure_reasons"] == {"teacher_unavailable": 1}
+        assert not leaks(written(out) + "".join(capfd.readouterr()))
+        state["broken"] = False  # the teacher is back: the rerun redoes only that task
+        again = mentor(make_student(), fast_teacher(spec, tools=TOOLS, cache_dir=tmp_path / "cache"), tasks, out, cfg)
+    assert (again["solved"], again["teacher_failed"], again["resumed_tasks"]) == (3, 0, 2)
+    assert again["teacher_usage_this_run"]["calls"] == 2  # judge + repair of stubborn-1, nothing else
+    assert read_jsonl(out / "records.jsonl", MentorRecord)[-1].task_id == "stubborn-1"
+
+
+def test_a_teacher_that_is_down_stops_the_command_with_one_line_and_a_rerun_completes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    import argparse
+
+    from score_distill.commands import mentor as command
+
+    tasks = [make_task("right", 0)] + [make_task("stubborn", i) for i in range(1, 6)]
+    (tmp_path / "tasks.jsonl").write_text("".join(
+        json.dumps({"id": t.id, "question": t.question, "answer": t.answer, "suite": t.suite}) + "\n" for t in tasks))
+    monkeypatch.setattr("score_distill.models.load.load_model", lambda spec: make_student())
+    monkeypatch.setattr("score_distill.teachers.load.load_teacher", fast_teacher)
+    state = {"down": True}
+
+    def run_command(url: str) -> int:
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        return command.run(parser.parse_args([
+            "--student", "scripted", "--teacher", f"openai:fake@{url}", "--tasks", str(tmp_path / "tasks.jsonl"),
+            "--teacher-down-after", "2", "--teacher-concurrency", "1", "--tools.sandbox.timeout-s", "5",
+            "--out", str(tmp_path / "out")]))
+
+    with FakeServer(mps_reply(lambda r: state["down"], FAULTS["http_500"])) as server:
+        assert run_command(server.url) == 3
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("score-distill mentor:")]
+        assert len(lines) == 1 and err.rstrip().endswith(lines[0]) and "Traceback" not in err
+        assert "2 calls in a row" in lines[0] and "HTTP 500" in lines[0] and "rerun the same command" in lines[0]
+        assert "1 of 6 tasks done" in lines[0] and not leaks(err)
+        assert server.hits == 4  # two calls of two attempts; the tasks after them made no call
+        records = read_jsonl(tmp_path / "out" / "records.jsonl", MentorRecord)
+        assert [(r.task_id, r.status) for r in records] == [
+            ("right-0", "solved"), ("stubborn-1", "teacher_failed"), ("stubborn-2", "teacher_failed")]
+
+        state["down"] = False
+        assert run_command(server.url) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert (summary["tasks"], summary["solved"], summary["teacher_failed"], summary["resumed_tasks"]) == (6, 6, 0, 1)
+        hits = server.hits
+        assert run_command(server.url) == 0 and server.hits == hits  # done: a third run is a no-op

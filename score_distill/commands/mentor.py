@@ -7,7 +7,10 @@
 
 Writes DIR/records.jsonl (one line per finished task), mps_trajectories.jsonl, keysteps.jsonl,
 summary.json, config.yaml and export/ (SFT/RL split, TRL/LLaMA-Factory/verl files), and
-prints the summary. Killed at any moment, the same command resumes where it stopped. Every
+prints the summary. Killed at any moment, the same command resumes where it stopped. A
+teacher whose endpoint fails `--teacher-down-after` calls in a row stops the run with one
+line on stderr and exit code 3; rerun the same command when it is back: finished tasks are
+kept and the tasks whose teacher calls failed are retried. Every
 config field is a flag (e.g. `--rollout.temperature 0.6`, `--split.sft-share 0.5`); `--seed`
 also seeds sampling and the split unless `--rollout.seed` / `--split.seed` are given.
 """
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from score_distill.mentor import MentorConfig, mentor
     from score_distill.models.load import load_model
     from score_distill.tasks.load import TaskFileError, load_tasks
+    from score_distill.teachers.health import TeacherDown
     from score_distill.teachers.load import load_teacher
 
     overrides = overrides_from_args(args, MentorConfig) + seed_overrides(args, ("rollout", "split"))
@@ -75,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         skip = excluded_ids(cfg.exclude)
         tasks = [t for t in tasks if t.id not in skip]
     teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache")
-    summary = mentor(load_model(cfg.student), teacher, tasks, args.out, cfg)
+    try:
+        summary = mentor(load_model(cfg.student), teacher, tasks, args.out, cfg)
+    except TeacherDown as e:  # the server's state, not a bug: one line, no traceback
+        print(f"score-distill mentor: {e}", file=sys.stderr)
+        return 3
     print(json.dumps(summary, indent=2))
     return 0
