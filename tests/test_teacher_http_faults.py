@@ -117,6 +117,16 @@ def test_a_key_in_a_redirect_location_is_redacted():
     assert not leaks(str(err.value)) and other.seen == []
 
 
+def test_a_key_a_header_cannot_carry_is_refused_without_printing_it(monkeypatch: pytest.MonkeyPatch):
+    with FakeServer(script("fine")) as server:
+        monkeypatch.setenv(KEY_ENV, KEY + "\n")  # the newline `$(cat key.txt)` leaves is dropped
+        assert client(server).chat(MESSAGES) == "fine" and server.seen[0][2]["Authorization"] == f"Bearer {KEY}"
+        monkeypatch.setenv(KEY_ENV, KEY[:20] + "\n" + KEY[20:])
+        with pytest.raises(ValueError, match="cannot carry") as err:
+            client(server).chat(MESSAGES)
+    assert not leaks(str(err.value)) and server.hits == 1
+
+
 # -- time and size ------------------------------------------------------------------------
 
 

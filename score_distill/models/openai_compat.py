@@ -232,7 +232,7 @@ class OpenAIModel:
     def _post(self, payload: bytes) -> Completion:
         """POST with retries, all within `total_timeout_s`. Only 408/429/5xx, connection
         trouble and malformed bodies retry."""
-        key = os.environ.get(self.api_key_env)
+        key = self._key()
         budget_end = time.monotonic() + self.total_timeout_s
         last, retry_after, attempts = "no attempt made", None, 0
         for attempt in range(self.max_retries + 1):
@@ -250,6 +250,16 @@ class OpenAIModel:
             if not retry:
                 raise self._error(last, key)
         raise self._error(f"failed after {attempts} attempts; last: {last}", key)
+
+    def _key(self) -> str | None:
+        """The API key from the environment, without the newline `$(cat key.txt)` leaves; a
+        key that a header cannot carry is refused here, since http.client would put the
+        whole header value, key included, into its error message."""
+        key = (os.environ.get(self.api_key_env) or "").strip()
+        if key and not (key.isascii() and key.isprintable()):
+            raise ValueError(f"${self.api_key_env} holds characters an HTTP header cannot carry "
+                             "(a line break or a non-ASCII character); check how it was set")
+        return key or None
 
     def _attempt(self, payload: bytes, key: str | None, deadline: float) -> Completion | tuple[str, float | None, bool]:
         """One exchange: the completion, or (what went wrong, Retry-After, worth a retry)."""
