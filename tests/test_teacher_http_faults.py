@@ -103,7 +103,8 @@ def test_a_401_echoing_the_key_is_redacted(echo: str, monkeypatch: pytest.Monkey
     key = KEY + "/+=" if "%2F" in echo else KEY
     monkeypatch.setenv(KEY_ENV, key)
     body = json.dumps({"error": {"message": echo, "auth": f"Bearer {key}"}})
-    with FakeServer(script(FakeReply(status=401, body=body))) as server, pytest.raises(ModelError, match="HTTP 401") as err:
+    with FakeServer(script(FakeReply(status=401, body=body))) as server, \
+            pytest.raises(ModelError, match="HTTP 401") as err:
         client(server).chat(MESSAGES)
     assert server.hits == 1 and not leaks(str(err.value), key) and "[redacted]" in str(err.value)
 
@@ -309,6 +310,7 @@ def test_a_teacher_that_is_down_stops_the_command_with_one_line_and_a_rerun_comp
         state["down"] = False
         assert run_command(server.url) == 0
         summary = json.loads(capsys.readouterr().out)
-        assert (summary["tasks"], summary["solved"], summary["teacher_failed"], summary["resumed_tasks"]) == (6, 6, 0, 1)
+        counts = summary["tasks"], summary["solved"], summary["teacher_failed"], summary["resumed_tasks"]
+        assert counts == (6, 6, 0, 1)
         hits = server.hits
         assert run_command(server.url) == 0 and server.hits == hits  # done: a third run is a no-op
