@@ -67,6 +67,26 @@ def _errors(trajectories: list[Trajectory], scores: list[Score]) -> dict[str, in
     }
 
 
+def sandbox_isolation(trajectories: list[Trajectory]) -> dict[str, dict[str, int]]:
+    """How many trajectories ran under each sandbox isolation, and how many fell back from
+    namespaces for each cause (from `meta["sandbox"]`, written by the rollout; a record
+    without it, from before it was kept, counts as "unrecorded").
+
+    >>> fell = Trajectory(task_id="a", meta={"sandbox": {"isolation": "process", "fallback": "slow"}})
+    >>> sandbox_isolation([fell, Trajectory(task_id="b", meta={"sandbox": {"isolation": "namespaces"}})])
+    {'isolation': {'namespaces': 1, 'process': 1}, 'fallbacks': {'slow': 1}}
+    """
+    modes: dict[str, int] = defaultdict(int)
+    causes: dict[str, int] = defaultdict(int)
+    for t in trajectories:
+        record = t.meta.get("sandbox")
+        record = record if isinstance(record, dict) else {}
+        modes[str(record.get("isolation", "unrecorded"))] += 1
+        if record.get("fallback"):
+            causes[str(record["fallback"])] += 1
+    return {"isolation": dict(sorted(modes.items())), "fallbacks": dict(sorted(causes.items()))}
+
+
 def summarize(trajectories: list[Trajectory], scores: list[Score]) -> dict[str, Any]:
     """The evaluation metrics of scored trajectories (`scores[i]` scores `trajectories[i]`).
 
@@ -92,6 +112,7 @@ def summarize(trajectories: list[Trajectory], scores: list[Score]) -> dict[str, 
       (parsed steps whose code raised or timed out: `error` set or `timed_out`),
       `timed_out_steps` (the timed-out part of those); plus
       `trajectories_with_parse_error` / `trajectories_with_tool_error`.
+    - `sandbox`: trajectories per sandbox isolation and fallbacks per cause (`sandbox_isolation`).
     With no trajectories, rates are 0 and the interval is [0, 1].
 
     >>> t = Trajectory(task_id="a", steps=[Step(kind="plan", thought="p")], final_answer="3", finished=True)
@@ -124,6 +145,7 @@ def summarize(trajectories: list[Trajectory], scores: list[Score]) -> dict[str, 
         "time_per_task_s": {"model": _mean(model), "tool": _mean(tool),
                             "total": _mean([m + u for m, u in zip(model, tool)])},
         "errors": _errors(trajectories, scores),
+        "sandbox": sandbox_isolation(trajectories),
     }
     if k > 1:
         any_correct = sum(any(v) for v in by_task.values())

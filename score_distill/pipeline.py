@@ -147,7 +147,8 @@ def evaluate_stage(run: Run, stage: str, model_path: str) -> None:
         # One rollout over every set: the sets share the batches.
         metrics = evaluate_sets(model, sets, run.cfg.tools, run.cfg.eval_rollout, desc=f"eval {stage}")
     run.stages[stage] = {name: {"accuracy": m["accuracy"], "ci95": m["ci95"], "n": m["n"],
-                                "finish_rate": m.get("finish_rate"), "mean_turns": m.get("mean_turns")}
+                                "finish_rate": m.get("finish_rate"), "mean_turns": m.get("mean_turns"),
+                                "sandbox": m.get("sandbox")}
                          for name, m in metrics.items()}
     del model
 

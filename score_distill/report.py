@@ -41,6 +41,42 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def sandbox_line(report: dict) -> str:
+    """One line on the sandboxes of every evaluation: how many trajectories ran with
+    namespaces, and, loudly, how many fell back to process isolation and why.
+
+    >>> ok = {"isolation": {"namespaces": 4}, "fallbacks": {}}
+    >>> sandbox_line({"stages": {"bc": {"math:test": {"sandbox": ok}}}})
+    'Sandboxes: all 4 evaluation trajectories ran with namespaces isolation.'
+    >>> fell = {"isolation": {"namespaces": 3, "process": 1}, "fallbacks": {"the start timed out twice": 1}}
+    >>> line = sandbox_line({"stages": {"bc": {"math:test": {"sandbox": fell}}}})
+    >>> line.startswith("**Sandboxes: 1 of 4 evaluation trajectories fell back to process isolation**")
+    True
+    >>> line.endswith("causes: the start timed out twice (1). By isolation: namespaces 3, process 1.")
+    True
+    """
+    modes: dict[str, int] = {}
+    causes: dict[str, int] = {}
+    for entries in report.get("stages", {}).values():
+        for entry in entries.values():
+            record = (entry or {}).get("sandbox") or {}
+            for key, total in (("isolation", modes), ("fallbacks", causes)):
+                for name, n in record.get(key, {}).items():
+                    total[name] = total.get(name, 0) + n
+    n = sum(modes.values())
+    if not n:
+        return "Sandboxes: no isolation recorded."
+    fell = sum(causes.values())
+    by_mode = ", ".join(f"{k} {v}" for k, v in sorted(modes.items()))
+    if fell:
+        listed = "; ".join(f"{k} ({v})" for k, v in sorted(causes.items(), key=lambda kv: -kv[1]))
+        return (f"**Sandboxes: {fell} of {n} evaluation trajectories fell back to process isolation** (weaker: see "
+                f"the sandbox docstring); causes: {listed}. By isolation: {by_mode}.")
+    if len(modes) == 1:
+        return f"Sandboxes: all {n} evaluation trajectories ran with {next(iter(modes))} isolation."
+    return f"Sandboxes: by isolation: {by_mode}."
+
+
 def plot_accuracy(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -112,6 +148,7 @@ def write_report(report: dict, out: Path) -> None:
         parts += ["![SCoRe-RL reward](rl_reward.png)", ""]
     if "mps" in report:
         parts += ["MPS summary: `" + json.dumps(report["mps"]) + "`", ""]
+    parts += [sandbox_line(report), ""]
     wall = report["wall_time_s"]
     parts += [f"Wall time: {sum(wall.values()) / 60:.1f} min in all; per step (s): "
               + ", ".join(f"{k} {v}" for k, v in wall.items()), ""]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from score_distill.config import UsageError, apply_overrides, load_yaml
-from score_distill.tools.sandbox import SandboxConfig, machine_memory_mb
+from score_distill.tools.sandbox import SandboxConfig
+from score_distill.tools.sandbox_limits import machine_memory_mb
 
 HUGE = str(10 ** 15)
 # (flag as given to `exec`, text the message must hold). Each one used to start a sandbox and

@@ -168,6 +168,9 @@ def repeats(steps: list[Step]) -> int:
 
 
 def _finish(live: _Live, model: ChatModel) -> Trajectory:
+    # Which isolation model code had, and why not namespaces when it fell back: per record,
+    # so a run's report can say how many trajectories ran with less.
+    live.traj.meta["sandbox"] = live.sandbox.isolation_record
     live.sandbox.close()
     model.release(live.episode.key)
     return live.traj

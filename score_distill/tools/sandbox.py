@@ -17,10 +17,16 @@ stops the cell and reports str(x); `web_search(q)` calls, over the pipe, the `se
 function given to the parent (which may hold an API key the child never sees).
 
 Isolation: "namespaces" (new network, pid and mount namespaces through `unshare`), chosen by
-isolation="auto" where it works; else "process", with one warning line saying what is lost.
-As root, each sandbox also runs as a uid of its own (2000000000 + slot); without root the
-namespaces come from a user namespace (our uid, no capabilities). `Sandbox.isolation` says
-which is in use; tests/test_sandbox.py attacks each line below.
+isolation="auto" where it works; else "process", with a warning line saying why and what is
+lost. The fallback is decided per sandbox: a start that does not answer in time is tried once
+more, and falls back for that sandbox only; a cause that holds for the process (no unshare
+program, unshare refused by the kernel) is remembered, so later sandboxes do not try again.
+isolation="namespaces" never falls back: it raises. `Sandbox.isolation` says which is in use,
+`Sandbox.fallback` why it is not namespaces (None: no fallback); the rollout writes both into
+each trajectory's meta["sandbox"], and metrics.json and report.md count them. As root, each
+sandbox also runs as a uid of its own (2000000000 + slot); without root the namespaces come
+from a user namespace (our uid, no capabilities). tests/test_sandbox.py attacks each line
+below. Limits out of range are refused before anything starts (sandbox_limits.py).
 
     protects against                                 | does not protect against
     -------------------------------------------------|---------------------------------------------
@@ -54,7 +60,6 @@ which is in use; tests/test_sandbox.py attacks each line below.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import sys
@@ -69,6 +74,7 @@ from typing import Callable, Sequence
 from score_distill.config import option
 from score_distill.storage import safe_text
 from score_distill.tools import sandbox_confine
+from score_distill.tools.sandbox_limits import check_limit, limit_ranges
 from score_distill.tools.sandbox_process import (Interpreter, OutputCapture, SandboxError, SandboxStartError,
                                                  cap_output)
 from score_distill.tools.sandbox_uids import UidLease, list_processes
@@ -106,52 +112,6 @@ class SandboxConfig:
             check_limit(f"SandboxConfig.{name}", getattr(self, name), kind, low, high, unit)
 
 
-DAY_S = 86400.0
-
-
-def machine_memory_mb() -> int:
-    """The machine's physical memory in MiB (never below the default memory_mb, so that the
-    default config stays valid on a small machine); a limit above it bounds nothing."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
-    except (ValueError, OSError):  # not reported here: the largest limit setrlimit takes
-        total = (2 ** 63 - 1) >> 20
-    return max(int(total), 1024)
-
-
-def limit_ranges() -> dict[str, tuple[type, float, float, str]]:
-    """Field -> (type, exclusive lower bound, inclusive upper bound, unit) of every limit.
-    The upper bounds keep each value inside what the kernel and our clocks accept (poll()
-    takes int milliseconds, setrlimit a 64-bit count) and inside the machine."""
-    ram = machine_memory_mb()
-    return {"timeout_s": (float, 0, DAY_S, "seconds"), "cpu_time_s": (float, 0, DAY_S, "seconds"),
-            "cpu_total_s": (float, 0, DAY_S, "seconds"),
-            "memory_mb": (int, 63, ram, "MiB, the machine's memory"),
-            "disk_mb": (int, 0, ram, "MiB, the machine's memory: the work dir is a tmpfs"),
-            "max_output_chars": (int, 19, 10 ** 7, "characters"), "max_processes": (int, 3, 65536, "")}
-
-
-def check_limit(where: str, value: object, kind: type, low: float, high: float, unit: str) -> None:
-    """ValueError naming `where` and the accepted range unless `value` is a finite number of
-    type `kind` (an int is a float here) with low < value <= high.
-
-    >>> check_limit("timeout_s", float("inf"), float, 0, 86400, "seconds")
-    Traceback (most recent call last):
-    ...
-    ValueError: timeout_s must be more than 0 and at most 86400 (seconds), got inf
-    """
-    numeric = (int, float) if kind is float else (int,)
-    span = f"more than {_number(low)} and at most {_number(high)}" + (f" ({unit})" if unit else "")
-    if isinstance(value, bool) or not isinstance(value, numeric):
-        raise ValueError(f"{where} must be {'a number' if kind is float else 'an integer'} {span}, got {value!r}")
-    if not (math.isfinite(value) and low < value <= high):
-        raise ValueError(f"{where} must be {span}, got {value!r}")
-
-
-def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
 @dataclass
 class CellResult:
     output: str  # captured stdout + stderr, capped (head + tail)
@@ -161,24 +121,55 @@ class CellResult:
     duration_s: float
 
 
-# Set once isolation="auto" finds namespaces unusable here, so later sandboxes skip the try.
+# isolation="auto" falls back to process isolation per sandbox, for a stated cause (kept on
+# `Sandbox.fallback`, and by the rollout in each trajectory's meta). Only a cause that holds for
+# the whole process (no unshare program; the kernel refuses the namespaces) is remembered
+# here, so that later sandboxes skip the try; any other failure, a slow start above all, is
+# tried again by the next sandbox.
 _namespaces_unusable: str | None = None
 _fallback_lock = threading.Lock()
 
 
-def _fall_back(reason: str) -> None:
+def fallback_cause(exc: SandboxStartError) -> tuple[str, bool]:
+    """Why a namespaces start failed, on one line, and whether that holds for the process.
+
+    >>> fallback_cause(SandboxStartError("the interpreter exited with code 1; it printed: "
+    ...                                  "unshare: unshare failed: Operation not permitted"))
+    ('unshare is not permitted here (unshare: unshare failed: Operation not permitted)', True)
+    >>> fallback_cause(SandboxStartError("no answer in 60 s", transient=True))
+    ('the start timed out twice (no answer in 60 s)', False)
+    """
+    text = str(exc)
+    line = next((part for part in text.splitlines() if "unshare failed" in part), "")
+    if "unshare program" in text:
+        cause, permanent = text, True
+    elif line:  # unshare's own complaint, before any interpreter ran: the kernel said no
+        cause, permanent = f"unshare is not permitted here ({line[line.index('unshare'):].strip()})", True
+    elif exc.transient:
+        cause, permanent = f"the start timed out twice ({text})", False
+    else:
+        cause, permanent = f"the namespaces start failed ({text})", False
+    cause = " ".join(cause.split())
+    return (cause if len(cause) <= 300 else cause[:297] + "..."), permanent
+
+
+def _fall_back(cause: str, permanent: bool) -> None:
+    """Log a fallback (a remembered cause once per process) and remember a permanent cause."""
     global _namespaces_unusable
     with _fallback_lock:
-        if _namespaces_unusable is None:
-            _namespaces_unusable = reason
-            lost = ("the limits and the seccomp network block hold; lost: a private pid "
-                    "namespace and a read-only file system, so model code can see other processes "
-                    "and write to world-writable places such as /tmp")
-            if os.geteuid() != 0:
-                lost += ("; and not being root it runs as OUR uid: it can read and write our files "
-                         "and signal our processes")
-            log.warning("sandbox: Linux namespaces are not usable (%s); using process isolation: %s",
-                        reason, lost)
+        if permanent and _namespaces_unusable is not None:
+            return  # said already
+        if permanent:
+            _namespaces_unusable = cause
+    lost = ("the limits and the seccomp network block hold; lost: a private pid "
+            "namespace and a read-only file system, so model code can see other processes "
+            "and write to world-writable places such as /tmp")
+    if os.geteuid() != 0:
+        lost += ("; and not being root it runs as OUR uid: it can read and write our files "
+                 "and signal our processes")
+    scope = "every sandbox of this process" if permanent else "this sandbox only; the next one tries namespaces"
+    log.warning("sandbox: Linux namespaces are not usable (%s); using process isolation for %s: %s",
+                cause, scope, lost)
 
 
 class Sandbox:
@@ -195,7 +186,10 @@ class Sandbox:
         self._lease: UidLease | None = None
         self._workdir: Path | None = None
         want = self.config.isolation
-        self.isolation = "process" if want == "process" or (want == "auto" and _namespaces_unusable) else "namespaces"
+        # Why this sandbox runs with process isolation although isolation="auto" asked for
+        # namespaces (None: it did not fall back); set with `isolation`, never cleared.
+        self.fallback: str | None = _namespaces_unusable if want == "auto" else None
+        self.isolation = "process" if want == "process" or self.fallback else "namespaces"
         try:
             self._lease = UidLease() if os.geteuid() == 0 else None
             self._workdir = Path(tempfile.mkdtemp(prefix="score-distill-sandbox-"))
@@ -327,17 +321,42 @@ class Sandbox:
                 self._history = kept
                 return
 
+    @property
+    def isolation_record(self) -> dict[str, str | None]:
+        """What a trajectory record says of its sandbox: the isolation used, and why it fell
+        back (None when it did not)."""
+        return {"isolation": self.isolation, "fallback": self.fallback}
+
     def _start(self) -> None:
-        """Start an interpreter with an empty work dir, falling back from namespaces to
-        process isolation when isolation="auto" and namespaces do not work here."""
+        """Start an interpreter with an empty work dir. With isolation="auto", a namespaces
+        start that fails moves this sandbox to process isolation, for a cause recorded in
+        `fallback`; when process isolation fails too, the cause was not the namespaces and
+        the error says both."""
         try:
-            self._interp = self._spawn()
+            self._interp = self._spawn_retrying()
         except SandboxStartError as exc:
             if self.config.isolation != "auto" or self.isolation != "namespaces":
                 raise
-            _fall_back(str(exc))
+            cause, permanent = fallback_cause(exc)
             self.isolation = "process"
-            self._interp = self._spawn()
+            try:
+                self._interp = self._spawn_retrying()
+            except SandboxStartError as again:
+                raise SandboxStartError(f"{again} (with namespaces first: {cause})") from exc
+            self.fallback = cause
+            _fall_back(cause, permanent)
+
+    def _spawn_retrying(self) -> Interpreter:
+        """`_spawn`, tried once more after a start that did not answer in time: a loaded
+        machine is slow, which says nothing about the isolation."""
+        try:
+            return self._spawn()
+        except SandboxStartError as exc:
+            if not exc.transient:
+                raise
+            log.warning("sandbox: an interpreter start (%s isolation) failed: %s; trying once more",
+                        self.isolation, exc)
+            return self._spawn()
 
     def _spawn(self) -> Interpreter:
         workdir = self.workdir

@@ -77,7 +77,13 @@ class OutputCapture:
 
 
 class SandboxStartError(SandboxError):
-    """The interpreter process could not be started with the requested isolation."""
+    """The interpreter process could not be started with the requested isolation.
+    `transient`: it did not answer in time, which a loaded machine explains as well as a
+    broken isolation, so trying again may work."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 # ---------------------------------------------------------------- one interpreter
@@ -148,7 +154,7 @@ class Interpreter:
         except BlockingIOError:
             output = capture.text().strip()
         self.close()
-        raise SandboxStartError(detail + (f"; it printed: {output}" if output else ""))
+        raise SandboxStartError(detail + (f"; it printed: {output}" if output else ""), transient=message == "timeout")
 
     def run(self, code: str, index: int, timeout_s: float, capture: OutputCapture,
             search: Callable[[str], str] | None) -> Outcome:
