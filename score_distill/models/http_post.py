@@ -118,11 +118,12 @@ def post(url: str, payload: bytes, headers: dict[str, str], deadline: float, max
             same = origin(target) == origin(url)
         except ValueError:
             same = False
+        shown = target if len(target) <= 200 else target[:200] + "..."
         if not same:
-            raise Redirected(f"HTTP {reply.status} redirect to another origin ({target}) not followed, "
+            raise Redirected(f"HTTP {reply.status} redirect to another origin ({shown}) not followed, "
                              "so the API key stays with the host you named; set the base URL to the final address")
         if reply.status not in (307, 308):
-            raise Redirected(f"HTTP {reply.status} redirect to {target} not followed (it would turn the POST "
+            raise Redirected(f"HTTP {reply.status} redirect to {shown} not followed (it would turn the POST "
                              "into a GET); set the base URL to the final address")
         url = target
     raise Redirected(f"more than {MAX_REDIRECTS} redirects, the last to {url}; set the base URL to the final address")
