@@ -181,7 +181,7 @@ def test_standard_library_and_site_packages_import(make: MakeSandbox) -> None:
             "print(fractions.Fraction(1, 3) + fractions.Fraction(1, 6), json.dumps({'a': math.isqrt(17)}),"
             " sympy.simplify('x + x'))")
     assert make().run(code).output == '1/2 {"a": 4} 2*x\n'
-    stdlib_only = make(site_packages=False).run("import sympy").error
+    stdlib_only = make(packages=[]).run("import sympy").error
     assert stdlib_only is not None and stdlib_only.startswith("ModuleNotFoundError")
 
 

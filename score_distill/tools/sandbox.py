@@ -16,7 +16,7 @@ prefix on purpose: MPS and RL start from prefixes. Inside the interpreter, `fina
 stops the cell and reports str(x); `web_search(q)` calls, over the pipe, the `search`
 function given to the parent (which may hold an API key the child never sees).
 
-Isolation: "namespaces" (new network, pid and mount namespaces through `unshare`), chosen by
+Isolation: "namespaces" (new network, pid, IPC and mount namespaces through `unshare`), chosen by
 isolation="auto" where it works; else "process", with a warning line saying why and what is
 lost. The fallback is decided per sandbox: a start that does not answer in time is tried once
 more, and falls back for that sandbox only; a cause that holds for the process (no unshare
@@ -30,27 +30,50 @@ below. Limits out of range are refused before anything starts (sandbox_limits.py
 
     protects against                                 | does not protect against
     -------------------------------------------------|---------------------------------------------
-    our secrets: the child's environment is built    | world-readable files: project code, data, a
-      from scratch (PATH, LANG, HOME=workdir); our   |   world-readable .env (home directories are
-      /proc entries are out of its reach (own pid    |   hidden with namespaces only)
+    reading the answers: it imports the standard     | process mode: sys.path is as strict, but a
+      library and the allow-list (`packages`: numpy, |   file it may read by path stays readable
+      sympy, mpmath by default), never our package;  |   (our checkout, run dirs, caches; adding
+      with namespaces it sees a root of its own,     |   our checkout to sys.path imports our
+      read-only: the system's /usr and /lib, a few   |   package); as root its own uid keeps
+      /etc files, the interpreter and its standard   |   0700 directories (/root) closed
+      library, the allow-listed packages alone, and  | with namespaces: what it sees of /usr, /lib
+      its work dir; no checkout, run dir, task file, |   and those /etc files (sandbox_paths.py),
+      cache, home, /tmp or /work of the host         |   world-readable in any case
+    our secrets: the child's environment is built    |
+      from scratch (PATH, LANG, HOME=workdir); our   |
+      /proc entries are out of its reach (own pid    |
       namespace, or another uid)                     |
-    network: seccomp refuses socket() for all but    | unix-domain sockets at paths it may write to
-      AF_UNIX (and io_uring); the net namespace has  |   (a world-writable daemon socket)
-      only lo, down                                  |
-    writes outside its work dir: every mount is      | process mode: world-writable places (/tmp,
-      read-only in its namespace, the work dir a     |   /dev/shm) stay writable, and it can see
-      private tmpfs; as root, an own uid too         |   (not touch) our processes
-    killing or tracing us: own pid namespace, or     | process mode without root: it runs as OUR
-      another uid; no_new_privs, no capabilities     |   uid, so it CAN read and write our files,
-                                                     |   read our environ and kill our processes
-    fork bombs: RLIMIT_NPROC for its uid (or user    | total memory: the limits are per process,
-      namespace); after each cell, every other       |   so up to max_processes x memory_mb, plus
-      process of the sandbox is killed and reaped    |   the work-dir tmpfs (disk_mb); use a cgroup
-    memory bombs: RLIMIT_AS (MemoryError, or death)  |   or container limit for a hard total
+    network: seccomp refuses socket() for all but    | process mode: unix-domain sockets at paths
+      AF_UNIX (and io_uring); the net namespace has  |   it may write to (a world-writable daemon
+      only lo, down                                  |   socket)
+    writes outside its work dir: the work dir and    | process mode: world-writable places (/tmp,
+      /dev/shm are its only writable places (with    |   /dev/shm) stay writable, and it can see
+      namespaces); as root, an own uid too           |   (not touch) our processes
+    killing or tracing us or its own processes: own  | process mode without root: it runs as OUR
+      pid namespace, or another uid; no_new_privs,   |   uid, so it CAN read and write our files,
+      no capabilities; seccomp refuses ptrace,       |   read our environ and kill our processes
+      process_vm_*, new namespaces (a user namespace |
+      above all), mounts, keyrings, bpf, perf, user- |
+      faultfd, modules (sandbox_seccomp.py lists     |
+      all); its pid 1 is undumpable                  |
+    IPC: its own IPC namespace (System V IPC and     | process mode: POSIX shared memory (files in
+      POSIX queues go with it, unseen by others);    |   the host's /dev/shm) outlives it
+      process mode refuses System V IPC and queues   |
+    fork bombs: RLIMIT_NPROC for its uid (or user    | total memory: the address-space limit is per
+      namespace); after each cell, every other       |   process, so up to max_processes x memory_mb;
+      process of the sandbox is killed and reaped    |   with namespaces plus disk_mb of files (work
+    memory bombs: RLIMIT_AS (MemoryError, or death); |   dir + /dev/shm) and disk_mb of System V
+      memfd_create refused; with namespaces, files   |   shared memory; plus what it makes the kernel
+      of the work dir and /dev/shm share one tmpfs   |   hold (pipe and socket buffers, page tables,
+      of disk_mb, System V shared memory is capped   |   256 KiB of System V messages, 800 KiB of
+      at disk_mb                                     |   POSIX queues); process mode: files in the
+                                                     |   host's /dev/shm, unbounded. No cgroup is
+                                                     |   made: run the whole job in one (or in a
+                                                     |   container) for a hard total
     infinite loops: the wall clock (everything of    | CPU: a cell may lift its soft limit, up to
       the sandbox killed), a soft CPU limit per cell |   cpu_total_s (the wall clock still holds)
       and a hard one per interpreter                 | kernel bugs, side channels, kernel-wide
-    huge output: streamed; head + tail kept          |   tables (inotify, keyrings) filled up
+    huge output: streamed; head + tail kept          |   tables (inotify watches) filled up
     crashes (os._exit, segfault, stack overflow):    | process mode without root: processes a cell
       reported; the interpreter rebuilt by replay    |   started are not swept after the cell, and
     a parent killed mid-cell: a watchdog ends the    |   may outlive a parent killed with SIGKILL
@@ -63,7 +86,6 @@ import logging
 import os
 import shutil
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -73,8 +95,9 @@ from typing import Callable, Sequence
 
 from score_distill.config import option
 from score_distill.storage import safe_text
-from score_distill.tools import sandbox_confine
+from score_distill.tools import sandbox_confine, sandbox_paths
 from score_distill.tools.sandbox_limits import check_limit, limit_ranges
+from score_distill.tools.sandbox_paths import DEFAULT_PACKAGES, check_packages
 from score_distill.tools.sandbox_process import (Interpreter, OutputCapture, SandboxError, SandboxStartError,
                                                  cap_output)
 from score_distill.tools.sandbox_uids import UidLease, list_processes
@@ -102,14 +125,17 @@ class SandboxConfig:
                                     "own uid)")
     disk_mb: int = option(64, "size of the private work dir (a tmpfs, with namespaces) and of the largest "
                               "file, MiB")
-    site_packages: bool = option(True, "let model code import our installed packages (the site-packages on "
-                                       "our sys.path: sympy, numpy); else the standard library only")
+    packages: list[str] = option(DEFAULT_PACKAGES, "top-level names of the installed packages model code may "
+                                                   "import besides the standard library (those not installed "
+                                                   "are skipped; never score_distill); [] for the standard "
+                                                   "library only")
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"SandboxConfig.isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
         for name, (kind, low, high, unit) in limit_ranges().items():
             check_limit(f"SandboxConfig.{name}", getattr(self, name), kind, low, high, unit)
+        check_packages(self.packages)
 
 
 @dataclass
@@ -375,7 +401,7 @@ class Sandbox:
             if unshare is None:
                 raise SandboxStartError("the unshare program (util-linux) is not installed")
             user = ["--user", "--map-root-user"] if os.geteuid() != 0 else []
-            argv = [unshare, "--net", "--pid", "--mount", "--propagation", "private", "--fork",
+            argv = [unshare, "--net", "--pid", "--ipc", "--mount", "--propagation", "private", "--fork",
                     "--kill-child", "--mount-proc", *user, *argv]
         return Interpreter(argv, self._environment(), self._settings(), self.uid, self.isolation == "namespaces")
 
@@ -393,13 +419,12 @@ class Sandbox:
         if uid is None and self.isolation == "process":
             # RLIMIT_NPROC counts every process of the uid, and here that uid is ours.
             nproc += sum(p.threads for p in list_processes() if p.uid == os.getuid())
-        paths: list[str] = []
-        if c.site_packages:  # ours (a venv's, the user's, the system's), not the project itself
-            found = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
-            paths = list(dict.fromkeys(found + [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]))
-        masks = sorted({"/root", "/home", os.path.expanduser("~")} - {"/"})
-        return {"mode": self.isolation, "uid": uid, "workdir": str(self.workdir), "masks": masks,
-                "paths": paths, "memory_mb": c.memory_mb, "cpu_time_s": c.cpu_time_s,
+        names = tuple(c.packages)
+        namespaces = self.isolation == "namespaces"
+        view = {"expose": sandbox_paths.exposed(names), "hide": sandbox_paths.hidden()} if namespaces else {}
+        return {"mode": self.isolation, "uid": uid, "workdir": str(self.workdir), **view,
+                "packages": sandbox_paths.package_dirs(names), "deny_ipc": not namespaces,
+                "memory_mb": c.memory_mb, "cpu_time_s": c.cpu_time_s,
                 "cpu_total_s": max(c.cpu_total_s, c.cpu_time_s), "nproc": nproc, "disk_mb": c.disk_mb,
                 "search": self._search is not None, "seccomp": sandbox_confine.seccomp_supported(),
                 "sweep": self.isolation == "namespaces" or uid is not None}

@@ -2,11 +2,13 @@
 
 `Sandbox` starts `python -S -s -P -B -c LAUNCH TOOLS_DIR SETTINGS_JSON` (see
 sandbox_process.LAUNCH; inside `unshare` when namespaces are used), which imports this module
-and `sandbox_confine` from their directory, as top-level modules, and calls `main`. Both use
-the standard library only: with `-S` neither site-packages nor the project is importable.
-First `sandbox_confine.start` confines the process (read-only file system, limits, own uid,
-no sockets); then it serves cells until the command pipe closes. The parent imports this
-module too, for the wire format: a 4-byte big-endian length and a UTF-8 JSON object.
+and `sandbox_confine` (with sandbox_view and sandbox_seccomp) from their directory, as
+top-level modules, and calls `main`. All use the standard library only: with `-S` neither
+site-packages nor the project is importable. First `sandbox_confine.start` confines the
+process (a file system of its own, limits, own uid, seccomp); then it serves cells until the
+command pipe closes. Once confined, neither this directory nor anything else of our checkout
+is reachable: the modules were loaded before. The parent imports this module too, for the
+wire format: a 4-byte big-endian length and a UTF-8 JSON object.
 
     parent -> child  {"op": "run", "code": str, "index": int}
                      {"op": "search_result", "text": str} or {"op": "search_result", "error": str}
@@ -41,7 +43,7 @@ import traceback
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any
 
 HEADER = struct.Struct(">I")
 MAX_MESSAGE_BYTES = 8 << 20
@@ -306,7 +308,8 @@ def serve(session: Session) -> None:
 def supervise(worker: int, channel: Channel) -> None:
     """pid 1 of the namespace (with namespaces only): reap orphans, and tell the parent how
     the interpreter ended, since unshare cannot pass on a death by SIGKILL. Keeping model code
-    out of pid 1 also gives it ordinary signals (pid 1 ignores the ones it has no handler for)."""
+    out of pid 1 also gives it ordinary signals (pid 1 ignores the ones it has no handler for).
+    It is made undumpable first (`confine.undumpable`), so model code cannot steer it."""
     os.close(channel.read_fd)
     while True:
         pid, status = os.waitpid(-1, 0)
@@ -323,21 +326,22 @@ def supervise(worker: int, channel: Channel) -> None:
     os._exit(0)  # the kernel now ends whatever is left in the namespace
 
 
-def main(settings_json: str, confine: Callable[[dict[str, Any]], None]) -> int:
-    """The interpreter's life: confine (`sandbox_confine.start`), then serve cells."""
+def main(settings_json: str, confine: Any) -> int:
+    """The interpreter's life: confine (`confine` is the module sandbox_confine), then serve cells."""
     settings = json.loads(settings_json)
     for fd in (1, 2):  # model output: one pipe for both, read by the parent as it comes
         os.dup2(settings["out_fd"], fd)
     os.close(settings["out_fd"])
     channel = Channel(settings["cmd_fd"], settings["resp_fd"])
     try:
-        confine(settings)
+        confine.start(settings)
     except OSError as exc:
         channel.send({"op": "setup_error", "message": f"{type(exc).__name__}: {exc}"})
         return 1
     if settings["mode"] == "namespaces":
         worker = os.fork()
         if worker > 0:
+            confine.undumpable()
             supervise(worker, channel)
     session = Session(settings, channel)
     signal.signal(signal.SIGXCPU, session.on_cpu_limit)

@@ -35,7 +35,7 @@ STARTUP_TIMEOUT_S = 60.0  # generous: 64 interpreters starting at once on two co
 # from their directory (argv[1]) as top-level modules, so their cached bytecode is used, and
 # leave that directory off sys.path again before any model code runs.
 LAUNCH = ("import sys; sys.path.insert(0, sys.argv[1]); import sandbox_child, sandbox_confine; "
-          "del sys.path[0]; sys.exit(sandbox_child.main(sys.argv[2], sandbox_confine.start))")
+          "del sys.path[0]; sys.exit(sandbox_child.main(sys.argv[2], sandbox_confine))")
 CHILD_DIR = str(Path(__file__).parent)
 
 
