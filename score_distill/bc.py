@@ -45,7 +45,9 @@ from score_distill.agent.format import format_observation, parse_turn, render_st
 from score_distill.agent.rollout import derive_seed
 from score_distill.config import option
 from score_distill.datasets_export import SFTExample, export_sft
-from score_distill.mentor import RecordLog, open_run_dir, write_json
+from score_distill.mentor import RecordLog
+from score_distill.rundir import open_run_dir
+from score_distill.storage import atomic_write_json
 from score_distill.tasks.scoring import score_answer
 from score_distill.teachers.base import Teacher
 from score_distill.teachers.llm import TeacherFailure
@@ -193,7 +195,7 @@ def collect_bc(teacher: Teacher, tasks: list[Task], out_dir: str | Path, cfg: BC
     out = Path(out_dir)
     open_run_dir(out, cfg, RESUME_FREE)
     chosen_ids = choose_tasks([t.id for t in tasks], cfg.fraction, cfg.seed)
-    write_json(out / "chosen_ids.json", chosen_ids)
+    atomic_write_json(out / "chosen_ids.json", chosen_ids)
     log = RecordLog(out / "records.jsonl", BCRecord, key=lambda r: r.task_id)
     done = log.load()
     stray = set(done) - set(chosen_ids)
@@ -220,5 +222,5 @@ def collect_bc(teacher: Teacher, tasks: list[Task], out_dir: str | Path, cfg: BC
     summary["resumed_tasks"] = len(chosen_ids) - len(todo)
     summary["teacher_usage_this_run"] = {"calls": teacher.usage.calls, "tokens": teacher.usage.tokens,
                                          "by_op": dict(teacher.usage.by_op)}
-    write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary)
     return summary

@@ -5,14 +5,15 @@ Writes into the output directory, as it goes:
   so a killed run resumes where it stopped (finished pairs are not run again);
 - `metrics.json`: accuracy with a 95% interval, turns, finish rate, tokens and wall time per
   task, and an error breakdown (see `metrics.summarize`);
-- `config.yaml`: the resolved configuration.
+- `config.yaml`: the resolved configuration. A rerun into the same directory resumes only
+  under the same settings (`RESUME_FREE` may differ); otherwise the command refuses, naming
+  the fields that differ (`rundir.check_run_dir`).
 
     score-distill eval --model smollm2-135m --tasks math:test --n 50 --out runs/eval-math
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option
 from score_distill.metrics import summarize
 from score_distill.models.base import ChatModel
+from score_distill.storage import atomic_write_json
 from score_distill.tasks.scoring import Score, score_answer
 from score_distill.tools.config import ToolConfig
 from score_distill.types import Task, Trajectory, iter_jsonl, write_jsonl
@@ -37,6 +39,10 @@ class EvalConfig:
     seed: int = option(0, "seed of the task generator and of sampling")
     rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "agent loop"})
     tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
+
+
+# Settings that change speed, not results: a run may be resumed with other values.
+RESUME_FREE = ("rollout.batch_size",)
 
 
 def score_trajectory(task: Task, traj: Trajectory) -> Score:
@@ -85,7 +91,8 @@ def evaluate_sets(model: ChatModel, sets: dict[str, tuple[list[Task], Path]], to
                 if t.task_id in by_id:
                     scores[key] = score_trajectory(by_id[t.task_id], t)
             done.update(mine)
-            # rewrite without a possibly torn last line before appending
+            # Rewritten (atomically: a kill here keeps the old file) without a torn last line
+            # or another set's trajectories, before anything is appended.
             write_jsonl(path, mine.values())
     todo = [Episode(task, sample=k) for tasks, _ in sets.values() for task in tasks for k in range(samples)
             if (task.id, k) not in done]
@@ -106,6 +113,6 @@ def evaluate_sets(model: ChatModel, sets: dict[str, tuple[list[Task], Path]], to
         keys = [(t.id, k) for t in tasks for k in range(samples)]
         metrics = summarize([done[k] for k in keys], [scores[k] for k in keys])
         metrics["wall_time_s"] = wall
-        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_json(Path(out_dir) / "metrics.json", metrics)
         results[name] = metrics
     return results

@@ -56,15 +56,17 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, Iterator, TypeVar
+from typing import Callable, ClassVar, Generic, Iterator, TypeVar
 
 from tqdm import tqdm
 
 from score_distill.agent.format import format_observation, parse_turn, render_step
 from score_distill.agent.rollout import Episode, RolloutConfig, prefix_cells, rollout
-from score_distill.config import option, save_config, to_dict
+from score_distill.config import option
 from score_distill.datasets_export import SplitConfig, export_mentor
 from score_distill.models.base import ChatModel, ModelError
+from score_distill.rundir import open_run_dir
+from score_distill.storage import atomic_write_json, split_jsonl
 from score_distill.tasks.scoring import score_answer
 from score_distill.teachers.base import Teacher
 from score_distill.teachers.health import UNAVAILABLE, TeacherDown, TeacherHealth
@@ -93,20 +95,23 @@ class RecordLog(Generic[R]):
         if not self.path.exists():
             return {}
         data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            os.truncate(self.path, end)
+        try:
+            lines, tail = split_jsonl(data, str(self.path))
+        except UnicodeError as e:
+            raise SchemaError(str(e)) from None
+        if tail:  # torn anywhere, even inside a character: cut before anything is appended
+            os.truncate(self.path, len(data) - len(tail))
         out: dict[str, R] = {}
-        for i, line in enumerate(data[:end].decode("utf-8").split("\n")):
+        for number, line in lines:
             if not line.strip():
                 continue
             try:
                 record = self.cls.from_dict(json.loads(line))
             except (json.JSONDecodeError, SchemaError) as e:
-                raise SchemaError(f"{self.path}:{i + 1}: {e}") from None
+                raise SchemaError(f"{self.path}:{number}: {e}") from None
             k = self.key(record)
             if k in out and not (self.replaceable is not None and self.replaceable(out[k])):
-                raise SchemaError(f"{self.path}:{i + 1}: {k!r} is recorded twice")
+                raise SchemaError(f"{self.path}:{number}: {k!r} is recorded twice")
             out[k] = record
         return out
 
@@ -116,41 +121,6 @@ class RecordLog(Generic[R]):
             f.write(record.to_json() + "\n")
             f.flush()
             os.fsync(f.fileno())
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def open_run_dir(out: Path, config: Any, resume_free: tuple[str, ...] = ()) -> None:
-    """Create `out` and save the resolved config. When `out` already holds a run, its config
-    must match (keys under `resume_free` may differ: they change speed, not results), so a
-    resumed run never mixes records made under other settings."""
-    import yaml
-
-    path = out / "config.yaml"
-    if path.exists():
-        old = _flat(yaml.safe_load(path.read_text()) or {})
-        new = _flat(json.loads(json.dumps(to_dict(config))))
-        free = lambda k: any(k == f or k.startswith(f + ".") for f in resume_free)  # noqa: E731
-        diff = sorted(k for k in set(old) | set(new) if not free(k) and old.get(k) != new.get(k))
-        if diff:
-            raise ValueError(f"{out} holds a run made with other settings ({', '.join(diff)}); "
-                             "rerun with the same settings to resume, or use a new output directory")
-    save_config(config, path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def mps_rollout_config() -> RolloutConfig:
@@ -461,5 +431,5 @@ def mentor(student: ChatModel, teacher: Teacher, tasks: list[Task], out_dir: str
     # What this process spent (cache hits excluded); the totals above are per-task sums.
     summary["teacher_usage_this_run"] = {"calls": teacher.usage.calls, "tokens": teacher.usage.tokens,
                                          "by_op": dict(teacher.usage.by_op)}
-    write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", summary)
     return summary

@@ -13,6 +13,10 @@ when rerun, so a killed run picks up where it stopped:
     ablations  optional, same code: grpo (outcome reward from the question, from the BC
                model), rl_no_short_horizon, rl_no_key_step (both from the SCoRe-SFT model)
 
+The resolved config is saved as `config.yaml`; a rerun into the same directory resumes only
+under the same settings (`RESUME_FREE` may differ) and is refused otherwise, naming the
+fields that differ, since every stage would reuse work made under the old ones.
+
 Every stage's checkpoint is evaluated on `eval_splits` of every suite with the same rollout
 and tool settings. The report (report.json, report.md, plots) is written at the end.
 
@@ -32,6 +36,8 @@ from pathlib import Path
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import option
 from score_distill.mentor import mps_rollout_config
+from score_distill.rundir import open_run_dir
+from score_distill.storage import atomic_write_json
 from score_distill.tools.config import ToolConfig
 from score_distill.train.rl import RLOptions
 from score_distill.train.sft import SFTOptions
@@ -40,6 +46,9 @@ from score_distill.types import Task, read_jsonl, write_jsonl
 log = logging.getLogger(__name__)
 
 ABLATIONS = ("grpo", "rl_no_short_horizon", "rl_no_key_step")
+# Settings that change speed, logging or which extra stages run, not the results of a stage.
+RESUME_FREE = ("ablations", "eval_rollout.batch_size", "mps_rollout.batch_size", "sft.logging_steps",
+               "sft.checkpoint_every_s", "rl.cpu_threads", "rl.save_every", "rl.samples_per_step")
 
 
 @dataclass
@@ -120,7 +129,7 @@ def build_world(run: Run) -> None:
         for name, tasks in run.sets.items():
             sample = tasks[: cfg.n_reference_check]
             result[name] = {"checked": len(sample), "reached_gold": sum(run_reference(t, cfg.tools) for t in sample)}
-        check.write_text(json.dumps(result, indent=2))
+        atomic_write_json(check, result)
     refs = json.loads(check.read_text())
     bad = {k: v for k, v in refs.items() if v["reached_gold"] != v["checked"]}
     if bad:
@@ -217,13 +226,13 @@ def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     if unknown:
         raise ValueError(f"unknown ablations {sorted(unknown)}; known: {ABLATIONS}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    open_run_dir(out, cfg, RESUME_FREE)
     state = out / "run_state.json"
     prior = json.loads(state.read_text()) if state.exists() else {}
     run_ = Run(cfg, out, teacher_tokens=prior.get("teacher_tokens", {}), wall=prior.get("wall_time_s", {}))
 
     def save_state() -> None:
-        state.write_text(json.dumps({"teacher_tokens": run_.teacher_tokens, "wall_time_s": run_.wall}, indent=2))
+        atomic_write_json(state, {"teacher_tokens": run_.teacher_tokens, "wall_time_s": run_.wall})
 
     with run_.timed("world"):
         build_world(run_)

@@ -37,7 +37,7 @@ def test_the_rule():
 
 def trajectory(text: str) -> Trajectory:
     step = Step(kind="action", thought=text, code=f"print('{text}')", observation=text, final_answer=text)
-    return Trajectory(task_id=f"t-{text[:3]}", steps=[Step(kind="plan", thought=text), step], final_answer=text,
+    return Trajectory(task_id=f"t-{text}", steps=[Step(kind="plan", thought=text), step], final_answer=text,
                       meta={text: [text], "question": text})
 
 
@@ -54,7 +54,8 @@ def test_records_round_trip_any_text(tmp_path: Path):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(blacklist_categories=()), max_size=40))  # surrogates included
+@given(st.lists(st.one_of(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), st.characters()),
+                max_size=40).map("".join))  # surrogates (lone, or next to each other as pairs) among any text
 def test_any_text_is_stored_once_and_for_all(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("h") / "t.jsonl"
     write_jsonl(path, [trajectory(text)])

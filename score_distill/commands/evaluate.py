@@ -4,7 +4,8 @@
     score-distill eval --model openai:qwen2.5-72b@http://127.0.0.1:8000/v1 --tasks my.jsonl --out runs/x
 
 Writes DIR/metrics.json, DIR/trajectories.jsonl and DIR/config.yaml; rerunning the same
-command resumes. Every field of the config can be set as a flag (e.g. `--rollout.max-turns 6`,
+command resumes, and a rerun with other settings is refused (exit 2), naming the fields
+that differ. Every field of the config can be set as a flag (e.g. `--rollout.max-turns 6`,
 `--tools.sandbox.timeout-s 5`).
 """
 
@@ -28,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args, save_config
-    from score_distill.evaluate import EvalConfig, evaluate
+    from score_distill.evaluate import RESUME_FREE, EvalConfig, evaluate
     from score_distill.models.load import load_model
+    from score_distill.rundir import check_run_dir
     from score_distill.tasks.load import TaskFileError, load_tasks
 
     overrides = overrides_from_args(args, EvalConfig)
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     except TaskFileError as e:
         e.report(sys.stderr)
         return 2
+    check_run_dir(args.out, cfg, RESUME_FREE)  # before any work: never mix runs of two configs
     save_config(cfg, f"{args.out}/config.yaml")
     model = load_model(cfg.model)
     metrics = evaluate(model, tasks, args.out, cfg.tools, cfg.rollout, samples=cfg.samples, desc=f"eval {cfg.tasks}")

@@ -3,7 +3,8 @@
     score-distill run --preset demo                 # writes runs/demo
     score-distill run --preset smoke --out runs/smoke n_eval=8 rollout.max_turns=6
 
-The resolved config is saved as DIR/config.yaml; rerunning resumes from DIR's files.
+The resolved config is saved as DIR/config.yaml; rerunning resumes from DIR's files, and a
+rerun with other settings is refused (exit 2), naming the fields that differ.
 """
 
 from __future__ import annotations
@@ -34,15 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from score_distill.config import load_yaml, save_config
+    from score_distill.config import load_yaml
     from score_distill.pipeline import RunConfig, run as run_pipeline
     from score_distill.report import markdown_table
 
     path = preset_path(args.preset)
     cfg = load_yaml(RunConfig, path, args.overrides)
     out = Path(args.out or f"runs/{path.stem}")
-    save_config(cfg, out / "config.yaml")
-    report = run_pipeline(cfg, out)
+    report = run_pipeline(cfg, out)  # saves out/config.yaml, or refuses other settings
     print(markdown_table(report))
     print(f"report: {out / 'report.md'}")
     return 0

@@ -1,0 +1,66 @@
+"""An output directory remembers the settings it was made with, and resumes only under them.
+
+Every resumable command (`eval`, `bc`, `mentor`, `run`) writes `config.yaml` into its output
+directory and skips work already recorded there. A rerun with other settings would mix
+records made under two configs while `config.yaml` names only the last, so it is refused
+before any work, naming each field that differs. Settings that change speed, not results
+(batch sizes, concurrency), may be listed as free by the caller.
+
+    >>> flat({"n": 3, "rollout": {"max_turns": 8, "seed": 0}})
+    {'n': 3, 'rollout.max_turns': 8, 'rollout.seed': 0}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from score_distill.config import UsageError, save_config, to_dict
+
+MAX_SHOWN_CHARS = 40
+
+
+class RunDirConflict(UsageError):
+    """The output directory holds a run made with other settings (the command line prints
+    it as one line and exits 2)."""
+
+
+def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections as dotted keys (a dict whose keys are not all strings is a value)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _shown(value: Any) -> str:
+    text = "unset" if value is None else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS] + "..."
+
+
+def check_run_dir(out: str | Path, config: Any, resume_free: tuple[str, ...] = ()) -> None:
+    """Raise `RunDirConflict` when `out/config.yaml` exists and differs from `config` in a
+    field not under `resume_free` (a key or a section name); writes nothing."""
+    import yaml
+
+    path = Path(out) / "config.yaml"
+    if not path.exists():
+        return
+    old = flat(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    new = flat(json.loads(json.dumps(to_dict(config))))
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in resume_free)  # noqa: E731
+    diff = sorted(k for k in set(old) | set(new) if not free(k) and old.get(k) != new.get(k))
+    if diff:
+        changes = ", ".join(f"{k} {_shown(old.get(k))} -> {_shown(new.get(k))}" for k in diff)
+        raise RunDirConflict(f"{out} holds a run made with other settings ({changes}); rerun with the "
+                             "same settings to resume, or use a new output directory")
+
+
+def open_run_dir(out: str | Path, config: Any, resume_free: tuple[str, ...] = ()) -> None:
+    """`check_run_dir`, then create `out` and save the resolved config as `out/config.yaml`."""
+    check_run_dir(out, config, resume_free)
+    save_config(config, Path(out) / "config.yaml")
