@@ -107,6 +107,16 @@ def test_eval_resumes_from_a_file_torn_inside_a_character(tmp_path: Path):
     assert sorted(t.task_id for t in read_jsonl(path, Trajectory)) == ["t0", "t1", "t2"]
 
 
+def test_rl_log_trim_after_a_tear_inside_a_character(tmp_path: Path):
+    from score_distill.train.rl import _trim_jsonl
+
+    path = tmp_path / "samples.jsonl"
+    lines = [f'{{"step": {i}, "text": "é✓\U0001f600"}}' for i in range(4)]
+    path.write_bytes(("\n".join(lines) + "\n").encode()[:-4])  # torn inside the last emoji
+    _trim_jsonl(path, lambda r: r["step"] <= 1)
+    assert path.read_text(encoding="utf-8") == lines[0] + "\n" + lines[1] + "\n"
+
+
 # -- atomic rewrites --------------------------------------------------------------------------
 
 

@@ -257,12 +257,12 @@ class RunFiles:
 def _trim_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
     if not path.exists():
         return
-    complete, _ = split_jsonl(path.read_bytes(), str(path))  # a torn last line is dropped
+    complete, tail = split_jsonl(path.read_bytes(), str(path))
     lines = []
-    for _, line in complete:
+    for line in [text for _, text in complete] + [tail.decode("utf-8", "replace")]:
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError:  # the torn last line of a killed run (torn anywhere)
             continue
         if keep(record):
             lines.append(line)
