@@ -229,3 +229,21 @@ def test_pipeline_rerun_with_other_settings_is_refused_before_any_stage(tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "n_eval" in err and "seed 0 -> 2" in err
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # no stage ran
+
+
+def test_mentor_and_bc_reruns_with_other_settings_exit_2_with_one_line(tmp_path: Path, monkeypatch, capsys):
+    from score_distill.bc import BCConfig
+    from score_distill.mentor import MentorConfig
+    from score_distill.models.scripted import ScriptedModel
+
+    monkeypatch.setattr("score_distill.models.load.load_model", lambda spec: ScriptedModel(scripted))
+    open_run_dir(tmp_path / "mps", MentorConfig(n=1, max_interventions=5))
+    assert main(["mentor", "--student", "scripted", "--tasks", "math:train", "--n", "1",
+                 "--out", str(tmp_path / "mps")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("score-distill mentor: ") and "max_interventions 5 -> 3" in err
+    open_run_dir(tmp_path / "bc", BCConfig(n=1, fraction=0.5))
+    assert main(["bc", "--tasks", "math:train", "--n", "1", "--out", str(tmp_path / "bc")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fraction 0.5 -> 0.2" in err
+    assert not (tmp_path / "mps" / "records.jsonl").exists() and not (tmp_path / "bc" / "records.jsonl").exists()
