@@ -50,12 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(selected if selected in COMMANDS else None).parse_args(argv)
     _show_our_logs()
     from score_distill.config import UsageError
+    from score_distill.teachers.health import TeacherDown
 
     try:
         return int(args._run(args) or 0)
     except UsageError as exc:  # a mistake in what was given; anything else is ours and keeps its traceback
         print(f"score-distill {args.command}: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except TeacherDown as exc:  # the server's state, not a bug: one line, and a rerun resumes
+        print(f"score-distill {args.command}: {one_line(str(exc))}", file=sys.stderr)
+        return 3
 
 
 def one_line(message: str) -> str:

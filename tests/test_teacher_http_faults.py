@@ -133,11 +133,12 @@ def test_a_key_a_header_cannot_carry_is_refused_without_printing_it(monkeypatch:
 
 def test_a_trickling_body_is_cut_at_the_deadline():
     # 16 bytes every 0.1 s: no single read waits long, the whole reply takes about 3 s.
-    with FakeServer(script(FakeReply("y" * 300, trickle_s=0.1))) as server:
+    # The bounds below leave a loaded machine a wide margin and still tell a cut from a wait.
+    with FakeServer(script(FakeReply("y" * 480, trickle_s=0.1))) as server:
         started = time.monotonic()
         with pytest.raises(ModelError, match="no complete reply within timeout_s=0.4"):
             client(server, timeout_s=0.4, max_retries=0).chat(MESSAGES)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0
 
 
 def test_a_hanging_server_is_bounded_by_the_call_budget():
@@ -146,7 +147,7 @@ def test_a_hanging_server_is_bounded_by_the_call_budget():
         with pytest.raises(ModelError, match="total_timeout_s=0.9"):
             client(server, timeout_s=0.25, max_retries=50, total_timeout_s=0.9).chat(MESSAGES)
         elapsed = time.monotonic() - started
-    assert elapsed < 1.3 and 2 <= server.hits <= 4
+    assert elapsed < 3.0 and 1 <= server.hits <= 4  # 51 attempts of 0.25 s without the budget
 
 
 def test_the_default_budget_is_the_attempts_times_the_timeout():
@@ -154,7 +155,7 @@ def test_the_default_budget_is_the_attempts_times_the_timeout():
         started = time.monotonic()
         with pytest.raises(ModelError, match="timeout_s=0.2"):
             client(server, timeout_s=0.2, max_retries=2).chat(MESSAGES)
-    assert time.monotonic() - started < 0.6 + 0.3 and server.hits <= 3
+    assert time.monotonic() - started < 2.0 and server.hits <= 3
 
 
 @pytest.mark.parametrize("close_delimited", [False, True])
@@ -244,7 +245,9 @@ def mps_reply(fault_for: Callable[[dict[str, Any]], bool], fault: FakeReply) -> 
 
 
 def fast_teacher(spec: str, **kw: Any) -> Any:
-    return load_teacher(spec, **kw, timeout_s=0.3, max_retries=1, backoff=0.01, max_backoff_s=0.02, api_key_env=KEY_ENV)
+    # 2 s per attempt: a good reply from the in-process server never takes that long, even on
+    # a loaded machine (0.3 s did, and marked a good task); a hanging one costs 4 s.
+    return load_teacher(spec, **kw, timeout_s=2.0, max_retries=1, backoff=0.01, max_backoff_s=0.02, api_key_env=KEY_ENV)
 
 
 def written(out: Path) -> str:
@@ -276,9 +279,8 @@ def test_mps_marks_the_task_whose_teacher_fails_and_a_rerun_retries_it(fault: st
 
 def test_a_teacher_that_is_down_stops_the_command_with_one_line_and_a_rerun_completes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    import argparse
 
-    from score_distill.commands import mentor as command
+    from score_distill.cli import main
 
     tasks = [make_task("right", 0)] + [make_task("stubborn", i) for i in range(1, 6)]
     (tmp_path / "tasks.jsonl").write_text("".join(
@@ -287,13 +289,11 @@ def test_a_teacher_that_is_down_stops_the_command_with_one_line_and_a_rerun_comp
     monkeypatch.setattr("score_distill.teachers.load.load_teacher", fast_teacher)
     state = {"down": True}
 
-    def run_command(url: str) -> int:
-        parser = argparse.ArgumentParser()
-        command.add_arguments(parser)
-        return command.run(parser.parse_args([
-            "--student", "scripted", "--teacher", f"openai:fake@{url}", "--tasks", str(tmp_path / "tasks.jsonl"),
+    def run_command(url: str) -> int:  # through the entry point, which turns TeacherDown into one line
+        return main([
+            "mentor", "--student", "scripted", "--teacher", f"openai:fake@{url}", "--tasks", str(tmp_path / "tasks.jsonl"),
             "--teacher-down-after", "2", "--teacher-concurrency", "1", "--tools.sandbox.timeout-s", "5",
-            "--out", str(tmp_path / "out")]))
+            "--out", str(tmp_path / "out")])
 
     with FakeServer(mps_reply(lambda r: state["down"], FAULTS["http_500"])) as server:
         assert run_command(server.url) == 3
@@ -314,3 +314,21 @@ def test_a_teacher_that_is_down_stops_the_command_with_one_line_and_a_rerun_comp
         assert counts == (6, 6, 0, 1)
         hits = server.hits
         assert run_command(server.url) == 0 and server.hits == hits  # done: a third run is a no-op
+
+
+def test_a_teacher_down_in_any_command_is_one_line_and_exit_3(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # `score-distill run` reaches the teacher through MPS too: the entry point, not each
+    # command, turns TeacherDown into its one line.
+    from score_distill.cli import main
+    from score_distill.commands import run as run_command
+    from score_distill.teachers.health import TeacherDown
+
+    def down(args: object) -> int:
+        raise TeacherDown("the teacher failed 5 calls in a row (HTTP 503);\nrerun the same command")
+
+    monkeypatch.setattr(run_command, "run", down)
+    assert main(["run", "--preset", "smoke"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("score-distill run: the teacher failed 5 calls")
+    assert "Traceback" not in err

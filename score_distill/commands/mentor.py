@@ -65,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
     from score_distill.mentor import MentorConfig, mentor
     from score_distill.models.load import load_model
     from score_distill.tasks.load import TaskFileError, load_tasks
-    from score_distill.teachers.health import TeacherDown
     from score_distill.teachers.load import load_teacher
 
     overrides = overrides_from_args(args, MentorConfig) + seed_overrides(args, ("rollout", "split"))
@@ -79,10 +78,7 @@ def run(args: argparse.Namespace) -> int:
         skip = excluded_ids(cfg.exclude)
         tasks = [t for t in tasks if t.id not in skip]
     teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache")
-    try:
-        summary = mentor(load_model(cfg.student), teacher, tasks, args.out, cfg)
-    except TeacherDown as e:  # the server's state, not a bug: one line, no traceback
-        print(f"score-distill mentor: {e}", file=sys.stderr)
-        return 3
+    # A teacher that stays down raises TeacherDown: `cli.main` turns it into one line, exit 3.
+    summary = mentor(load_model(cfg.student), teacher, tasks, args.out, cfg)
     print(json.dumps(summary, indent=2))
     return 0
