@@ -107,12 +107,16 @@ def test_student_cannot_import_our_package_or_read_answers(make: MakeSandbox, is
                          "        import score_distill.tasks\n        print('IMPORTED')\n"
                          "    except ImportError as e:\n        print(type(e).__name__)\n"
                          % (PROJECT_ROOT, site, finders)).split()
+    # A Python of its own: the interpreter's site, .pth files and editable finder would run.
+    spawned = run_ok(sb, "import subprocess, sys\ntry:\n    print(subprocess.run([sys.executable, '-c', "
+                         "'import score_distill, json'], capture_output=True).returncode)\n"
+                         "except OSError as e:\n    print(type(e).__name__)")
     paths = [str(answers[k]) for k in ("task", "teacher", "model", "run", "model_cache", "top")]
     ours = [f"{PROJECT_ROOT}/README.md", f"{PROJECT_ROOT}/score_distill/tasks", PROJECT_ROOT,
             f"/proc/{os.getpid()}/cwd", f"/proc/{os.getpid()}/root/{answers['task']}"]
     out = run_ok(sb, probe(paths + ours))
     if sb.isolation == "namespaces":
-        assert imports == ["ModuleNotFoundError"] * 3
+        assert imports == ["ModuleNotFoundError"] * 3 and spawned == "1\n"
         lines = out.splitlines()
         assert GOLD not in out and len(lines) == len(paths + ours)
         # The checkout shows at most the path down to the allow-listed packages of a venv in it.
@@ -129,6 +133,8 @@ def test_student_cannot_import_our_package_or_read_answers(make: MakeSandbox, is
     # Documented fallback: sys.path is the standard library and the allow-list only, so the
     # plain import fails, but every file stays readable by path (or by uid, when root).
     assert imports[0] == "ModuleNotFoundError" and imports[1] == "IMPORTED"
+    # (as root, its own uid may not even reach our interpreter, e.g. one under /root)
+    assert spawned in (("0\n",) if sb.uid is None else ("0\n", "PermissionError\n"))
     if sb.uid is None:  # our uid: everything we can read, through our /proc entries too
         assert out.count(GOLD) == 4 and f"/proc/{os.getpid()}/cwd READ" in out
     else:  # its own uid: world-readable files (these are), not our /proc entries

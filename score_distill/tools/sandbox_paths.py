@@ -5,7 +5,9 @@ Model code imports the standard library and the allow-listed packages (`SandboxC
 top-level import names; by default `DEFAULT_PACKAGES`). A name is used only when it is
 installed in a site-packages or dist-packages directory (not our package, not a checkout:
 an editable install or a directory on sys.path is skipped with a warning); a name that is not
-installed is skipped quietly, so the default list works without numpy.
+installed is skipped quietly, so the default list works without numpy. A Python that model
+code starts itself (sys.executable, multiprocessing's spawn) gets the standard library only:
+the finder for the allow-list lives in the sandbox's interpreter.
 
     >>> "sympy" in package_dirs(("sympy", "no_such_package_here"))
     True

@@ -108,17 +108,21 @@ class _Root:
     def covered(self, real: str) -> bool:
         return inside(real, [r for r, _ in self.shown]) and not inside(real, self.hidden)
 
-    def show(self, path: str) -> None:
-        """Bind `path` read-only at its own path (a symbolic link: the link, then its target)."""
+    def show(self, path: str, hops: int = 40) -> None:
+        """Bind `path` read-only at its own path (a symbolic link: the link, then what it
+        points to, link by link, as far as the kernel would follow them)."""
         path = os.path.normpath(path)
         real, target = os.path.realpath(path), self.base + path
         if not os.path.lexists(path):
             return
         if os.path.islink(path):
+            link = os.readlink(path)
             if not self.covered(os.path.realpath(os.path.dirname(path))):  # else it shows already
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                os.symlink(os.readlink(path), target)
-            self.show(real)
+                if not os.path.lexists(target):
+                    os.symlink(link, target)
+            if hops > 0:
+                self.show(os.path.join(os.path.dirname(path), link), hops - 1)
             return
         if self.covered(real):
             return
