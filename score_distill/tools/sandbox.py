@@ -187,9 +187,10 @@ def _fall_back(cause: str, permanent: bool) -> None:
             return  # said already
         if permanent:
             _namespaces_unusable = cause
-    lost = ("the limits and the seccomp network block hold; lost: a private pid "
-            "namespace and a read-only file system, so model code can see other processes "
-            "and write to world-writable places such as /tmp")
+    lost = ("the limits and the seccomp filter hold; lost: private pid and IPC namespaces and "
+            "a file system of its own, so model code can see other processes, read by path what "
+            "its uid may read (our checkout, run directories, caches: the answers) and write to "
+            "world-writable places such as /tmp")
     if os.geteuid() != 0:
         lost += ("; and not being root it runs as OUR uid: it can read and write our files "
                  "and signal our processes")
