@@ -326,8 +326,9 @@ def test_writing_outside_the_workdir_fails(make: MakeSandbox, isolation: str, tm
     try:
         got = sb.run(code).output.split()
         if sb.isolation == "namespaces":  # read-only everywhere, even world-writable /tmp
-            # EACCES (not its directory; or hidden, when it lies in a home directory), EROFS
-            assert got[0] in ("PermissionError", "FileNotFoundError") and got[1:] == ["OSError", "OSError"]
+            # not in its root at all (ENOENT), or a read-only directory on the way to its own
+            # work dir or to an allow-listed package (EROFS)
+            assert all(word in ("OSError", "FileNotFoundError") for word in got)
         elif sb.uid is not None:  # documented: its own uid, but world-writable places stay open
             assert got == ["PermissionError", "wrote", "PermissionError"] and world.read_text() == "pwned"
         else:  # documented: a process-isolated child of a normal user writes what we may write
