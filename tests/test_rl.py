@@ -413,3 +413,37 @@ def test_kl_on_all_decides_which_rollouts_are_scored_without_gradient(tiny_dir, 
         assert sum(n - trained for n, trained in calls) > 0  # some rollouts were only measured
     else:
         assert all(n == trained for n, trained in calls)
+
+
+def test_activation_checkpointing_recomputes_layers_and_changes_no_number(tmp_path, monkeypatch):
+    # Memory option only: the same steps with and without it give the same log and weights,
+    # and with it the layers really run under torch's checkpoint.
+    import transformers.modeling_utils as modeling_utils
+    from transformers import AutoModelForCausalLM
+
+    calls = []
+    real = modeling_utils.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "checkpoint", counting)
+    build_word_model(tmp_path / "model")
+    tasks, items = word_items(2)
+    logs, weights = [], []
+    for on in (False, True):
+        opts = RLOptions(steps=3, items_per_step=2, group_size=4, lr=0.02, max_new_tokens=3, max_turns=3,
+                         save_every=0, samples_per_step=0, micro_batch_size=2, cpu_threads=1,
+                         activation_checkpointing=on)
+        out = train_rl(tmp_path / "model", items, {t.id: t for t in tasks}, CodeTeacher(), TOOLS,
+                       tmp_path / f"run-{on}", opts)
+        logs.append([json.loads(line) for line in (tmp_path / f"run-{on}" / "rl_log.jsonl").read_text().splitlines()])
+        weights.append(AutoModelForCausalLM.from_pretrained(out).state_dict())
+        assert bool(calls) is on
+    plain, recomputed = logs
+    assert [r["reward"] for r in plain] == [r["reward"] for r in recomputed]
+    assert [r["loss"] for r in plain] == pytest.approx([r["loss"] for r in recomputed], rel=1e-5, abs=1e-7)
+    assert any(r["grad_norm"] > 0 for r in plain)  # the weights did move
+    for name, value in weights[0].items():
+        assert torch.allclose(value, weights[1][name], atol=1e-6), name

@@ -93,3 +93,23 @@ def test_checkpoints_follow_the_clock(tiny_dir, tmp_path, every_s, expected):
     final = train_sft(tiny_dir, [(QUESTION, STEPS)] * 2, tmp_path / "sft", opts)
     assert sorted(p.name for p in (tmp_path / "sft").glob("checkpoint-*")) == expected
     assert (final / "config.json").exists()
+
+
+def test_the_demos_memory_settings_train_the_same_model(tiny_dir, tmp_path):
+    # One sequence per forward pass with recomputed activations (the demo's memory settings)
+    # is the same optimisation as four at once: same batch of 4 by accumulation, same
+    # token-count normalisation, same recomputed numbers.
+    short = [STEPS[0], Step(kind="action", thought="answer", code="final_answer(42)", observation="42")]
+    data = [(QUESTION, STEPS), ("Short one?", short)] * 2
+    finals = []
+    for name, micro, recompute in (("batched", 4, False), ("one-by-one", 1, True)):
+        opts = SFTOptions(epochs=2, lr=3e-3, batch_size=4, micro_batch_size=micro, activation_checkpointing=recompute,
+                          bf16=False, logging_steps=100)
+        finals.append(train_sft(tiny_dir, data, tmp_path / name, opts))
+    from transformers import AutoModelForCausalLM
+
+    a, b = (AutoModelForCausalLM.from_pretrained(f).state_dict() for f in finals)
+    moved = AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict()
+    assert any(not torch.allclose(a[k], moved[k]) for k in a)  # it trained
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k

@@ -85,6 +85,8 @@ class RLOptions:
     group_size: int = option(4, "rollouts per item (paper: 16; 4 keeps CPU runs affordable)")
     ppo_epochs: int = option(1, "optimisation passes over each step's rollouts")
     micro_batch_size: int = option(4, "sequences per forward pass")
+    activation_checkpointing: bool = option(False, "recompute each layer's activations in the backward pass: "
+                                                   "memory for one layer instead of all, for more compute")
     lr: float = option(2e-5, "AdamW learning rate, constant. Paper: 7e-7 for 7B at 128 prompts x 16; "
                              "a 135M model with a few dozen small steps needs larger steps, and the "
                              "clipped objective plus grad-norm clipping keep them safe")
@@ -312,6 +314,9 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
     # The engine owns the policy: generation always runs on the weights being trained.
     engine = LocalModel(start_dir, LocalConfig(device=str(accelerator.device), autocast_bf16=opts.bf16, seed=opts.seed,
                                              num_threads=opts.cpu_threads))
+    if opts.activation_checkpointing:  # takes effect in train mode; sampling switches to eval itself
+        engine.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        engine.model.train()
     ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ref.to(accelerator.device).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(engine.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
