@@ -14,7 +14,10 @@ and only its correct solutions are kept (rejection sampling).
 3. A solution is kept when its final answer scores correct. Otherwise it is rejected with a
    reason: "wrong_answer", "no_answer", "malformed" (a step that does not render and parse
    back cleanly, or plan/action out of order), "too_long" (more than `max_turns` steps),
-   "observation_mismatch". A `TeacherFailure` marks the task "teacher_failed".
+   "observation_mismatch". A `TeacherFailure` marks the task "teacher_failed"; so does an
+   endpoint that fails after the client's retries (reason `teacher_unavailable: ...`, see
+   teachers/health.py): the other tasks go on, a rerun retries those tasks, and
+   `teacher_down_after` such failures in a row stop the run with `TeacherDown`.
 
 Output directory (resumable exactly like MPS, see `mentor.RecordLog`):
 - `records.jsonl`: one `BCRecord` per chosen task (kept or not), fsynced per line;
@@ -46,10 +49,12 @@ from score_distill.agent.rollout import derive_seed
 from score_distill.config import option
 from score_distill.datasets_export import SFTExample, export_sft
 from score_distill.mentor import RecordLog
+from score_distill.models.base import ModelError
 from score_distill.rundir import open_run_dir
 from score_distill.storage import atomic_write_json
 from score_distill.tasks.scoring import score_answer
 from score_distill.teachers.base import Teacher
+from score_distill.teachers.health import UNAVAILABLE, TeacherHealth
 from score_distill.teachers.llm import TeacherFailure
 from score_distill.tools.config import ToolConfig, open_sandbox
 from score_distill.types import Record, Step, Task, Trajectory, write_jsonl
@@ -64,10 +69,12 @@ class BCConfig:
     fraction: float = option(0.2, "share of the tasks the teacher solves")
     max_turns: int = option(8, "longest solution kept, in assistant turns (the plan included)")
     teacher_concurrency: int = option(8, "tasks solved at once")
+    teacher_down_after: int = option(5, "stop the run (resumable) after this many teacher calls in a row failed at "
+                                        "the endpoint; such tasks are marked and retried by a rerun (0 = never stop)")
     tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
 
 
-RESUME_FREE = ("teacher_concurrency",)
+RESUME_FREE = ("teacher_concurrency", "teacher_down_after")
 
 
 @dataclass
@@ -144,8 +151,14 @@ def solution_problem(steps: list[Step], max_turns: int) -> str | None:
     return None
 
 
-def solve_one(teacher: Teacher, task: Task, cfg: BCConfig) -> BCRecord:
-    """Solve, re-execute and check one task."""
+def retryable(record: BCRecord) -> bool:
+    """Whether a rerun redoes this task: its teacher could not be reached."""
+    return record.status == "teacher_failed" and (record.reason or "").startswith(UNAVAILABLE + ":")
+
+
+def solve_one(teacher: Teacher, task: Task, cfg: BCConfig, health: TeacherHealth | None = None) -> BCRecord:
+    """Solve, re-execute and check one task. Raises `TeacherDown` once `health` says the
+    teacher's endpoint is down."""
     proposed: list[Step] = []
 
     def record(status: str, steps: list[Step], reason: str | None = None, answer: str | None = None) -> BCRecord:
@@ -157,10 +170,13 @@ def solve_one(teacher: Teacher, task: Task, cfg: BCConfig) -> BCRecord:
         return BCRecord(task.id, task.question, task.answer, task.suite, status, traj, reason,
                         teacher_calls=1, teacher_tokens=tokens)
 
+    health = health if health is not None else TeacherHealth(0)
     try:
-        proposed = teacher.solve(task)
+        proposed = health.call(lambda: teacher.solve(task))
     except TeacherFailure as e:
         return record("teacher_failed", [], f"teacher_failed: {e}")
+    except ModelError as e:  # the server's fault (after its retries): data, the others go on
+        return record("teacher_failed", [], f"{UNAVAILABLE}: solve: {e}")
     steps = execute_steps(task, proposed, cfg.tools)
     answer = steps[-1].final_answer if steps else None
     problem = solution_problem(steps, cfg.max_turns)
@@ -186,29 +202,31 @@ def summarize_bc(records: list[BCRecord], n_tasks: int, fraction: float) -> dict
     reasons = Counter(r.reason.split(":", 1)[0] for r in records if r.status == "rejected" and r.reason)
     return {"tasks": n_tasks, "fraction": fraction, "chosen": len(records), "kept": status["kept"],
             "rejected": status["rejected"], "rejected_reasons": dict(sorted(reasons.items())),
-            "teacher_failed": status["teacher_failed"], "teacher_calls": sum(r.teacher_calls for r in records),
+            "teacher_failed": status["teacher_failed"], "teacher_unavailable": sum(map(retryable, records)),
+            "teacher_calls": sum(r.teacher_calls for r in records),
             "teacher_tokens": sum(r.teacher_tokens for r in records), "wall_time_s": 0.0}
 
 
 def collect_bc(teacher: Teacher, tasks: list[Task], out_dir: str | Path, cfg: BCConfig) -> dict:
     """Collect cold-start data into `out_dir` (resuming from its records); returns the summary."""
     out = Path(out_dir)
+    health = TeacherHealth(cfg.teacher_down_after)  # checks the limit before anything is written
     open_run_dir(out, cfg, RESUME_FREE)
     chosen_ids = choose_tasks([t.id for t in tasks], cfg.fraction, cfg.seed)
     atomic_write_json(out / "chosen_ids.json", chosen_ids)
-    log = RecordLog(out / "records.jsonl", BCRecord, key=lambda r: r.task_id)
+    log = RecordLog(out / "records.jsonl", BCRecord, key=lambda r: r.task_id, replaceable=retryable)
     done = log.load()
     stray = set(done) - set(chosen_ids)
     if stray:
         raise ValueError(f"{log.path} holds tasks that were not chosen (e.g. {sorted(stray)[:3]}); use a new output directory")
     by_id = {t.id: t for t in tasks}
-    todo = [by_id[i] for i in chosen_ids if i not in done]
+    todo = [by_id[i] for i in chosen_ids if i not in done or retryable(done[i])]
     t0 = time.perf_counter()
     with tqdm(total=len(chosen_ids), initial=len(chosen_ids) - len(todo), desc="bc", unit="task") as bar, \
             ThreadPoolExecutor(max_workers=max(1, cfg.teacher_concurrency)) as pool:
-        futures = [pool.submit(solve_one, teacher, t, cfg) for t in todo]
+        futures = [pool.submit(solve_one, teacher, t, cfg, health) for t in todo]
         for fut in as_completed(futures):
-            record = fut.result()
+            record = fut.result()  # TeacherDown stops here: what was recorded stays, a rerun resumes
             log.append(record)
             done[record.task_id] = record
             bar.update(1)

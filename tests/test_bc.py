@@ -126,3 +126,49 @@ def test_bc_command_with_the_reference_teacher(tmp_path, capsys):
     assert [t.task_id for t in trajs] == json.loads((tmp_path / "chosen_ids.json").read_text())
     assert all(s.observation for t in trajs for s in t.steps if s.kind == "action" and s.final_answer is None)
     assert "fraction: 0.5" in (tmp_path / "config.yaml").read_text()
+
+
+class FlakyEndpointTeacher(ScriptedTeacher):
+    """ScriptedTeacher whose endpoint fails (ModelError, as after the HTTP client's retries)
+    for the tasks `broken` picks, for as long as `down` is set."""
+
+    def __init__(self, broken):
+        super().__init__()
+        self.broken, self.down, self.solve_calls = broken, True, 0
+
+    def solve(self, task):
+        from score_distill.models.base import ModelError
+
+        self.solve_calls += 1
+        if self.down and self.broken(task):
+            raise ModelError("HTTP 502 from the teacher: <html>bad gateway</html>")
+        return super().solve(task)
+
+
+def test_a_task_whose_teacher_endpoint_fails_is_marked_and_retried_by_a_rerun(tmp_path):
+    tasks = [make_task("right", i) for i in range(4)]
+    teacher = FlakyEndpointTeacher(lambda t: t.id == tasks[1].id)
+    cfg = BCConfig(fraction=1.0, tools=TOOLS, teacher_concurrency=1)
+    summary = collect_bc(teacher, tasks, tmp_path, cfg)
+    records = {r.task_id: r for r in read_jsonl(tmp_path / "records.jsonl", BCRecord)}
+    assert records[tasks[1].id].status == "teacher_failed"
+    assert records[tasks[1].id].reason.startswith("teacher_unavailable: solve: HTTP 502")
+    assert summary["kept"] == 3 and summary["teacher_unavailable"] == 1
+    teacher.down, teacher.solve_calls = False, 0
+    again = collect_bc(teacher, tasks, tmp_path, cfg)
+    assert teacher.solve_calls == 1 and again["kept"] == 4 and again["teacher_unavailable"] == 0
+    assert again["resumed_tasks"] == 3
+
+
+def test_a_teacher_endpoint_that_stays_down_stops_bc_and_a_rerun_completes(tmp_path):
+    from score_distill.teachers.health import TeacherDown
+
+    tasks = [make_task("right", i) for i in range(5)]
+    teacher = FlakyEndpointTeacher(lambda t: True)
+    cfg = BCConfig(fraction=1.0, tools=TOOLS, teacher_concurrency=1, teacher_down_after=2)
+    with pytest.raises(TeacherDown, match="2 calls in a row"):
+        collect_bc(teacher, tasks, tmp_path, cfg)
+    assert teacher.solve_calls == 2  # the tasks after them made no call
+    teacher.down = False
+    summary = collect_bc(teacher, tasks, tmp_path, cfg)
+    assert summary["kept"] == 5 and summary["teacher_unavailable"] == 0
