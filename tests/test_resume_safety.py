@@ -246,4 +246,16 @@ def test_mentor_and_bc_reruns_with_other_settings_exit_2_with_one_line(tmp_path:
     assert main(["bc", "--tasks", "math:train", "--n", "1", "--out", str(tmp_path / "bc")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fraction 0.5 -> 0.2" in err
-    assert not (tmp_path / "mps" / "records.jsonl").exists() and not (tmp_path / "bc" / "records.jsonl").exists()
+    # Refused before the teacher or the student load: nothing but the old config.yaml is there.
+    assert sorted(p.name for p in (tmp_path / "mps").iterdir()) == ["config.yaml"]
+    assert sorted(p.name for p in (tmp_path / "bc").iterdir()) == ["config.yaml"]
+
+
+def test_a_missing_or_malformed_exclude_list_is_a_usage_error(tmp_path: Path, capsys):
+    (tmp_path / "ids.json").write_text('{"not": "a list"}')
+    for spec in (tmp_path / "missing", tmp_path / "ids.json"):
+        assert main(["mentor", "--student", "scripted", "--tasks", "math:train", "--n", "1", "--exclude", str(spec),
+                     "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("score-distill mentor: --exclude ") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from score_distill.bc import BCConfig, collect_bc
+    from score_distill.bc import RESUME_FREE, BCConfig, collect_bc
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args
+    from score_distill.rundir import check_run_dir
     from score_distill.tasks.load import TaskFileError, load_tasks
     from score_distill.teachers.load import load_teacher
 
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     except TaskFileError as e:
         e.report(sys.stderr)
         return 2
+    check_run_dir(args.out, cfg, RESUME_FREE)  # a rerun with other settings: refused before anything loads
     teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache")
     summary = collect_bc(teacher, tasks, args.out, cfg)
     print(json.dumps(summary, indent=2))

@@ -46,15 +46,28 @@ def seed_overrides(args: argparse.Namespace, sections: tuple[str, ...]) -> list[
 
 def excluded_ids(spec: str) -> set[str]:
     """Task ids to leave out: a BC output directory (its `chosen_ids.json`) or a JSON file
-    holding a list of ids."""
+    holding a list of ids. A missing or malformed one is a usage error.
+
+    >>> excluded_ids("no/such/dir")
+    Traceback (most recent call last):
+    ...
+    score_distill.config.UsageError: --exclude no/such/dir: not a BC output directory or a JSON file of task ids
+    """
     from pathlib import Path
+
+    from score_distill.config import UsageError
 
     path = Path(spec)
     if path.is_dir():
         path = path / "chosen_ids.json"
-    ids = json.loads(path.read_text())
+    if not path.is_file():
+        raise UsageError(f"--exclude {spec}: not a BC output directory or a JSON file of task ids")
+    try:
+        ids = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"--exclude {path}: not JSON ({e})") from None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise ValueError(f"{path}: expected a JSON list of task ids")
+        raise UsageError(f"--exclude {path}: expected a JSON list of task ids")
     return set(ids)
 
 
@@ -62,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args
-    from score_distill.mentor import MentorConfig, mentor
+    from score_distill.mentor import RESUME_FREE, MentorConfig, mentor
+    from score_distill.rundir import check_run_dir
     from score_distill.models.load import load_model
     from score_distill.tasks.load import TaskFileError, load_tasks
     from score_distill.teachers.load import load_teacher
@@ -77,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.exclude:
         skip = excluded_ids(cfg.exclude)
         tasks = [t for t in tasks if t.id not in skip]
+    check_run_dir(args.out, cfg, RESUME_FREE)  # a rerun with other settings: refused before anything loads
     teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache")
     # A teacher that stays down raises TeacherDown: `cli.main` turns it into one line, exit 3.
     summary = mentor(load_model(cfg.student), teacher, tasks, args.out, cfg)
