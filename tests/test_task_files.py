@@ -216,3 +216,21 @@ def test_commands_exit_2_with_one_line_per_problem_and_write_nothing(tmp_path: P
     ]
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert not out.exists()  # no config.yaml, no teacher cache, nothing
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_configured_corpus_is_checked_with_the_tasks(tmp_path: Path, command: str) -> None:
+    # The corpus every task searches when it names none (`--tools.search.corpus`) is checked
+    # up front too, not when the first sandbox asks for it.
+    good = tmp_path / "tasks.jsonl"
+    good.write_text(line(id="q1") + "\n")
+    (tmp_path / "docs.jsonl").write_text('{"id": "d1", "title": "A"}\n')
+    out = tmp_path / "out"
+    for corpus, expected in ((tmp_path / "missing.jsonl", "tools.search.corpus: "),
+                             (tmp_path / "docs.jsonl", f"{tmp_path / 'docs.jsonl'}:1: text: missing")):
+        done = subprocess.run([sys.executable, "-m", "score_distill", command, *COMMANDS[command], "--tasks", str(good),
+                               "--tools.search.corpus", str(corpus), "--out", str(out)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith(expected), done.stderr
+        assert not out.exists()

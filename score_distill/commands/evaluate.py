@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args, EvalConfig)
     cfg = load_yaml(EvalConfig, args.config, overrides) if args.config else apply_overrides(EvalConfig(), overrides)
     try:  # the whole task file is checked before anything is written or loaded
-        tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed)
+        tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())
     except TaskFileError as e:
         e.report(sys.stderr)
         return 2

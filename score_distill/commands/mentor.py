@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args, MentorConfig) + seed_overrides(args, ("rollout", "split"))
     cfg = load_yaml(MentorConfig, args.config, overrides) if args.config else apply_overrides(MentorConfig(), overrides)
     try:  # the whole task file is checked before anything is written or loaded
-        tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed)
+        tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())
     except TaskFileError as e:
         e.report(sys.stderr)
         return 2

@@ -19,7 +19,7 @@ every problem comes back at once in one `TaskFileError`.
 
 from __future__ import annotations
 
-from score_distill.tasks.validate import TaskFileError, read_task_file  # noqa: F401 (re-exported)
+from score_distill.tasks.validate import TaskFileError, check_corpus, read_task_file  # noqa: F401 (re-exported)
 from score_distill.types import Task
 
 SUITES = ("math", "search")
@@ -52,13 +52,17 @@ def generate_suite(suite: str, split: str, n: int, seed: int, **difficulty: obje
     raise ValueError(f"unknown suite {suite!r}")
 
 
-def load_tasks(spec: str, n: int | None = None, seed: int = 0) -> list[Task]:
+def load_tasks(spec: str, n: int | None = None, seed: int = 0, corpus: str = "") -> list[Task]:
     """Tasks for `spec`; `n` caps a file and sizes a generated suite (default 200). A bad
-    spec or task file raises TaskFileError (the whole file is checked, whatever `n`)."""
+    spec or task file raises TaskFileError (the whole file is checked, whatever `n`), and so
+    does a bad `corpus`: the search corpus configured for every task (`tools.search.corpus`)."""
     try:
         suite, split, path = parse_spec(spec)
     except ValueError as e:
         raise TaskFileError([str(e)]) from None
+    problems = check_corpus(corpus, "tools.search.corpus") if corpus else []
+    if problems:
+        raise TaskFileError(problems)
     if path is not None:
         tasks = read_task_file(path)
         return tasks[:n] if n is not None else tasks

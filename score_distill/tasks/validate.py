@@ -118,6 +118,17 @@ def check_task_file(path: str | Path, limits: Limits = LIMITS) -> list[str]:
     return _read(Path(path), limits)[1].kept
 
 
+def check_corpus(spec: str, named_at: str, limits: Limits = LIMITS) -> list[str]:
+    """The problem lines of a corpus named outside a task file (`named_at`, e.g. a flag).
+
+    >>> check_corpus("embedded:x", "--tools.search.corpus")
+    ["--tools.search.corpus: 'embedded:x' is not embedded:<integer seed>"]
+    """
+    problems = Problems()
+    _check_corpus(spec, named_at, Path("."), limits, problems)
+    return problems.kept
+
+
 def _read(path: Path, limits: Limits) -> tuple[list[Task], Problems]:
     problems = Problems()
     opened = _open(path, limits.file_bytes, "task file")

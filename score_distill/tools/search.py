@@ -65,6 +65,15 @@ class SearchConfig:
         if self.retries < 0 or self.timeout_s <= 0:
             raise ValueError("SearchConfig.retries must be >= 0 and timeout_s > 0")
 
+    def local_corpus(self) -> str:
+        """The configured corpus the bm25 backend reads ("" when none or another backend);
+        checked with the task files before a run starts.
+
+        >>> SearchConfig(corpus="docs.jsonl").local_corpus(), SearchConfig(backend="http").local_corpus()
+        ('docs.jsonl', '')
+        """
+        return self.corpus if self.backend == "bm25" else ""
+
 
 class SearchError(RuntimeError):
     """The search API failed; the message becomes the tool's output. `retry` says whether
