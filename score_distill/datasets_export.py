@@ -1,6 +1,6 @@
 """Training sets from MPS records: the SCoRe SFT/RL split, and exports for other trainers.
 
-The split (SCORE_METHOD.md, stages 2-3), seeded and made BY QUESTION: solved tasks are
+The split (docs/method.md, stages 2-3), seeded and made BY QUESTION: solved tasks are
 grouped by their normalised question text, the groups are shuffled with `seed`, and the
 first `sft_share` of them (50%) form the SFT half, the rest the RL half, so no question is
 in both. Then, each decided by its own seeded draw (independent of the other tasks):

@@ -41,7 +41,7 @@ class CodeTeacher:
         return a.code == b.code
 
 
-# The table of SCORE_METHOD.md, stage 3, written out case by case.
+# The table of docs/method.md, stage 3, written out case by case.
 TABLE = [
     # correct, finished, eq_chosen, eq_rejected, key_step_reward -> reward
     (True, True, None, None, True, 1.0),

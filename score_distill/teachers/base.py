@@ -1,6 +1,6 @@
 """The teacher interface shared by the reference-solution teacher and the LLM teacher.
 
-A teacher does four things (SCORE_METHOD.md, stages 0-1):
+A teacher does four things (docs/method.md, stages 0-1):
 - `solve`: produce a full CodeAct solution (the BC teacher);
 - `judge`: decide whether a finished trajectory is correct and, if not, the index of its
   first critical error (0 = the first thought) with a short analysis;

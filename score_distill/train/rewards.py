@@ -1,6 +1,6 @@
 """Rewards of SCoRe-RL: the key-step reward and group-relative advantages.
 
-The reward of one rollout (SCORE_METHOD.md, stage 3):
+The reward of one rollout (docs/method.md, stage 3):
 
     correct final answer                                   1.0
     finished (called final_answer) but wrong, key step ...
