@@ -13,7 +13,11 @@ and the peak of the whole tree are printed, and a table of peaks per stage.
 
 A resident-set figure counts shared pages (the model file mapped by several processes, the
 interpreter's libraries) once per process, so the tree's sum overstates what the machine
-needs; the main process's VmHWM is exact for that process.
+needs; the main process's VmHWM is exact for that process. The overstatement is large at a
+sandbox start: the main process forks, and until the fork execs the sandbox's launcher the
+child shares (copy-on-write) every page of the parent and counts all of them as its own, so
+a peak of the sum taken then counts the main process twice or more. Read the third column as
+an upper bound, the main process's figures as the measurement.
 """
 
 from __future__ import annotations
