@@ -17,39 +17,17 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from score_distill.tools.sandbox import CellResult, Sandbox, SandboxConfig, cap_output, run_cells
 from score_distill.tools.sandbox_uids import list_processes
-
-MakeSandbox = Callable[..., Sandbox]
-
-
-@pytest.fixture
-def make() -> Iterator[MakeSandbox]:
-    """Sandboxes built from SandboxConfig keywords, all closed at the end of the test."""
-    made: list[Sandbox] = []
-
-    def build(search: Callable[[str], str] | None = None, **config: object) -> Sandbox:
-        sandbox = Sandbox(SandboxConfig(**config), search=search)  # type: ignore[arg-type]
-        made.append(sandbox)
-        return sandbox
-
-    yield build
-    for sandbox in made:
-        sandbox.close()
+from tests.sandbox_fixtures import MakeSandbox, isolation, make, protected  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(params=["auto", "process"])
-def isolation(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
-def protected(sandbox: Sandbox) -> bool:
-    """Whether model code runs apart from us (own pid namespace or own uid), as documented."""
-    return sandbox.isolation == "namespaces" or sandbox.uid is not None
+
 
 
 def descendants() -> list[int]:

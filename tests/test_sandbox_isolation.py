@@ -17,41 +17,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
 from score_distill.tools import sandbox_paths, sandbox_seccomp
 from score_distill.tools.sandbox import Sandbox, SandboxConfig
 from score_distill.tools.sandbox_paths import PROJECT_ROOT
+from tests.sandbox_fixtures import MakeSandbox, isolation, make, protected  # noqa: F401 (fixtures)
 
-MakeSandbox = Callable[..., Sandbox]
 GOLD = "GOLD-ANSWER-7a1f"  # planted in every file a student must not read
 LIBC = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 
 
-@pytest.fixture
-def make() -> Iterator[MakeSandbox]:
-    made: list[Sandbox] = []
-
-    def build(**config: object) -> Sandbox:
-        sandbox = Sandbox(SandboxConfig(**config))  # type: ignore[arg-type]
-        made.append(sandbox)
-        return sandbox
-
-    yield build
-    for sandbox in made:
-        sandbox.close()
 
 
-@pytest.fixture(params=["auto", "process"])
-def isolation(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def protected(sandbox: Sandbox) -> bool:
-    """Whether model code runs apart from us (own pid namespace or own uid)."""
-    return sandbox.isolation == "namespaces" or sandbox.uid is not None
 
 
 def run_ok(sandbox: Sandbox, code: str) -> str:
