@@ -35,6 +35,7 @@ from pathlib import Path
 
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import option
+from score_distill.memory import release_memory
 from score_distill.mentor import mps_rollout_config
 from score_distill.rundir import open_run_dir
 from score_distill.storage import atomic_write_json
@@ -97,12 +98,15 @@ class Run:
 
 
 class _Timer:
-    """Adds the wall time of a `with` block to `wall[name]` (across resumed runs: stored)."""
+    """Adds the wall time of a stage's `with` block to `wall[name]` (across resumed runs:
+    stored). The block starts with the memory the last stage freed given back to the system
+    (memory.py: otherwise one stage's freed blocks add to the next one's peak)."""
 
     def __init__(self, wall: dict[str, float], name: str) -> None:
         self.wall, self.name = wall, name
 
     def __enter__(self) -> None:
+        release_memory()
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
