@@ -447,3 +447,29 @@ def test_activation_checkpointing_recomputes_layers_and_changes_no_number(tmp_pa
     assert any(r["grad_norm"] > 0 for r in plain)  # the weights did move
     for name, value in weights[0].items():
         assert torch.allclose(value, weights[1][name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("dtype,temperature", [(torch.float32, 1.0), (torch.float32, 0.7), (torch.bfloat16, 1.0)])
+def test_chunked_target_logprobs_equal_the_plain_ones_with_their_gradients(dtype, temperature, monkeypatch):
+    # token_logprobs computes the softmax a few positions at a time (memory); values and
+    # gradients must be those of the plain float32 log_softmax + gather.
+    from score_distill.train import grpo
+
+    monkeypatch.setattr(grpo, "LOGPROB_CHUNK", 3)
+    torch.manual_seed(0)
+    base = torch.randn(2, 7, 11).to(dtype)
+    targets = torch.randint(0, 11, (2, 7))
+    weights = torch.randn(2, 7)
+    results = []
+    for chunked in (False, True):
+        logits = base.clone().requires_grad_(True)
+        if chunked:
+            logp = grpo._TargetLogprobs.apply(logits, targets, temperature)
+        else:
+            logp = torch.log_softmax(logits.float() / temperature, -1).gather(-1, targets[..., None]).squeeze(-1)
+        (logp * weights).sum().backward()
+        results.append((logp.detach(), logits.grad.float()))
+    (plain, plain_grad), (chunked, chunked_grad) = results
+    assert chunked.dtype == torch.float32 and torch.allclose(plain, chunked, atol=1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(plain_grad, chunked_grad, atol=tol), (plain_grad - chunked_grad).abs().max()
