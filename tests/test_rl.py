@@ -386,7 +386,9 @@ def test_several_passes_clip_and_the_kl_penalty_runs_in_bf16(tmp_path):
                      cpu_threads=1)
     train_rl(tmp_path / "model", items, {t.id: t for t in tasks}, CodeTeacher(), TOOLS, tmp_path / "run", opts)
     records = [json.loads(line) for line in (tmp_path / "run" / "rl_log.jsonl").read_text().splitlines()]
-    assert records[0]["kl"] == 0.0 and records[1]["kl"] > 0.0
+    # In bf16 the reference is held in bf16: at the start it differs from the policy by the
+    # rounding of its weights only.
+    assert abs(records[0]["kl"]) < 1e-5 and records[1]["kl"] > 1e-4
     assert records[0]["clip_frac"] > 0.0
     assert all(r["trained_seqs"] == 8 and math.isfinite(r["loss"]) for r in records)
 

@@ -317,7 +317,10 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
     if opts.activation_checkpointing:  # takes effect in train mode; sampling switches to eval itself
         engine.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         engine.model.train()
-    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    # The reference only gives log-probs; under bf16 autocast its matmuls run in bf16 anyway,
+    # so it is held in bf16 there (half its memory; its log-probs then differ from the
+    # policy's at the start by bf16 rounding of the weights: a logged KL of ~1e-7, not 0).
+    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if opts.bf16 else torch.float32)
     ref.to(accelerator.device).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(engine.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     if resume is not None:
