@@ -54,7 +54,7 @@ from score_distill.rundir import open_run_dir
 from score_distill.storage import atomic_write_json
 from score_distill.tasks.scoring import score_answer
 from score_distill.teachers.base import Teacher
-from score_distill.teachers.health import UNAVAILABLE, TeacherHealth
+from score_distill.teachers.health import UNAVAILABLE, TeacherHealth, unreachable
 from score_distill.teachers.llm import TeacherFailure
 from score_distill.tools.config import ToolConfig, open_sandbox
 from score_distill.types import Record, Step, Task, Trajectory, write_jsonl
@@ -153,7 +153,7 @@ def solution_problem(steps: list[Step], max_turns: int) -> str | None:
 
 def retryable(record: BCRecord) -> bool:
     """Whether a rerun redoes this task: its teacher could not be reached."""
-    return record.status == "teacher_failed" and (record.reason or "").startswith(UNAVAILABLE + ":")
+    return unreachable(record.status, record.reason)
 
 
 def solve_one(teacher: Teacher, task: Task, cfg: BCConfig, health: TeacherHealth | None = None) -> BCRecord:

@@ -69,7 +69,7 @@ from score_distill.rundir import open_run_dir
 from score_distill.storage import atomic_write_json, split_jsonl
 from score_distill.tasks.scoring import score_answer
 from score_distill.teachers.base import Teacher
-from score_distill.teachers.health import UNAVAILABLE, TeacherDown, TeacherHealth
+from score_distill.teachers.health import UNAVAILABLE, TeacherDown, TeacherHealth, unreachable
 from score_distill.teachers.llm import TeacherFailure
 from score_distill.tools.config import ToolConfig, open_sandbox
 from score_distill.types import Intervention, KeyStepItem, Record, SchemaError, Step, Task, Trajectory, write_jsonl
@@ -244,7 +244,7 @@ FAILED = "teacher_failed"
 
 def retryable(record: MentorRecord) -> bool:
     """Whether a rerun redoes this task: its teacher could not be reached."""
-    return record.status == FAILED and (record.reason or "").startswith(UNAVAILABLE + ":")
+    return unreachable(record.status, record.reason)
 
 
 def _teach(w: _Work, teacher: Teacher, cfg: MentorConfig, health: TeacherHealth) -> tuple[str, str | None] | None:

@@ -27,6 +27,18 @@ T = TypeVar("T")
 UNAVAILABLE = "teacher_unavailable"
 
 
+def unreachable(status: str, reason: str | None) -> bool:
+    """Whether a recorded task failed because its teacher could not be reached (a rerun
+    redoes it), as BC and MPS record it.
+
+    >>> unreachable("teacher_failed", "teacher_unavailable: judge: HTTP 503")
+    True
+    >>> unreachable("teacher_failed", "judge_failed: the reply was not JSON")
+    False
+    """
+    return status == "teacher_failed" and (reason or "").startswith(UNAVAILABLE + ":")
+
+
 class TeacherDown(RuntimeError):
     """The teacher's endpoint failed `limit` calls in a row; the run stops (a rerun resumes)."""
 
