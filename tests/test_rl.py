@@ -272,6 +272,40 @@ def test_smoke_run_logs_kl_zero_at_the_start_and_saves_a_loadable_model(tiny_dir
     assert samples and all("reward" in s.meta for s in samples)
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_reference_is_freed_before_the_update_unless_kept(tiny_dir, tmp_path, monkeypatch, keep):
+    import gc
+    import weakref
+
+    from score_distill.train import grpo
+
+    loads, alive_at_update = [], []
+    real_load, real_update = rl._Reference._load, grpo.update
+
+    def load(self):
+        model = real_load(self)
+        loads.append(weakref.ref(model))
+        return model
+
+    def update(*args, **kwargs):
+        gc.collect()
+        alive_at_update.append(sum(r() is not None for r in loads))
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(rl._Reference, "_load", load)
+    monkeypatch.setattr(grpo, "update", update)
+    tasks, by_id = plain_world(3)
+    train_rl(tiny_dir, outcome_items(tasks), by_id, None, TOOLS, tmp_path,
+             dataclasses.replace(SMOKE, keep_reference=keep, save_every=0))
+    assert len(alive_at_update) == SMOKE.steps
+    if keep:  # loaded once, held throughout
+        assert len(loads) == 1 and alive_at_update == [1] * SMOKE.steps
+    else:  # read for each step's scoring, gone by its update
+        assert len(loads) == SMOKE.steps and alive_at_update == [0] * SMOKE.steps
+    records = [json.loads(line) for line in (tmp_path / "rl_log.jsonl").read_text().splitlines()]
+    assert records[0]["kl"] == 0.0  # the reference read from disk is the starting checkpoint
+
+
 def test_rerun_resumes_from_the_checkpoint_and_trims_the_log(tiny_dir, tmp_path, monkeypatch):
     tasks, by_id = plain_world(3)
     real_step = rl._Run.step

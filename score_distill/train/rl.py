@@ -48,6 +48,7 @@ Design notes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -57,12 +58,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from tqdm import tqdm
 
 from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option, save_config
+from score_distill.memory import release_memory
 from score_distill.storage import atomic_write_lines, split_jsonl
 from score_distill.teachers.base import Teacher
 from score_distill.tools.config import ToolConfig
@@ -94,6 +96,9 @@ class RLOptions:
     max_grad_norm: float = option(1.0, "gradient norm clip")
     clip_eps: float = option(0.2, "PPO ratio clip")
     kl_coef: float = option(0.0, "weight of the k3 KL penalty to the starting checkpoint (KL is logged either way)")
+    keep_reference: bool = option(False, "hold the reference model in memory between steps; False: it is read "
+                                         "from disk for each step's scoring and freed before the update, "
+                                         "whose gradients then have its memory (a 135M model loads in ~0.3 s)")
     kl_on_all: bool = option(True, "measure the logged KL on every rollout; False: only on those that carry a "
                                    "gradient, which saves a policy and a reference forward pass on the others")
     scale_advantages: bool = option(True, "divide advantages by the group's reward std")
@@ -294,7 +299,6 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
     reward is off."""
     import torch
     from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM
 
     from score_distill.models.local import LocalConfig, LocalModel
 
@@ -317,12 +321,12 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
     if opts.activation_checkpointing:  # takes effect in train mode; sampling switches to eval itself
         engine.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         engine.model.train()
-    # The reference only gives log-probs; under bf16 autocast its matmuls run in bf16 anyway,
-    # so it is held in bf16 there (half its memory; its log-probs then differ from the
-    # policy's at the start by bf16 rounding of the weights: a logged KL of ~1e-7, not 0).
-    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if opts.bf16 else torch.float32)
-    ref.to(accelerator.device).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(engine.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    reference = _Reference(model_dir, torch.bfloat16 if opts.bf16 else torch.float32, accelerator.device,
+                           opts.keep_reference)
+    # The fused step updates each tensor in place: the default (foreach) step builds
+    # temporaries the size of all the weights, on top of the states' 2 copies.
+    optimizer = torch.optim.AdamW(engine.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay,
+                                  fused=accelerator.device.type in ("cpu", "cuda"))
     if resume is not None:
         optimizer.load_state_dict(torch.load(start_dir / "optimizer.pt", weights_only=True))
     model, optimizer = accelerator.prepare(engine.model, optimizer)
@@ -333,7 +337,7 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
         files.trim(start)
         log.info("RL: %d items in the pool (%d with an intervention), %d steps, from %s", len(pool),
                  sum(i.chosen is not None for i in pool), total, start_dir)
-    run = _Run(engine, model, ref, optimizer, accelerator, pool, tasks_by_id, tools, judge, opts)
+    run = _Run(engine, model, reference, optimizer, accelerator, pool, tasks_by_id, tools, judge, opts)
     bar = tqdm(total=total, initial=start, desc="rl", unit="step", disable=not accelerator.is_main_process)
     for step in range(start, total):
         record = run.step(step)
@@ -378,10 +382,49 @@ def _checkpoint(files: RunFiles, accelerator: Any, model: Any, tokenizer: Any, o
     accelerator.wait_for_everyone()
 
 
+class _Reference:
+    """The starting checkpoint, which gives the reference log-probs (for the logged KL and
+    the optional penalty). It is only needed while a step's rollouts are scored, before the
+    update, so by default it is read from disk for that and freed before the backward pass,
+    which is the step's memory peak: the policy's gradients take its place. `keep` holds it
+    in memory instead (no load per step). Under bf16 autocast it is held in bf16, since its
+    matmuls run in bf16 there anyway (its log-probs then differ from the policy's at the start
+    by the rounding of the weights: a logged KL of ~1e-7, not 0)."""
+
+    def __init__(self, model_dir: str | Path, dtype: Any, device: Any, keep: bool) -> None:
+        self.model_dir, self.dtype, self.device, self.keep = model_dir, dtype, device, keep
+        self._model = self._load() if keep else None
+
+    def _load(self) -> Any:
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # one bar per step would flood the log
+        try:
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        return model.to(self.device).eval().requires_grad_(False)
+
+    @contextlib.contextmanager
+    def loaded(self) -> Iterator[Any]:
+        if self._model is not None:
+            yield self._model
+            return
+        model = self._load()
+        try:
+            yield model
+        finally:
+            del model
+            release_memory()
+
+
 class _Run:
     """What one training step needs, so `step` reads as the algorithm."""
 
-    def __init__(self, engine: Any, model: Any, ref: Any, optimizer: Any, accelerator: Any,
+    def __init__(self, engine: Any, model: Any, ref: _Reference, optimizer: Any, accelerator: Any,
                  pool: list[KeyStepItem], tasks_by_id: dict[str, Task], tools: ToolConfig,
                  judge: KeyStepJudge | None, opts: RLOptions) -> None:
         self.engine, self.model, self.ref, self.optimizer = engine, model, ref, optimizer
@@ -413,8 +456,11 @@ class _Run:
 
         train_mbs = mbs(trained)
         measured = mbs(others) if opts.kl_on_all else []
-        scored, kl, kl_tokens = score(self.model, self.ref, train_mbs + measured, acc.device,
-                                      opts.temperature, opts.bf16, trained=len(train_mbs))
+        release_memory()  # the rollout's KV caches, before the reference is read
+        with self.ref.loaded() as ref:
+            scored, kl, kl_tokens = score(self.model, ref, train_mbs + measured, acc.device,
+                                          opts.temperature, opts.bf16, trained=len(train_mbs))
+            del ref  # else this frame keeps it alive through the update
         stats = update(self.model, self.optimizer, acc.backward,
                        lambda n: acc.clip_grad_norm_(self.model.parameters(), n), scored[: len(train_mbs)],
                        clip_eps=opts.clip_eps, kl_coef=opts.kl_coef, ppo_epochs=opts.ppo_epochs,
@@ -422,6 +468,7 @@ class _Run:
         # The rollout already released each trajectory's cache as it ended; clearing here
         # guarantees that no key/value computed by the old weights survives the update.
         self.engine.clear_cache()
+        release_memory()
         self.last_samples = [_annotate(s, step + 1) for s in samples[: opts.samples_per_step]]
         return self._record(step, samples, len(trained), kl + stats.kl, kl_tokens + stats.kl_tokens, stats,
                             rollout_s, t0)

@@ -169,6 +169,7 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         bf16=opts.bf16, use_cpu=use_cpu, max_length=opts.max_length, dataloader_num_workers=0,
         disable_tqdm=False, remove_unused_columns=False, activation_checkpointing=opts.activation_checkpointing,
         train_sampling_strategy="group_by_length",  # less padding per micro-batch
+        optim="adamw_torch_fused",  # in place per tensor: no temporaries the size of all the weights
     )
     trainer = _trainer_class(SFTTrainer, use_cpu)(model=model, args=args, train_dataset=dataset,
                                                   processing_class=tokenizer, peft_config=peft_config)
