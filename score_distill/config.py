@@ -56,9 +56,24 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, _Text) and value.strip().lower() in ("none", "null", "~")):
+        if type(None) in typing.get_args(tp) and (
+                value is None or (isinstance(value, _Text) and value.strip().lower() in ("none", "null", "~"))):
             return None
-        return _convert(args[0], value, where)
+        if len(args) == 1:
+            return _convert(args[0], value, where)
+        for arg in args:  # the first member that reads the value
+            try:
+                return _convert(arg, value, where)
+            except UsageError:
+                pass
+        names = [" or ".join(map(repr, typing.get_args(a))) if typing.get_origin(a) is typing.Literal
+                 else getattr(a, "__name__", str(a)) for a in args]
+        raise UsageError(f"{where}: cannot read {value!r} as {' or '.join(names)}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed:
+            return str(value) if isinstance(value, _Text) else value
+        raise UsageError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, str):  # a whole section given on the command line as YAML
             value = _yaml_value(value, tp, where)

@@ -36,6 +36,7 @@ from pathlib import Path
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import option
 from score_distill.memory import release_memory
+from score_distill.precision import Bf16, resolve_bf16
 from score_distill.mentor import mps_rollout_config
 from score_distill.rundir import open_run_dir
 from score_distill.storage import atomic_write_json
@@ -67,8 +68,8 @@ class RunConfig:
                                   "(math_suite.MathDifficulty, search_suite.Difficulty)")
     bc_fraction: float = option(0.2, "share of train tasks the teacher solves for cold-start BC")
     max_interventions: int = option(3, "teacher fixes per MPS task")
-    inference_bf16: bool = option(True, "load the student in bf16 when it only generates (evaluation, MPS); "
-                                        "faster on CPUs with bf16 and on GPUs")
+    inference_bf16: Bf16 = option("auto", "load the student in bf16 when it only generates (evaluation, MPS); "
+                                          "auto: where the hardware computes bf16 natively (precision.py)")
     ablations: list = option([], f"extra stages through the same code: any of {', '.join(ABLATIONS)}")
     eval_rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "evaluation agent loop (greedy)"})
     mps_rollout: RolloutConfig = field(default_factory=mps_rollout_config, metadata={"help": "student sampling during MPS"})
@@ -145,7 +146,7 @@ def _inference_dtype(cfg: RunConfig) -> dict[str, object]:
     """Engine settings for a student that only generates. bf16 weights rather than fp32 weights
     under bf16 autocast: the matmuls are the same bf16 products either way, but autocast
     re-casts every weight at every decoding step (8% of a step for SmolLM2 at batch 32 here)."""
-    return {"dtype": "bfloat16"} if cfg.inference_bf16 else {}
+    return {"dtype": "bfloat16"} if resolve_bf16(cfg.inference_bf16, "cpu") else {}
 
 
 def evaluate_stage(run: Run, stage: str, model_path: str) -> None:

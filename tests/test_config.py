@@ -13,8 +13,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from score_distill.config import (add_arguments, apply_overrides, from_dict, load_yaml, option, overrides_from_args,
-                                  save_config, to_dict)
+from score_distill.config import (UsageError, add_arguments, apply_overrides, from_dict, load_yaml, option,
+                                  overrides_from_args, save_config, to_dict)
+from score_distill.precision import Bf16
 
 
 @dataclass
@@ -184,3 +185,17 @@ def test_flags_override_a_yaml_preset(tmp_path: Path) -> None:
     args = _parser().parse_args(["--optim.steps", "8"])
     cfg = load_yaml(Demo, path, overrides_from_args(args, Demo))
     assert cfg == Demo(name="preset", optim=Optim(lr=0.1, steps=8))
+
+
+def test_a_bf16_setting_reads_true_false_or_auto_and_nothing_else():
+    @dataclasses.dataclass
+    class P:
+        bf16: Bf16 = option("auto", "precision")
+
+    assert [apply_overrides(P(), [f"bf16={v}"]).bf16 for v in ("true", "false", "auto")] == [True, False, "auto"]
+    assert from_dict(P, {"bf16": False}).bf16 is False and from_dict(P, {"bf16": "auto"}).bf16 == "auto"
+    for bad in ("maybe", "null", "1.5"):
+        with pytest.raises(UsageError, match="P.bf16: cannot read .* as bool or 'auto'"):
+            apply_overrides(P(), [f"bf16={bad}"])
+    with pytest.raises(UsageError, match="P.bf16"):
+        from_dict(P, {"bf16": 3})

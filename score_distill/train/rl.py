@@ -49,6 +49,7 @@ Design notes:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -65,6 +66,7 @@ from tqdm import tqdm
 from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option, save_config
 from score_distill.memory import release_memory
+from score_distill.precision import Bf16, resolve_bf16
 from score_distill.storage import atomic_write_lines, split_jsonl
 from score_distill.teachers.base import Teacher
 from score_distill.tools.config import ToolConfig
@@ -115,8 +117,8 @@ class RLOptions:
                                              "RL pool (from the question, outcome reward only)")
     key_step_reward: bool = option(True, "False = ablation: outcome reward only for every item")
     short_horizon: bool = option(True, "False = ablation: rollouts from the question instead of the prefix")
-    bf16: bool = option(False, "bf16 autocast for rollouts and loss (faster on GPUs and on CPUs with bf16; "
-                               "sampling and scoring then differ by bf16 rounding)")
+    bf16: Bf16 = option("auto", "bf16 autocast for rollouts and loss; auto: where the hardware computes bf16 "
+                                "natively (precision.py). Sampling and scoring then differ by bf16 rounding")
     seed: int = option(0, "seed of item order and sampling")
     cpu_threads: int = option(0, "torch CPU threads; 0 = every core this process may use (1 is faster for tiny models)")
     save_every: int = option(25, "checkpoint every N steps (0 = only at the end)")
@@ -310,6 +312,7 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
         pool = [i for i in pool if len(i.prefix) < opts.max_turns]
     _check_inputs(pool, tasks_by_id, teacher, opts)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    opts = dataclasses.replace(opts, bf16=resolve_bf16(opts.bf16, accelerator.device.type))  # saved as used
     if opts.items_per_step % accelerator.num_processes:
         raise ValueError(f"items_per_step={opts.items_per_step} does not split over {accelerator.num_processes} processes")
     total = total_steps(opts, len(pool))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from score_distill.config import option
+from score_distill.precision import Bf16, resolve_bf16
 from score_distill.train.render import render_trajectory
 from score_distill.types import Step
 
@@ -35,7 +36,8 @@ class SFTOptions:
     batch_size: int = option(8, "sequences per optimiser step (per_device * grad accumulation)")
     micro_batch_size: int = option(4, "sequences per forward pass")
     max_length: int = option(1536, "longer sequences are truncated (keep start)")
-    bf16: bool = option(True, "bf16 autocast (faster on CPUs with AVX-512 bf16 and on GPUs)")
+    bf16: Bf16 = option("auto", "bf16 autocast; auto: where the hardware computes bf16 natively (GPUs, CPUs "
+                                "with AVX-512 BF16 or AMX; elsewhere fp32 is faster: precision.py)")
     lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning")
     activation_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory for "
                                                    "long sequences, ~30% more compute (TRL turns it on by default)")
@@ -166,7 +168,7 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=opts.logging_steps,
         save_strategy="no" if opts.checkpoint_every_s > 0 else "epoch", save_total_limit=1,
         report_to=[], seed=opts.seed, data_seed=opts.seed,
-        bf16=opts.bf16, use_cpu=use_cpu, max_length=opts.max_length, dataloader_num_workers=0,
+        bf16=resolve_bf16(opts.bf16, "cpu" if use_cpu else "cuda"), use_cpu=use_cpu, max_length=opts.max_length, dataloader_num_workers=0,
         disable_tqdm=False, remove_unused_columns=False, activation_checkpointing=opts.activation_checkpointing,
         train_sampling_strategy="group_by_length",  # less padding per micro-batch
         optim="adamw_torch_fused",  # in place per tensor: no temporaries the size of all the weights
