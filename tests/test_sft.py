@@ -156,3 +156,58 @@ def test_release_memory_gives_freed_heap_pages_back():
     assert release_memory() is True
     assert resident_mb() < before - 60, (before, resident_mb())  # of the 128 MB of holes
     del blocks
+
+
+def test_a_packed_row_scores_each_sequence_as_if_alone(tiny_dir, tmp_path):
+    """Position ids restart and attention stops at each sequence's boundary: the CPU loss of
+    one packed row equals the summed losses of its sequences run one by one, with the same
+    labels as `render.py` gave them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from score_distill.train.sft import pack_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    short = [STEPS[0], Step(kind="action", thought="answer", code="final_answer(42)", observation="42")]
+    ds = build_dataset(tok, [(QUESTION, STEPS), ("Short one?", short), ("Again?", STEPS[1:])], max_length=512)
+    packed = pack_rows(ds, 2048)
+    assert len(packed) == 1 and len(packed[0]["seq_lengths"]) == 3
+    assert sorted(map(tuple, ds["labels"])) == sorted(  # the masks travel with their tokens, unchanged
+        tuple(packed[0]["labels"][lo : lo + n]) for lo, n in
+        zip([sum(packed[0]["seq_lengths"][:i]) for i in range(3)], packed[0]["seq_lengths"]))
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    cls = _trainer_class(SFTTrainer, use_cpu=True)
+    n_items = sum(sum(t != -100 for t in row[1:]) for row in ds["labels"])
+    losses = []
+    for data, padding_free in ((packed, True), (ds, False)):
+        args = SFTConfig(output_dir=str(tmp_path / str(padding_free)), per_device_train_batch_size=1, report_to=[],
+                         use_cpu=True, remove_unused_columns=False, padding_free=padding_free, max_length=None)
+        trainer = cls(model=model, args=args, train_dataset=data, processing_class=tok)
+        with torch.no_grad():
+            losses.append(sum(trainer.compute_loss(model, dict(trainer.data_collator([row])), num_items_in_batch=n_items)
+                              .item() for row in data))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    # and the packed row really is one forward pass over every token
+    assert trainer.data_collator([packed[0]])["input_ids"].shape[1] == sum(len(r) for r in ds["input_ids"])
+
+
+def test_packing_trains_the_same_model_as_one_padded_batch(tiny_dir, tmp_path):
+    # Four sequences in one packed row (one forward pass, no padding) against the same four
+    # as one padded micro-batch: one optimiser step per epoch either way, same gradients.
+    short = [STEPS[0], Step(kind="action", thought="answer", code="final_answer(42)", observation="42")]
+    data = [(QUESTION, STEPS), ("Short one?", short)] * 2
+    finals = []
+    for name, packing, batch in (("padded", False, 4), ("packed", True, 1)):
+        opts = SFTOptions(epochs=2, lr=3e-3, batch_size=batch, micro_batch_size=batch, packing=packing,
+                          max_length=2048, bf16=False, logging_steps=100)
+        finals.append(train_sft(tiny_dir, data, tmp_path / name, opts))
+    from transformers import AutoModelForCausalLM
+
+    a, b = (AutoModelForCausalLM.from_pretrained(f).state_dict() for f in finals)
+    moved = AutoModelForCausalLM.from_pretrained(tiny_dir).state_dict()
+    assert any(not torch.allclose(a[k], moved[k]) for k in a)  # it trained
+    for k in a:
+        # Adam moves each weight by ~lr (3e-3) per step whatever its gradient's size, so the
+        # rounding of near-zero gradients (summed in another order) shows: 1e-5 seen, 1% of a step.
+        assert torch.allclose(a[k], b[k], atol=3e-5), (k, float((a[k] - b[k]).abs().max()))

@@ -38,6 +38,9 @@ class SFTOptions:
     max_length: int = option(1536, "longer sequences are truncated (keep start)")
     bf16: Bf16 = option("auto", "bf16 autocast; auto: where the hardware computes bf16 natively (GPUs, CPUs "
                                 "with AVX-512 BF16 or AMX; elsewhere fp32 is faster: precision.py)")
+    packing: bool = option(False, "pack sequences into rows of up to max_length tokens (best-fit decreasing), "
+                                  "position ids restarting per sequence and no attention across them: no "
+                                  "padding. batch_size and micro_batch_size then count packed rows")
     lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning")
     activation_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory for "
                                                    "long sequences, ~30% more compute (TRL turns it on by default)")
@@ -69,6 +72,24 @@ def build_dataset(tokenizer, examples: list[tuple[str, list[Step]]], max_length:
         rows["input_ids"].append(ids)
         rows["labels"].append([t if m else -100 for t, m in zip(ids, mask)])
     return Dataset.from_dict(rows)
+
+
+def pack_rows(dataset, max_length: int):
+    """Rows of whole sequences, each row at most `max_length` tokens, by best-fit decreasing
+    (TRL's `pack_dataset`), with a `seq_lengths` column giving each row's sequences. The
+    labels travel with their tokens, so every sequence keeps the loss mask `render.py` gave
+    it; only the first token of each sequence loses its label in the collator, which a
+    rendered trajectory never trains (it is the chat template's first token).
+
+    >>> from datasets import Dataset
+    >>> ds = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5], [6]], "labels": [[-100, 2, 3], [-100, 5], [-100]]})
+    >>> packed = pack_rows(ds, 4)
+    >>> packed["input_ids"][:], packed["seq_lengths"][:]
+    ([[1, 2, 3, 6], [4, 5]], [[3, 1], [2]])
+    """
+    from trl.data_utils import pack_dataset
+
+    return pack_dataset(dataset, max_length, strategy="bfd")
 
 
 LOSS_CHUNK = 256  # trained positions scored at once on the CPU path
@@ -152,6 +173,8 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
     dataset = build_dataset(tokenizer, examples, opts.max_length, train_on)
     if len(dataset) == 0:
         raise ValueError("no trainable tokens in the SFT examples")
+    if opts.packing:
+        dataset = pack_rows(dataset, opts.max_length)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     peft_config = None
     if opts.lora_r > 0:
@@ -168,7 +191,10 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=opts.logging_steps,
         save_strategy="no" if opts.checkpoint_every_s > 0 else "epoch", save_total_limit=1,
         report_to=[], seed=opts.seed, data_seed=opts.seed,
-        bf16=resolve_bf16(opts.bf16, "cpu" if use_cpu else "cuda"), use_cpu=use_cpu, max_length=opts.max_length, dataloader_num_workers=0,
+        bf16=resolve_bf16(opts.bf16, "cpu" if use_cpu else "cuda"), use_cpu=use_cpu, dataloader_num_workers=0,
+        # Sequences were cut to max_length already; packed rows are flattened by TRL's
+        # padding-free collator, which takes position ids from each row's `seq_lengths`.
+        max_length=None if opts.packing else opts.max_length, padding_free=opts.packing,
         disable_tqdm=False, remove_unused_columns=False, activation_checkpointing=opts.activation_checkpointing,
         train_sampling_strategy="group_by_length",  # less padding per micro-batch
         optim="adamw_torch_fused",  # in place per tensor: no temporaries the size of all the weights
