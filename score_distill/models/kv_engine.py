@@ -37,7 +37,17 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 RowKV = list[tuple[torch.Tensor, torch.Tensor]]
 # Extra columns reserved when a batch's buffers grow, so that rows joining later rarely
 # trigger another copy.
-_SLACK = 256
+SLACK = 256
+
+
+def grown(rows: int) -> int:
+    """Rows to allocate for `rows` live ones: a quarter more, so that rows joining one by one
+    rarely trigger a copy, without holding buffers for rows that may never come.
+
+    >>> grown(1), grown(20), grown(48)
+    (2, 25, 60)
+    """
+    return rows + max(1, rows // 4)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -191,7 +201,8 @@ class BatchKV:
         width, rows = other.end - other.start, self.rows + other.rows
         left = max(width, self.end - self.start)
         if rows > self._mask_buf.shape[0] or left > self.end or self.end + room > self._mask_buf.shape[1]:
-            self._reallocate(max(rows, max_rows), left + _SLACK, room + _SLACK)
+            # sized to the rows running now: rows that left give their memory back here
+            self._reallocate(min(max_rows, grown(rows)), left + SLACK, room + SLACK)
         lo, end = self.end - width, self.end
         start = min(lo, self.start)
         self._mask_buf[: self.rows, start : self.start] = 0  # stale flags of rows that left
@@ -250,6 +261,8 @@ class BatchKV:
         for layer in self.layers:
             layer.compact(moves, rows, start)
         self.rows = rows
+        if rows and grown(rows) < self._mask_buf.shape[0] // 2:  # give back most of the rows that left
+            self._reallocate(grown(rows), self.end - self.start, self._mask_buf.shape[1] - self.end)
         return order
 
 

@@ -46,7 +46,7 @@ import torch
 
 from score_distill.config import option
 from score_distill.models.base import Generation, GenRequest, SamplingParams
-from score_distill.models.kv_engine import BatchKV, BatchLayout, KVStore, RowKV
+from score_distill.models.kv_engine import SLACK, BatchKV, BatchLayout, KVStore, RowKV, grown
 from score_distill.models.sampling import choose_tokens, seed_for
 from score_distill.models.stops import stop_cut, tail_window
 
@@ -60,7 +60,11 @@ class LocalConfig:
     autocast_bf16: bool = option(False, "run forward passes under bfloat16 autocast")
     max_batch_size: int = option(64, "rows decoded together; larger calls run in chunks")
     prefill_chunk: int = option(512, "prompt columns per prefill forward pass (bounds memory)")
-    cache_budget_mb: int = option(4096, "memory for per-trajectory KV caches; least recently used evicted")
+    cache_budget_mb: int = option(1024, "memory for per-trajectory KV caches kept between turns; least recently "
+                                        "used evicted (an evicted trajectory is prefilled again)")
+    batch_kv_mb: int = option(1536, "memory for the running batch's keys/values: a request joins only while the "
+                                    "batch (every row as wide as its widest, plus the token cap) fits; one row "
+                                    "always runs. 0 = no bound")
     num_threads: int = option(0, "torch CPU threads; 0 = the cores this process may use (affinity and "
                                  "cgroup quota). On a machine shared with other busy processes, 1 is "
                                  "often much faster: idle-spinning threads wait on descheduled peers")
@@ -137,10 +141,14 @@ class DecodeStream:
 
     def _admit(self) -> list[tuple[Hashable, Generation]]:
         engine, free = self.engine, self.max_rows - len(self._live)
-        joining, self._waiting = self._waiting[:free], self._waiting[free:]
         rows, done = [], []
-        for tag, request in joining:
-            row = engine._start_row(tag, request, self.params, self._admitted)
+        while self._waiting and len(rows) < free:
+            tag, request = self._waiting[0]
+            ids = engine.encode(request.messages)
+            if not self._fits(rows, len(ids), engine.budget(ids, self.params)):
+                break  # it waits, first in line, for rows to leave
+            self._waiting.pop(0)
+            row = engine._start_row(tag, request, self.params, self._admitted, ids)
             self._admitted += 1
             if row.budget <= 0:  # the conversation already fills the context: nothing to run
                 row.finish, row.prompt, row.cached = "length", [], 0
@@ -164,6 +172,22 @@ class DecodeStream:
             self._logits = torch.cat([self._logits, logits])
         self._live += rows
         return done
+
+    def _fits(self, joining: list[_Row], width: int, budget: int) -> bool:
+        """Whether the batch, with `joining` and one more row of `width` prompt tokens and
+        `budget` new ones added, stays within `batch_kv_mb` as its buffers would be allocated
+        (`BatchKV.admit`): a quarter more rows than run, each as wide as the widest row plus
+        the largest token budget left plus the slack on both sides. An empty batch always
+        takes a row."""
+        limit = self.engine.config.batch_kv_mb << 20
+        if not limit or budget <= 0 or not (self._live or joining):
+            return True
+        widths = [width] + [len(r.prompt) for r in joining]
+        rooms = [budget] + [r.budget for r in joining] + [r.budget - len(r.tokens) for r in self._live]
+        if self._batch is not None:
+            widths.append(self._batch.end - self._batch.start)
+        rows = grown(len(self._live) + len(joining) + 1)
+        return rows * (max(widths) + max(rooms) + 2 * SLACK) * self.engine.kv_bytes_per_token <= limit
 
     def _advance(self) -> list[tuple[Hashable, Generation]]:
         engine, live, batch = self.engine, self._live, self._batch
@@ -214,6 +238,8 @@ class LocalModel:
         self.n_layers = text_config.num_hidden_layers
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         self.kv_shape = (text_config.num_key_value_heads, head_dim)
+        self.kv_bytes_per_token = 2 * self.n_layers * text_config.num_key_value_heads * head_dim * (
+            torch.finfo(self._kv_dtype()).bits // 8)
         self.context = text_config.max_position_embeddings
         self.eos_ids = self._eos_ids()
         self.store = KVStore(self.config.cache_budget_mb << 20)
@@ -257,13 +283,16 @@ class LocalModel:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _start_row(self, tag: Hashable, request: GenRequest, params: SamplingParams, index: int) -> _Row:
-        ids = self.encode(request.messages)
+    def budget(self, ids: list[int], params: SamplingParams) -> int:
+        """New tokens a prompt of `ids` may get: the cap, or what the context leaves."""
+        return min(params.max_new_tokens, self.context - len(ids))
+
+    def _start_row(self, tag: Hashable, request: GenRequest, params: SamplingParams, index: int,
+                   ids: list[int]) -> _Row:
         cached, kv = self.store.take(request.cache_key, ids)
         seed = seed_for(request.seed, params.seed, index, self._rng.randrange(2**62))
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        budget = min(params.max_new_tokens, self.context - len(ids))
-        return _Row(tag, request.cache_key, ids, cached, kv, budget, generator)
+        return _Row(tag, request.cache_key, ids, cached, kv, self.budget(ids, params), generator)
 
     def _kv_dtype(self) -> torch.dtype:
         if self.config.autocast_bf16:
