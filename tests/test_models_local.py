@@ -301,3 +301,31 @@ def test_rows_joining_a_running_batch_decode_as_if_alone(tiny_dir: Path, monkeyp
         assert out[i].token_ids == ref.token_ids, i
         assert out[i].logprobs == pytest.approx(ref.logprobs, abs=1e-4)
         assert (out[i].cached_tokens > 0) == (i % 2 == 0)
+
+
+def test_a_kv_bound_holds_rows_back_without_changing_them(tiny_dir: Path) -> None:
+    """With `batch_kv_mb` too small for every row at once, requests wait at admission: the
+    batch's buffers never pass the bound (beyond the one row that always runs), rows still
+    join as others leave, and each row's tokens equal the unbounded engine's."""
+    from score_distill.models.kv_engine import BatchKV
+
+    free = LocalModel(tiny_dir)
+    questions = [" ".join(QUESTIONS * (1 + i % 3)) for i in range(8)]
+    params = greedy(16)
+    wide = free.generate([GenRequest(convo(q)) for q in questions], params)
+    per_row = max(len(free.encode(convo(q))) for q in questions) + 16 + 2 * 256
+    limit_mb = 2  # buffers get a quarter more rows than run (kv_engine.grown): 2 rows take 3
+    assert 3 * per_row * free.kv_bytes_per_token <= (limit_mb << 20) < 10 * per_row * free.kv_bytes_per_token
+    bounded = LocalModel(tiny_dir, LocalConfig(batch_kv_mb=limit_mb))
+    sizes = count_rows_per_forward(bounded)
+    held: list[int] = []
+    real = BatchKV.append_column
+    BatchKV.append_column = lambda self: (held.append(sum(l.buf_k.nbytes + l.buf_v.nbytes for l in self.layers)),
+                                          real(self))[1]
+    try:
+        narrow = bounded.generate([GenRequest(convo(q)) for q in questions], params)
+    finally:
+        BatchKV.append_column = real
+    assert [g.token_ids for g in narrow] == [g.token_ids for g in wide]
+    assert 1 < max(sizes) < len(questions)  # fewer rows at once, more than one
+    assert max(held) <= limit_mb << 20
