@@ -24,6 +24,7 @@ from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option
 from score_distill.metrics import summarize
 from score_distill.models.base import ChatModel
+from score_distill.precision import Bf16, resolve_bf16
 from score_distill.storage import atomic_write_json
 from score_distill.tasks.scoring import Score, score_answer
 from score_distill.tools.config import ToolConfig
@@ -37,12 +38,26 @@ class EvalConfig:
     n: int | None = option(None, "number of tasks (default: a suite's default size / the whole file)")
     samples: int = option(1, "samples per task (accuracy is over all samples)")
     seed: int = option(0, "seed of the task generator and of sampling")
+    bf16: Bf16 = option("auto", "a local model's weights in bf16; auto: where the CPU computes bf16 natively "
+                                "(precision.py), else fp32")
     rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "agent loop"})
     tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
 
 
 # Settings that change speed, not results: a run may be resumed with other values.
 RESUME_FREE = ("rollout.batch_size",)
+
+
+def engine_settings(cfg: EvalConfig) -> dict[str, object]:
+    """Keyword arguments of `load_model` for the evaluated model: its weights' dtype when it
+    runs here (an OpenAI-compatible endpoint chooses its own).
+
+    >>> engine_settings(EvalConfig(model="tiny", bf16=True)), engine_settings(EvalConfig(model="openai:m@http://x"))
+    ({'dtype': 'bfloat16'}, {})
+    """
+    if cfg.model.startswith("openai:"):
+        return {}
+    return {"dtype": "bfloat16" if resolve_bf16(cfg.bf16, "cpu") else "float32"}
 
 
 def score_trajectory(task: Task, traj: Trajectory) -> Score:

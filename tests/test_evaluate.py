@@ -64,3 +64,18 @@ def test_a_task_in_two_sets_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="in both"):
         evaluate_sets(ScriptedModel(policy), {"a": (TASKS, tmp_path / "a"), "b": (TASKS[:1], tmp_path / "b")},
                       ToolConfig(), RolloutConfig())
+
+
+def test_eval_loads_a_local_student_in_the_precision_asked_for(tmp_path, monkeypatch):
+    from score_distill import precision
+    from score_distill.cli import main
+    from score_distill.models.scripted import ScriptedModel
+
+    seen = []
+    monkeypatch.setattr("score_distill.models.load.load_model",
+                        lambda spec, **kw: seen.append(kw) or ScriptedModel(lambda messages: "<thought>x</thought>"))
+    monkeypatch.setattr(precision, "_cpu_native_bf16", lambda: False)
+    base = ["eval", "--model", "tiny", "--tasks", "math:test", "--n", "1", "--rollout.max-turns", "1"]
+    for i, extra in enumerate(([], ["--bf16", "true"])):
+        assert main([*base, "--out", str(tmp_path / str(i)), *extra]) == 0
+    assert seen == [{"dtype": "float32"}, {"dtype": "bfloat16"}]  # auto on a CPU without bf16, then forced

@@ -262,7 +262,7 @@ def test_mentor_command_with_the_reference_teacher(tmp_path, capsys, monkeypatch
         return "<first_thought>guess</first_thought>" if len(messages) == 2 else \
             "<thought>guess</thought>\n<code>\nfinal_answer(0)\n</code>"
 
-    monkeypatch.setattr("score_distill.models.load.load_model", lambda spec: ScriptedModel(student))
+    monkeypatch.setattr("score_distill.models.load.load_model", lambda spec, **kw: ScriptedModel(student))
     (tmp_path / "skip.json").write_text(json.dumps(["math-5-train-0"]))
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)

@@ -201,7 +201,7 @@ def eval_args(out: Path, *extra: str) -> list[str]:
 def test_eval_rerun_with_other_settings_is_refused(tmp_path: Path, monkeypatch, capsys):
     from score_distill.models.scripted import ScriptedModel
 
-    monkeypatch.setattr("score_distill.models.load.load_model", lambda spec: ScriptedModel(scripted))
+    monkeypatch.setattr("score_distill.models.load.load_model", lambda spec, **kw: ScriptedModel(scripted))
     out = tmp_path / "eval"
     assert main(eval_args(out)) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -236,7 +236,7 @@ def test_mentor_and_bc_reruns_with_other_settings_exit_2_with_one_line(tmp_path:
     from score_distill.mentor import MentorConfig
     from score_distill.models.scripted import ScriptedModel
 
-    monkeypatch.setattr("score_distill.models.load.load_model", lambda spec: ScriptedModel(scripted))
+    monkeypatch.setattr("score_distill.models.load.load_model", lambda spec, **kw: ScriptedModel(scripted))
     open_run_dir(tmp_path / "mps", MentorConfig(n=1, max_interventions=5))
     assert main(["mentor", "--student", "scripted", "--tasks", "math:train", "--n", "1",
                  "--out", str(tmp_path / "mps")]) == 2

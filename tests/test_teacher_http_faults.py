@@ -285,7 +285,7 @@ def test_a_teacher_that_is_down_stops_the_command_with_one_line_and_a_rerun_comp
     tasks = [make_task("right", 0)] + [make_task("stubborn", i) for i in range(1, 6)]
     (tmp_path / "tasks.jsonl").write_text("".join(
         json.dumps({"id": t.id, "question": t.question, "answer": t.answer, "suite": t.suite}) + "\n" for t in tasks))
-    monkeypatch.setattr("score_distill.models.load.load_model", lambda spec: make_student())
+    monkeypatch.setattr("score_distill.models.load.load_model", lambda spec, **kw: make_student())
     monkeypatch.setattr("score_distill.teachers.load.load_teacher", fast_teacher)
     state = {"down": True}
 

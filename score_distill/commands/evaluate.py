@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args, save_config
-    from score_distill.evaluate import RESUME_FREE, EvalConfig, evaluate
+    from score_distill.evaluate import RESUME_FREE, EvalConfig, engine_settings, evaluate
     from score_distill.models.load import load_model
     from score_distill.rundir import check_run_dir
     from score_distill.tasks.load import TaskFileError, load_tasks
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     check_run_dir(args.out, cfg, RESUME_FREE)  # before any work: never mix runs of two configs
     save_config(cfg, f"{args.out}/config.yaml")
-    model = load_model(cfg.model)
+    model = load_model(cfg.model, **engine_settings(cfg))
     metrics = evaluate(model, tasks, args.out, cfg.tools, cfg.rollout, samples=cfg.samples, desc=f"eval {cfg.tasks}")
     print(json.dumps({k: metrics[k] for k in ("accuracy", "ci95", "n") if k in metrics}))
     return 0

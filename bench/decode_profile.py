@@ -1,0 +1,87 @@
+"""Where the local engine's time goes on the demo's evaluation workload: a profile.
+
+    python bench/decode_profile.py --student runs/demo/bc/sft/final > bench/decode_profile.txt
+
+Runs the agent loop (continuous batching, greedy, 8 turns x 160 tokens, the demo's
+`max_format_errors` and `max_repeats`) on `--n` tasks per set (math and search, test and
+ood) with the student in the precision `bf16: auto` picks here, under the torch profiler,
+and splits the operators' self time into dense matmuls (the weights), attention, and the
+rest. The compute ceiling is what the generated tokens would cost at the machine's matmul
+peak (2 x parameters x tokens / peak), so its ratio to the wall time is the fraction of the
+machine the engine uses; prefill is not counted in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+MATH = {"max_ops": 3, "distractors": [0, 1], "ood_min_ops": 4, "ood_max_ops": 5}  # configs/demo.yaml
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--student", required=True, help="a trained student directory (the demo's BC student)")
+    ap.add_argument("--n", type=int, default=8, help="tasks per set")
+    args = ap.parse_args()
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from score_distill.agent.rollout import Episode, RolloutConfig, rollout
+    from score_distill.models.local import LocalConfig, LocalModel
+    from score_distill.precision import resolve_bf16
+    from score_distill.tasks.load import generate_suite
+    from score_distill.tools.config import ToolConfig
+
+    bf16 = resolve_bf16("auto", "cpu")
+    tasks = [t for suite in ("math", "search") for split in ("test", "ood")
+             for t in generate_suite(suite, split, args.n, 0, **(MATH if suite == "math" else {}))]
+    cfg = RolloutConfig(max_turns=8, max_new_tokens=160, batch_size=48, max_format_errors=2, max_repeats=1)
+    engine = LocalModel(args.student, LocalConfig(dtype="bfloat16" if bf16 else "float32"))
+    params = sum(p.numel() for p in engine.model.parameters())
+    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        trajs = rollout(engine, [Episode(t) for t in tasks], ToolConfig(), cfg)
+        wall = time.perf_counter() - t0
+    tokens = sum(t.generated_tokens for t in trajs)
+    ceiling = 2 * params * tokens / (peak * 1e9)
+    groups = {"dense matmuls (aten::mm, addmm)": 0.0, "attention (scaled_dot_product_*)": 0.0, "everything else": 0.0}
+    total = 0.0
+    for ev in prof.key_averages():
+        t = ev.self_cpu_time_total / 1e6
+        total += t
+        if ev.key in ("aten::mm", "aten::addmm", "aten::bmm"):
+            groups["dense matmuls (aten::mm, addmm)"] += t
+        elif "scaled_dot_product" in ev.key:
+            groups["attention (scaled_dot_product_*)"] += t
+        else:
+            groups["everything else"] += t
+    print(f"# student {args.student}, {len(tasks)} tasks, {'bf16' if bf16 else 'fp32'} weights, batch "
+          f"{cfg.batch_size}, {cfg.max_turns} turns x {cfg.max_new_tokens} tokens, greedy; torch threads "
+          f"{torch.get_num_threads()}")
+    print(f"wall {wall:.1f} s (profiled), {tokens} tokens generated, {tokens / wall:.1f} tok/s; "
+          f"matmul peak {peak:.0f} GFLOP/s; compute ceiling {ceiling:.1f} s = {ceiling / wall:.2f} of the wall time")
+    print("| operators | self CPU s | share |")
+    print("|---|---|---|")
+    for name, t in groups.items():
+        print(f"| {name} | {t:.1f} | {t / max(total, 1e-9):.2f} |")
+    print()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()
