@@ -16,7 +16,8 @@ rather than `model.generate`, because the agent needs:
   template renders differently from the raw generated ids) is prefilled;
 - continuous batching (`open_stream`, `DecodeStream`): a request joins the running batch at
   the next step, so an agent's next turn need not wait for the other rows' turns to end.
-  `generate` is a stream fed every request at once.
+  `generate` is a stream fed every request at once. The running batch's keys/values are
+  bounded (`batch_kv_mb`): a request waits, first in line, until the batch with it fits.
 
     model = LocalModel(builtin_path("tiny"))
     [gen] = model.generate([GenRequest(messages, cache_key="t1", seed=0)], SamplingParams())
