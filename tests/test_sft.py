@@ -182,7 +182,8 @@ def test_a_packed_row_scores_each_sequence_as_if_alone(tiny_dir, tmp_path):
     losses = []
     for data, padding_free in ((packed, True), (ds, False)):
         args = SFTConfig(output_dir=str(tmp_path / str(padding_free)), per_device_train_batch_size=1, report_to=[],
-                         use_cpu=True, remove_unused_columns=False, padding_free=padding_free, max_length=None)
+                         use_cpu=True, remove_unused_columns=False, padding_free=padding_free, max_length=None,
+                         activation_checkpointing=False)
         trainer = cls(model=model, args=args, train_dataset=data, processing_class=tok)
         with torch.no_grad():
             losses.append(sum(trainer.compute_loss(model, dict(trainer.data_collator([row])), num_items_in_batch=n_items)
