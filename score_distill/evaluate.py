@@ -24,7 +24,7 @@ from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option
 from score_distill.metrics import summarize
 from score_distill.models.base import ChatModel
-from score_distill.precision import Bf16, resolve_bf16
+from score_distill.precision import Bf16, weights_dtype
 from score_distill.storage import atomic_write_json
 from score_distill.tasks.scoring import Score, score_answer
 from score_distill.tools.config import ToolConfig
@@ -57,7 +57,7 @@ def engine_settings(cfg: EvalConfig) -> dict[str, object]:
     """
     if cfg.model.startswith("openai:"):
         return {}
-    return {"dtype": "bfloat16" if resolve_bf16(cfg.bf16, "cpu") else "float32"}
+    return {"dtype": weights_dtype(cfg.bf16, "cpu")}
 
 
 def score_trajectory(task: Task, traj: Trajectory) -> Score:

@@ -36,7 +36,7 @@ from pathlib import Path
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import option
 from score_distill.memory import release_memory
-from score_distill.precision import Bf16, resolve_bf16
+from score_distill.precision import Bf16, weights_dtype
 from score_distill.mentor import mps_rollout_config
 from score_distill.rundir import open_run_dir
 from score_distill.storage import atomic_write_json
@@ -146,7 +146,7 @@ def _inference_dtype(cfg: RunConfig) -> dict[str, object]:
     """Engine settings for a student that only generates. bf16 weights rather than fp32 weights
     under bf16 autocast: the matmuls are the same bf16 products either way, but autocast
     re-casts every weight at every decoding step (8% of a step for SmolLM2 at batch 32 here)."""
-    return {"dtype": "bfloat16"} if resolve_bf16(cfg.inference_bf16, "cpu") else {}
+    return {"dtype": weights_dtype(cfg.inference_bf16, "cpu")}
 
 
 def evaluate_stage(run: Run, stage: str, model_path: str) -> None:

@@ -17,41 +17,30 @@ native; true forces it, false forbids it.
 from __future__ import annotations
 
 import functools
-import platform
 from pathlib import Path
 from typing import Literal, Union
 
 Bf16 = Union[bool, Literal["auto"]]  # noqa: UP007 (read by config.py's converter)
 
-# x86 feature flags (as /proc/cpuinfo spells them) of native bf16 arithmetic.
-_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Feature flags of native bf16 arithmetic, as /proc/cpuinfo spells them: x86 on its `flags`
+# line, ARMv8.6 BF16 (Graviton 3, Apple M2 and later) on its `Features` line.
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
 def cpu_has_native_bf16(flags: str) -> bool:
-    """Whether a /proc/cpuinfo `flags` line names a native bf16 instruction set."""
+    """Whether a /proc/cpuinfo `flags` (or `Features`) line names a native bf16 instruction set."""
     names = set(flags.split())
     return any(f in names for f in _BF16_FLAGS)
 
 
 @functools.cache
 def _cpu_native_bf16() -> bool:
-    if platform.machine().lower() in ("arm64", "aarch64"):
-        return _arm_bf16()
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:  # not Linux: no way to tell here, so the safe (fast-everywhere) choice
         return False
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
     return cpu_has_native_bf16(line.partition(":")[2])
-
-
-def _arm_bf16() -> bool:
-    """ARMv8.6 BF16 (Graviton 3, Apple M2 and later) shows as `bf16` in the Features line."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return any(ln.startswith("Features") and "bf16" in ln.split() for ln in text.splitlines())
 
 
 def native_bf16(device: str) -> bool:
@@ -73,3 +62,12 @@ def resolve_bf16(setting: Bf16, device: str) -> bool:
     if isinstance(setting, bool):
         return setting
     raise ValueError(f"bf16 must be true, false or auto, got {setting!r}")
+
+
+def weights_dtype(setting: Bf16, device: str) -> str:
+    """The dtype name (`LocalConfig.dtype`) of a model that only generates on `device`.
+
+    >>> weights_dtype(True, "cpu"), weights_dtype(False, "cpu")
+    ('bfloat16', 'float32')
+    """
+    return "bfloat16" if resolve_bf16(setting, device) else "float32"

@@ -11,6 +11,7 @@ from score_distill import precision
     ("fpu sse2 avx2 avx512f avx512_vnni", False),  # Ice Lake: AVX-512 without BF16
     ("fpu avx512f avx512_bf16", True),  # Cooper Lake, Zen 4
     ("fpu avx512f amx_bf16 amx_tile", True),  # Sapphire Rapids
+    ("fp asimd sve bf16 i8mm", True),  # ARMv8.6 (Graviton 3), its Features line
     ("fpu avx512_bf16x", False),  # a flag that only starts like it
     ("", False),
 ])

@@ -395,7 +395,7 @@ class _Reference:
     by the rounding of the weights: a logged KL of ~1e-7, not 0)."""
 
     def __init__(self, model_dir: str | Path, dtype: Any, device: Any, keep: bool) -> None:
-        self.model_dir, self.dtype, self.device, self.keep = model_dir, dtype, device, keep
+        self.model_dir, self.dtype, self.device = model_dir, dtype, device
         self._model = self._load() if keep else None
 
     def _load(self) -> Any:
