@@ -44,6 +44,14 @@ def count_rows_per_forward(model: LocalModel) -> list[int]:
     return sizes
 
 
+def count_decoding_rows(model: LocalModel) -> list[int]:
+    """The batch size of every decoding forward pass (one input column)."""
+    sizes: list[int] = []
+    model.model.get_input_embeddings().register_forward_hook(
+        lambda mod, inp, out: sizes.append(out.shape[0]) if out.shape[1] == 1 else None)
+    return sizes
+
+
 def test_tiny_builds_deterministically(tmp_path: Path, tiny_dir: Path) -> None:
     again = builtin_path("tiny", root=tmp_path)
     for name in ("tokenizer.json", "model.safetensors", "config.json"):
@@ -82,7 +90,7 @@ def test_stop_string_ends_each_row_and_rows_leave_the_batch(model: LocalModel) -
     requests = [GenRequest(convo(q)) for q in QUESTIONS]
     free = model.generate(requests, greedy(40))
     stop = pick_stop([g.text for g in free])
-    sizes = count_rows_per_forward(model)
+    sizes = count_decoding_rows(model)
     stopped = model.generate(requests, greedy(40, stop=(stop,)))
     for f, s in zip(free, stopped):
         if stop in f.text:
@@ -93,11 +101,10 @@ def test_stop_string_ends_each_row_and_rows_leave_the_batch(model: LocalModel) -
             assert len(s.token_ids) < len(f.token_ids)
         else:
             assert s.token_ids == f.token_ids and s.finish_reason == "length"
-    # One prefill with every row, then one forward per step with only the rows still going.
+    # After the prefill, one forward per step with only the rows still going.
     lengths = [len(s.token_ids) for s in stopped]
-    expected = [len(lengths)] + [sum(n > step for n in lengths) for step in range(1, max(lengths))]
-    assert sizes == expected
-    assert sizes[-1] < sizes[0]
+    assert sizes == [sum(n > step for n in lengths) for step in range(1, max(lengths))]
+    assert sizes[-1] < sizes[0] == len(lengths)
 
 
 def test_eos_finish_keeps_the_end_token_out_of_the_text(model: LocalModel) -> None:
@@ -115,23 +122,13 @@ def continue_convo(messages: list[dict[str, str]], gen: Generation, obs: str) ->
     return messages + [{"role": "assistant", "content": gen.text}, {"role": "user", "content": f"Observation: {obs}"}]
 
 
-def last_logits(model: LocalModel) -> list[torch.Tensor]:
-    """Capture the lm_head output of every forward pass."""
-    seen: list[torch.Tensor] = []
-    model.model.get_output_embeddings().register_forward_hook(lambda mod, inp, out: seen.append(out[:, -1].clone()))
-    return seen
-
-
 def test_kv_reuse_across_turns_matches_full_reencode(tiny_dir: Path) -> None:
     cached_model, fresh_model = LocalModel(tiny_dir), LocalModel(tiny_dir)
     convos = [convo(q) for q in QUESTIONS]
     keys = [f"traj-{i}" for i in range(len(convos))]
-    cached_logits, fresh_logits = last_logits(cached_model), last_logits(fresh_model)
     for turn in range(3):
-        cached_logits.clear(), fresh_logits.clear()
         with_cache = cached_model.generate([GenRequest(c, cache_key=k) for c, k in zip(convos, keys)], greedy(20))
         full = fresh_model.generate([GenRequest(c) for c in convos], greedy(20))
-        torch.testing.assert_close(cached_logits[0], fresh_logits[0], atol=1e-4, rtol=1e-4)  # first token
         for c, w, f in zip(convos, with_cache, full):
             assert w.token_ids == f.token_ids and w.text == f.text
             assert w.logprobs == pytest.approx(f.logprobs, abs=1e-4)
@@ -329,3 +326,79 @@ def test_a_kv_bound_holds_rows_back_without_changing_them(tiny_dir: Path) -> Non
     assert [g.token_ids for g in narrow] == [g.token_ids for g in wide]
     assert 1 < max(sizes) < len(questions)  # fewer rows at once, more than one
     assert max(held) <= limit_mb << 20
+
+
+def test_the_decoding_layout_keeps_the_model_and_its_outputs(tiny_dir: Path) -> None:
+    """Column-major weights while decoding: same tokens and log-probs as the ordinary layout,
+    tied weights still tied, and `training_layout` gives back contiguous weights with the
+    same values (what the optimizer and `save_pretrained` need)."""
+    plain = LocalModel(tiny_dir, LocalConfig(column_major=False))
+    fast = LocalModel(tiny_dir)
+    before = {k: v.clone() for k, v in fast.model.state_dict().items()}
+    requests = [GenRequest(convo(q)) for q in QUESTIONS]
+    want, got = plain.generate(requests, greedy()), fast.generate(requests, greedy())
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]
+    for a, b in zip(got, want):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    linears = [m.weight for m in fast.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(w.stride() == (1, w.shape[0]) for w in linears)  # column-major now
+    assert all(w.stride() == (w.shape[1], 1) for m in plain.model.modules()
+               if isinstance(m, torch.nn.Linear) for w in [m.weight])
+    embed = fast.model.get_input_embeddings().weight
+    if fast.model.config.tie_word_embeddings:
+        assert fast.model.get_output_embeddings().weight is embed
+    fast.training_layout()
+    assert all(w.is_contiguous() for w in linears)
+    for k, v in fast.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_sample_after_an_update_comes_from_the_new_weights(tiny_dir: Path, tmp_path: Path) -> None:
+    """The RL trainer updates the engine's own model between rollouts: after switching back to
+    the training layout, stepping an optimizer and clearing the cache, the next sample's
+    log-probs are those of the new weights (a fresh engine loaded with them), not the old."""
+    engine = LocalModel(tiny_dir)
+    request = [GenRequest(convo(QUESTIONS[1]), cache_key="t")]
+    [old] = engine.generate(request, greedy(8))
+    engine.training_layout()
+    engine.model.train()
+    optimizer = torch.optim.AdamW(engine.model.parameters(), lr=0.05, fused=True)
+    ids = torch.tensor([engine.encode(convo(QUESTIONS[1]))])
+    engine.model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    engine.model.eval()
+    engine.clear_cache()
+    [new] = engine.generate(request, greedy(8))
+    updated = tmp_path / "updated"
+    engine.training_layout()
+    engine.model.save_pretrained(updated)  # needs the ordinary layout
+    engine.tokenizer.save_pretrained(updated)
+    [fresh] = LocalModel(updated, LocalConfig(column_major=False)).generate(request, greedy(8))
+    assert new.token_ids == fresh.token_ids
+    assert new.logprobs == pytest.approx(fresh.logprobs, abs=1e-4)
+    assert new.logprobs != pytest.approx(old.logprobs, abs=1e-3)
+
+
+def test_rows_admitted_together_prefill_their_shared_prefix_once(tiny_dir: Path) -> None:
+    """Identical prompts (an RL group) and a common system prompt are prefilled once: far fewer
+    row-tokens go through the model, yet every row's tokens, log-probs and accounting are
+    those it gets alone."""
+    model = LocalModel(tiny_dir)
+    system = {"role": "system", "content": "You are an agent. Solve the task step by step, and check it."}
+    group = [GenRequest([system, {"role": "user", "content": QUESTIONS[3]}], seed=s) for s in range(3)]
+    other = [GenRequest([system, {"role": "user", "content": q}], seed=9) for q in QUESTIONS[:2]]
+    requests = group + other
+    prompts = [model.encode(r.messages) for r in requests]
+    assert min(len(p) for p in prompts) > 40
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, stop=())
+    alone = [model.generate([r], params)[0] for r in requests]
+    fed: list[int] = []
+    model.model.get_input_embeddings().register_forward_hook(lambda m, i, o: fed.append(o.shape[0] * o.shape[1]))
+    together = model.generate(requests, params)
+    for a, b, p in zip(together, alone, prompts):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+        assert (a.prompt_tokens, a.cached_tokens) == (b.prompt_tokens, b.cached_tokens) == (len(p), 0)
+    decoded = sum(len(g.token_ids) - 1 for g in together)  # one forward row per token but the last
+    prefilled = sum(fed) - decoded
+    assert prefilled < sum(len(p) for p in prompts) - 2 * (len(prompts[0]) - 20)

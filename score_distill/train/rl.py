@@ -447,6 +447,7 @@ class _Run:
         items = [self.pool[i] for i in mine[acc.process_index :: acc.num_processes]]
         samples = collect(self.engine, items, self.tasks_by_id, self.tools, self.judge, opts, step)
         rollout_s = time.perf_counter() - t0
+        self.engine.training_layout()  # the decoding layout is for sampling only
         seqs = render_samples(self.engine.tokenizer, samples, opts.max_length)
         alone = acc.num_processes == 1
         usable = [i for i, (_, m) in enumerate(seqs) if 1 in m]
