@@ -1,0 +1,69 @@
+"""One RL step (8 items x 4 samples) before and after the engine's decoding layout and shared
+prefixes, side by side in one run, split into rollout and the rest (scoring and update).
+
+    python bench/rl_step.py --run runs/demo > bench/rl_step.txt
+
+Reads a finished demo run directory: the RL items MPS exported (`mps/export/rl_items.jsonl`),
+the training tasks (`tasks/*-train.jsonl`) and the SCoRe-SFT student (`score_sft/final`),
+and trains one step from that student with the demo's RL settings (`score_rl/rl_config.yaml`)
+except `items_per_step: 8` and `group_size: 4`, judged by the reference teacher. Each arm
+trains into its own fresh directory from the same start, with the same seed, so both see the
+same items. The "before" arm turns the decoding layout (column-major weights while sampling)
+and the shared-prefix prefill off: the engine as it was before either existed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="a finished demo run directory")
+    ap.add_argument("--items", type=int, default=8)
+    ap.add_argument("--group", type=int, default=4)
+    args = ap.parse_args()
+
+    import torch
+
+    from score_distill.config import load_yaml
+    from score_distill.models.local import LocalModel
+    from score_distill.teachers.load import load_teacher
+    from score_distill.tools.config import ToolConfig
+    from score_distill.train.rl import RLOptions, train_rl
+    from score_distill.types import KeyStepItem, Task, read_jsonl
+
+    run = Path(args.run)
+    items = read_jsonl(run / "mps" / "export" / "rl_items.jsonl", KeyStepItem)
+    tasks = {t.id: t for f in sorted((run / "tasks").glob("*-train.jsonl")) for t in read_jsonl(f, Task)}
+    opts = load_yaml(RLOptions, run / "score_rl" / "rl_config.yaml")
+    opts = dataclasses.replace(opts, steps=1, items_per_step=args.items, group_size=args.group, save_every=0)
+    start = run / "score_sft" / "final"
+    print(f"# one RL step from {start}: {len(items)} items exported, items_per_step {opts.items_per_step}, "
+          f"group_size {opts.group_size}, micro_batch_size {opts.micro_batch_size}, activation_checkpointing "
+          f"{opts.activation_checkpointing}, bf16 {opts.bf16}; torch threads {torch.get_num_threads()}")
+    print("| engine | step s | rollout s | rest s | generated tokens | rollout tok/s | reward |")
+    print("|---|---|---|---|---|---|---|")
+    layout, share = LocalModel.decoding_layout, LocalModel._share_prefixes
+    rows = {}
+    for arm in ("before: row-major, no shared prefixes", "after: the default"):
+        if arm.startswith("before"):
+            LocalModel.decoding_layout = LocalModel._share_prefixes = lambda self, *a: None
+        with tempfile.TemporaryDirectory() as out:
+            train_rl(start, items, tasks, load_teacher("reference"), ToolConfig(), Path(out) / "rl", opts)
+            [rec] = [json.loads(line) for line in (Path(out) / "rl" / "rl_log.jsonl").read_text().splitlines()]
+        LocalModel.decoding_layout, LocalModel._share_prefixes = layout, share
+        rows[arm] = rec
+        print(f"| {arm} | {rec['time_s']:.1f} | {rec['rollout_s']:.1f} | {rec['time_s'] - rec['rollout_s']:.1f} | "
+              f"{rec['gen_tokens']} | {rec['gen_tok_s']:.1f} | {rec['reward']:.3f} |", flush=True)
+    a, b = rows.values()
+    print(f"\nstep time before / after: {a['time_s'] / b['time_s']:.2f} "
+          f"(rollout {a['rollout_s'] / b['rollout_s']:.2f})")
+
+
+if __name__ == "__main__":
+    main()
