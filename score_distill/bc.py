@@ -52,7 +52,6 @@ from score_distill.mentor import RecordLog
 from score_distill.models.base import ModelError
 from score_distill.rundir import open_run_dir
 from score_distill.storage import atomic_write_json
-from score_distill.tasks.scoring import score_answer
 from score_distill.teachers.base import Teacher
 from score_distill.teachers.health import UNAVAILABLE, TeacherHealth, unreachable
 from score_distill.teachers.llm import TeacherFailure
@@ -162,7 +161,7 @@ def solve_one(teacher: Teacher, task: Task, cfg: BCConfig, health: TeacherHealth
     proposed: list[Step] = []
 
     def record(status: str, steps: list[Step], reason: str | None = None, answer: str | None = None) -> BCRecord:
-        score = score_answer(task.suite, answer, task.answer, task.question)
+        score = task.score(answer)
         tokens = sum(s.n_tokens for s in proposed)
         traj = Trajectory(task_id=task.id, steps=steps, final_answer=answer, finished=answer is not None,
                           score=float(score.value), generated_tokens=tokens,
@@ -187,7 +186,7 @@ def solve_one(teacher: Teacher, task: Task, cfg: BCConfig, health: TeacherHealth
                 break
     if problem is None and answer is None:
         problem = "no_answer: the solution never called final_answer"
-    if problem is None and not score_answer(task.suite, answer, task.answer, task.question).correct:
+    if problem is None and not task.score(answer).correct:
         problem = f"wrong_answer: {answer!r}"
     return record("rejected" if problem else "kept", steps, problem, answer)
 

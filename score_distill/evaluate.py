@@ -26,7 +26,7 @@ from score_distill.metrics import summarize
 from score_distill.models.base import ChatModel
 from score_distill.precision import Bf16, weights_dtype
 from score_distill.storage import atomic_write_json
-from score_distill.tasks.scoring import Score, score_answer
+from score_distill.tasks.scoring import Score
 from score_distill.tools.config import ToolConfig
 from score_distill.types import Task, Trajectory, iter_jsonl, write_jsonl
 
@@ -62,7 +62,7 @@ def engine_settings(cfg: EvalConfig) -> dict[str, object]:
 
 def score_trajectory(task: Task, traj: Trajectory) -> Score:
     """Score a trajectory's answer, attach the score to it (in place) and return it."""
-    score = score_answer(task.suite, traj.final_answer, task.answer, task.question)
+    score = task.score(traj.final_answer)
     traj.score = float(score.value)
     traj.meta["correct"] = bool(score.correct)
     if score.detail:

@@ -67,7 +67,6 @@ from score_distill.datasets_export import SplitConfig, export_mentor
 from score_distill.models.base import ChatModel, ModelError
 from score_distill.rundir import open_run_dir
 from score_distill.storage import atomic_write_json, split_jsonl
-from score_distill.tasks.scoring import score_answer
 from score_distill.teachers.base import Teacher
 from score_distill.teachers.health import UNAVAILABLE, TeacherDown, TeacherHealth, unreachable
 from score_distill.teachers.llm import TeacherFailure
@@ -253,7 +252,7 @@ def _teach(w: _Work, teacher: Teacher, cfg: MentorConfig, health: TeacherHealth)
     when the student carries on from the fix. Raises `TeacherDown` (the task unfinished)
     once the endpoint is down."""
     while True:
-        if score_answer(w.task.suite, w.final_answer, w.task.answer, w.task.question).correct:
+        if w.task.score(w.final_answer).correct:
             return "solved", None
         if len(w.interventions) >= cfg.max_interventions:
             return "hard_to_teach", None
@@ -296,7 +295,7 @@ def _record(w: _Work) -> MentorRecord:
     """The finished task as one record (final trajectory, interventions, key steps)."""
     assert w.status is not None
     t = w.task
-    score = score_answer(t.suite, w.final_answer, t.answer, t.question)
+    score = t.score(w.final_answer)
     meta = {"status": w.status, "interventions": len(w.interventions), "correct": bool(score.correct)}
     if w.reason:
         meta["reason"] = w.reason

@@ -1,6 +1,6 @@
 """Evaluation metrics: accuracy with a Wilson interval, cost per task and an error breakdown.
 
-    scores = [score_answer(task.suite, t.final_answer, task.answer, task.question) for t in trajs]
+    scores = [task.score(t.final_answer) for t in trajs]
     metrics = summarize(trajs, scores)       # a JSON-ready dict, written to metrics.json
     print(metrics["accuracy"], metrics["ci95"])
 

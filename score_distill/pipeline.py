@@ -60,8 +60,7 @@ class RunConfig:
     seed: int = option(0, "seed of the worlds, splits and sampling")
     suites: list = option(["math", "search"], "task suites to run")
     eval_splits: list = option(["test", "ood"], "splits every stage is evaluated on")
-    n_train: int = option(1000, "training tasks generated per suite (BC of SmolLM2-135M on 1,024 default math "
-                                "tasks: 62% on test; on 256 search tasks: 56%; bench/calibration.txt)")
+    n_train: int = option(1000, "training tasks generated per suite")
     n_eval: int = option(32, "evaluation tasks per suite and split")
     n_reference_check: int = option(20, "reference solutions executed per suite and split as a sanity check")
     difficulty: dict = option({}, "generator dials per suite, e.g. {math: {max_ops: 3}, search: {max_hops: 3}} "

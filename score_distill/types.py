@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Literal, TypeVar
 
 from score_distill.storage import atomic_write_lines, dumps, safe_data, split_jsonl
+from score_distill.tasks.scoring import Score, score_answer
 
 SCHEMA_VERSION = 1
 
@@ -146,6 +147,14 @@ class Task(Record):
     meta: dict[str, Any] = field(default_factory=dict)
 
     _nested: ClassVar[dict[str, tuple[type, bool]]] = {"reference": (Step, True)}
+
+    def score(self, pred: str | None) -> Score:
+        """`pred` scored against this task's gold answer, the way its suite scores.
+
+        >>> Task("t", "What is 17/4?", "4.25", "math").score("\\\\frac{17}{4}").correct
+        True
+        """
+        return score_answer(self.suite, pred, self.answer, self.question)
 
 
 @dataclass

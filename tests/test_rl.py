@@ -204,7 +204,7 @@ def test_update_takes_the_old_log_probs_and_kl_from_its_first_pass(tiny_dir, tok
     """`score` skips the policy on micro-batches that `update` trains; the KL and the old
     log-probs that `update` measures equal those `score` would have measured, and a second
     pass compares against the pre-update log-probs (so its ratio moves away from 1)."""
-    from score_distill.train.grpo import micro_batches, score, update
+    from score_distill.train.grpo import micro_batches, reference_logprobs, update
 
     policy, ref = tiny_policy(tiny_dir), tiny_policy(tiny_dir)
     with torch.no_grad():
@@ -216,8 +216,8 @@ def test_update_takes_the_old_log_probs_and_kl_from_its_first_pass(tiny_dir, tok
         seqs.append((ids, [0, 0] + [1] * (len(ids) - 2)))
     mbs = micro_batches(seqs, [1.0, -1.0], 1, 0)
     cpu = torch.device("cpu")
-    measured, kl_all, tok_all = score(policy, ref, mbs, cpu, 1.0, False)
-    skipped, kl_rest, tok_rest = score(policy, ref, mbs, cpu, 1.0, False, trained=len(mbs))
+    measured, kl_all, tok_all = reference_logprobs(policy, ref, mbs, cpu, 1.0, False)
+    skipped, kl_rest, tok_rest = reference_logprobs(policy, ref, mbs, cpu, 1.0, False, trained=len(mbs))
     assert all(s.old_logp is None for s in skipped) and kl_rest == tok_rest == 0.0 and kl_all > 0
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)
     stats = update(policy, opt, lambda loss: loss.backward(), lambda n: torch.nn.utils.clip_grad_norm_(
@@ -430,17 +430,17 @@ def test_several_passes_clip_and_the_kl_penalty_runs_in_bf16(tmp_path):
 @pytest.mark.parametrize("kl_on_all", [True, False])
 def test_kl_on_all_decides_which_rollouts_are_scored_without_gradient(tiny_dir, tmp_path, monkeypatch, kl_on_all):
     # With kl_on_all off, the rollouts that carry no gradient are never run through the policy
-    # or the reference model: score() sees only the micro-batches the update trains on.
+    # or the reference model: reference_logprobs() sees only the micro-batches the update trains on.
     from score_distill.train import grpo
 
     calls = []
-    real_score = grpo.score
+    real_score = grpo.reference_logprobs
 
     def spy(policy, ref, mbs, *args, trained=0, **kw):
         calls.append((len(mbs), trained))
         return real_score(policy, ref, mbs, *args, trained=trained, **kw)
 
-    monkeypatch.setattr(grpo, "score", spy)
+    monkeypatch.setattr(grpo, "reference_logprobs", spy)
     tasks, by_id = plain_world(3)
     opts = dataclasses.replace(SMOKE, save_every=0, kl_on_all=kl_on_all)
     train_rl(tiny_dir, outcome_items(tasks), by_id, None, TOOLS, tmp_path, opts)

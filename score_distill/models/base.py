@@ -1,11 +1,12 @@
 """The model interface: generate the next assistant turn for a batch of conversations.
 
-Every backend (local transformers model, OpenAI-compatible endpoint, later vLLM) implements
+Every backend (the local transformers engine, an OpenAI-compatible endpoint) implements
 `ChatModel.generate`. A request carries the chat messages so far and, optionally, a
 `cache_key` naming the trajectory: a backend that can reuse work across turns (a KV cache
 kept per trajectory, or a server's prefix cache) uses it, and `release(key)` drops it when
-the trajectory ends. Results keep the generated token ids and their log-probabilities so
-that RL can compute ratios without re-tokenising text.
+the trajectory ends. Results carry the generated token ids and their log-probabilities
+where the backend reports them. RL does not read them today: it re-renders each trajectory
+with the chat template (`train/render.py`) and scores it with the policy it trains.
 
 `open_stream` serves turns as they become ready instead of in lockstep: the rollout adds a
 trajectory's next request as soon as its tool call returns, and `step()` hands back the

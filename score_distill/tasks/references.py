@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from score_distill.tasks.scoring import score_answer
 from score_distill.tools.config import ToolConfig, open_sandbox
 from score_distill.types import Task
 
@@ -40,7 +39,7 @@ def execute_reference(task: Task, tools: ToolConfig) -> ReferenceRun:
             if result.final_answer is not None:
                 answer = result.final_answer
                 break
-    correct = score_answer(task.suite, answer, task.answer, task.question).correct
+    correct = task.score(answer).correct
     return ReferenceRun(task.id, answer, bool(correct), errors)
 
 

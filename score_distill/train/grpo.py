@@ -10,8 +10,8 @@ part, and the (B, T, V) logits of the prefix would be most of the memory.
     logp = token_logprobs(model, batch)          # (B, keep) log-probs of batch.targets
     loss, stats = clipped_loss(logp, old_logp, advantages, batch.loss_mask, clip_eps=0.2)
 
-`score` measures the reference log-probs of a step's micro-batches (and, for those that
-are only measured, the policy's and the KL); `update` runs the optimiser passes, taking the
+`reference_logprobs` measures the reference log-probs of a step's micro-batches (and, for
+those that are only measured, the policy's and the KL); `update` runs the optimiser passes, taking the
 pre-update log-probs from its own first forward pass, before any weight has moved.
 """
 
@@ -200,9 +200,9 @@ def micro_batches(seqs: list[tuple[list[int], list[int]]], advantages: list[floa
 
 
 @torch.no_grad()
-def score(policy: torch.nn.Module, ref: torch.nn.Module, mbs: list[tuple[Batch, torch.Tensor]],
-          device: torch.device, temperature: float, bf16: bool, trained: int = 0,
-          ) -> tuple[list[Scored], float, float]:
+def reference_logprobs(policy: torch.nn.Module, ref: torch.nn.Module, mbs: list[tuple[Batch, torch.Tensor]],
+                       device: torch.device, temperature: float, bf16: bool, trained: int = 0,
+                       ) -> tuple[list[Scored], float, float]:
     """Reference log-probs of every micro-batch. The first `trained` micro-batches go to
     `update`, whose first forward pass gives their pre-update log-probs and KL, so the policy
     is not run on them here (a forward pass saved per step); the others are only measured:

@@ -31,7 +31,6 @@ import math
 from dataclasses import dataclass
 
 from score_distill.agent.format import render_step
-from score_distill.tasks.scoring import score_answer
 from score_distill.teachers.base import Teacher
 from score_distill.types import KeyStepItem, Step, Task, Trajectory
 
@@ -187,7 +186,7 @@ def rollout_reward(traj: Trajectory, item: KeyStepItem, task: Task, judge: KeySt
     episode finished, the item has an intervention and the key-step reward is on; the
     prefix passed to it is the item's verified prefix, the context in which chosen and
     rejected were taken."""
-    score = score_answer(task.suite, traj.final_answer, task.answer, task.question)
+    score = task.score(traj.final_answer)
     correct, finished = bool(score.correct), traj.finished
     k = item.step_index if key_index is None else key_index
     eq_chosen = eq_rejected = None

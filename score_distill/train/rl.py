@@ -439,7 +439,7 @@ class _Run:
 
     def step(self, step: int) -> dict[str, Any]:
         """Roll out, score, update; returns the step's log record (reduced over processes)."""
-        from score_distill.train.grpo import micro_batches, score, update
+        from score_distill.train.grpo import micro_batches, reference_logprobs, update
 
         opts, acc = self.opts, self.acc
         t0 = time.perf_counter()
@@ -462,8 +462,8 @@ class _Run:
         measured = mbs(others) if opts.kl_on_all else []
         release_memory()  # the rollout's KV caches, before the reference is read
         with self.ref.loaded() as ref:
-            scored, kl, kl_tokens = score(self.model, ref, train_mbs + measured, acc.device,
-                                          opts.temperature, opts.bf16, trained=len(train_mbs))
+            scored, kl, kl_tokens = reference_logprobs(self.model, ref, train_mbs + measured, acc.device,
+                                                       opts.temperature, opts.bf16, trained=len(train_mbs))
             del ref  # else this frame keeps it alive through the update
         stats = update(self.model, self.optimizer, acc.backward,
                        lambda n: acc.clip_grad_norm_(self.model.parameters(), n), scored[: len(train_mbs)],
