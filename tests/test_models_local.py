@@ -402,3 +402,18 @@ def test_rows_admitted_together_prefill_their_shared_prefix_once(tiny_dir: Path)
     decoded = sum(len(g.token_ids) - 1 for g in together)  # one forward row per token but the last
     prefilled = sum(fed) - decoded
     assert prefilled < sum(len(p) for p in prompts) - 2 * (len(prompts[0]) - 20)
+
+
+def test_a_request_held_back_is_encoded_once(tiny_dir: Path) -> None:
+    """A request waiting at admission for the KV bound is rendered by the chat template once,
+    not at every decoding step it waits through."""
+    bounded = LocalModel(tiny_dir, LocalConfig(batch_kv_mb=1))
+    questions = [" ".join(QUESTIONS * 3) for _ in range(3)]
+    encoded: list[int] = []
+    real = bounded.encode
+    bounded.encode = lambda messages: (encoded.append(1), real(messages))[1]
+    sizes = count_decoding_rows(bounded)
+    gens = bounded.generate([GenRequest(convo(q)) for q in questions], greedy(16))
+    assert max(sizes) == 1 and len(sizes) > 2 * 15  # one row at a time: the others waited
+    assert len(encoded) == len(questions)
+    assert all(g.token_ids for g in gens)

@@ -129,6 +129,7 @@ class DecodeStream:
         self.engine, self.params, self.max_rows = engine, params, max_rows
         self.window = tail_window(params.stop)
         self._waiting: list[tuple[Hashable, GenRequest]] = []
+        self._held: tuple[GenRequest, list[int]] | None = None  # a request held back, encoded once
         self._live: list[_Row] = []
         self._batch: BatchKV | None = None
         self._logits = torch.empty(0)  # (rows, V): next-token logits of the live rows
@@ -164,10 +165,13 @@ class DecodeStream:
         rows, done = [], []
         while self._waiting and len(rows) < free:
             tag, request = self._waiting[0]
-            ids = engine.encode(request.messages)
+            held = self._held
+            ids = held[1] if held is not None and held[0] is request else engine.encode(request.messages)
             if not self._fits(rows, len(ids), engine.budget(ids, self.params)):
+                self._held = (request, ids)
                 break  # it waits, first in line, for rows to leave
             self._waiting.pop(0)
+            self._held = None
             row = engine._start_row(tag, request, self.params, self._admitted, ids)
             self._admitted += 1
             if row.budget <= 0:  # the conversation already fills the context: nothing to run
