@@ -38,17 +38,6 @@ import torch
 MATH = {"max_ops": 3, "distractors": [0, 1], "ood_min_ops": 4, "ood_max_ops": 5}  # configs/demo.yaml
 
 
-def matmul_peak(n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = 0.0
-    for _ in range(5):
-        t0 = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
 def read_rate(gib: float = 1.0) -> float:
     """GB/s of a sum over a buffer far larger than the caches."""
     x = torch.ones(int(gib * (1 << 30)) // 4)
@@ -187,8 +176,10 @@ def main() -> None:
     from score_distill.models.local import available_cores
     from score_distill.tasks.load import generate_suite, load_tasks
 
+    from decode_profile import matmul_peak  # this folder is on the path when run as a script
+
     torch.set_num_threads(available_cores())
-    peak, rate = matmul_peak(), read_rate()
+    peak, rate = matmul_peak(torch.float32), read_rate()
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul peak {peak:.0f} GFLOP/s; "
           f"memory read {rate:.1f} GB/s")
     demo_tasks = [t for suite in ("math", "search") for split in ("test", "ood")
