@@ -105,11 +105,11 @@ def plain_generate(path: str, prompts: list, batch: int, new_tokens: int, column
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    from score_distill.models.local import set_weight_layout
+
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     if column_major:
-        for m in model.modules():
-            if isinstance(m, torch.nn.Linear) and m.weight.is_contiguous():
-                m.weight.data = m.weight.data.t().contiguous().t()
+        set_weight_layout(model, column_major=True)
     made, spent = 0, 0.0
     for lo in range(0, len(prompts), batch):
         texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts[lo : lo + batch]]

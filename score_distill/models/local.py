@@ -307,26 +307,15 @@ class LocalModel:
         the ordinary layout, so the RL trainer calls it before each update."""
         if self._column_major or not self.config.column_major or self.device.type != "cpu":
             return
-        with torch.inference_mode(False):  # normal tensors: the RL trainer differentiates them later
-            for weight in self._linear_weights():
-                weight.data = weight.data.t().contiguous().t()
+        set_weight_layout(self.model, column_major=True)
         self._column_major = True
 
     def training_layout(self) -> None:
         """Give the weights back their ordinary row-major layout (see `decoding_layout`)."""
         if not self._column_major:
             return
-        with torch.inference_mode(False):
-            for weight in self._linear_weights():
-                weight.data = weight.data.contiguous()
+        set_weight_layout(self.model, column_major=False)
         self._column_major = False
-
-    def _linear_weights(self) -> list[torch.Tensor]:
-        seen: dict[int, torch.Tensor] = {}
-        for module in self.model.modules():
-            if isinstance(module, torch.nn.Linear):
-                seen.setdefault(id(module.weight), module.weight)
-        return list(seen.values())
 
     def _eos_ids(self) -> frozenset[int]:
         """End-of-message ids: the tokenizer's eos plus the generation config's (often a list)."""
@@ -421,9 +410,9 @@ class LocalModel:
         first = fresh[0].prompt
         for r in fresh[1:]:
             common = min(common, common_prefix(first, r.prompt))
-        kv = self._prefix_kv([None], [0], [first[:common]])[0] if common >= MIN_SHARED else None
-        if kv is None:
+        if common < MIN_SHARED:
             common = 0
+        kv = self._prefix_kv([None], [0], [first[:common]])[0] if common else None
         for r in fresh:
             r.shared, r.kv = common, kv
         groups: dict[tuple[int, ...], list[_Row]] = {}
@@ -480,6 +469,15 @@ class LocalModel:
         return Generation(text=text, token_ids=list(row.tokens), logprobs=list(row.logprobs),
                           finish_reason=row.finish, prompt_tokens=len(row.prompt) - row.cached,
                           cached_tokens=row.cached, time_s=row.time_s)
+
+
+def set_weight_layout(model: torch.nn.Module, column_major: bool) -> None:
+    """Re-stride every linear layer's weight in place, column-major or back to the ordinary
+    row-major layout; values, shapes and parameter objects (so weight tying) stay the same."""
+    weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    with torch.inference_mode(False):  # normal tensors: the RL trainer differentiates them later
+        for weight in weights.values():
+            weight.data = weight.data.t().contiguous().t() if column_major else weight.data.contiguous()
 
 
 def _charge(rows: list[_Row], started: float) -> None:
