@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=32, help="tasks of test and of ood")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--min-steps", type=int, default=0, help="at least this many optimizer steps (SFTOptions.min_steps)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--splits", nargs="+", default=["test", "ood"])
     ap.add_argument("--out", default="runs/calibration")
@@ -46,6 +47,7 @@ def main() -> None:
     from score_distill.evaluate import evaluate
     from score_distill.models.builtin import builtin_path
     from score_distill.models.load import load_model
+    from score_distill.precision import resolve_bf16, weights_dtype
     from score_distill.tasks.load import generate_suite
     from score_distill.tools.config import ToolConfig
     from score_distill.train.sft import SFTOptions, train_sft
@@ -66,12 +68,12 @@ def main() -> None:
             examples.append((t.question, steps))
     resumed = (out / "sft" / "final" / "config.json").exists()
     t0 = time.perf_counter()
-    opts = SFTOptions(epochs=args.epochs, lr=args.lr, batch_size=4, micro_batch_size=4, bf16=True,
-                      seed=args.seed, logging_steps=10)
+    opts = SFTOptions(epochs=args.epochs, lr=args.lr, batch_size=4, micro_batch_size=1, activation_checkpointing=True,
+                      bf16="auto", seed=args.seed, logging_steps=10, min_steps=args.min_steps)
     final = train_sft(builtin_path("smollm2-135m"), examples, out / "sft", opts)
     sft_s = time.perf_counter() - t0
-    model = load_model(str(final), autocast_bf16=True)
-    rollout = RolloutConfig(max_turns=8, max_new_tokens=160, batch_size=16, max_format_errors=2)
+    model = load_model(str(final), dtype=weights_dtype("auto", "cpu"))
+    rollout = RolloutConfig(max_turns=8, max_new_tokens=160, batch_size=32, max_format_errors=2, max_repeats=1)
     rows = []
     for split in args.splits:
         tasks = generate_suite(args.suite, split, args.n_eval, args.seed, **eval_dials)
@@ -81,9 +83,10 @@ def main() -> None:
                     f"{m['accuracy']:.1%} | [{lo:.1%}, {hi:.1%}] | {m['finish_rate']:.0%} |")
     evaluated = f", evaluated with {eval_only}" if eval_only else ""
     print(f"# BC calibration: SmolLM2-135M, {args.suite} train n={args.n_train} seed={args.seed}, "
-          f"difficulty {dials or 'default'}{evaluated}, epochs {args.epochs:g}, lr {args.lr:g}, bf16 autocast; "
+          f"difficulty {dials or 'default'}{evaluated}, epochs {args.epochs:g}, lr {args.lr:g}, "
+          f"{'bf16' if resolve_bf16('auto', 'cpu') else 'fp32'}; "
           + ("SFT checkpoint reused; " if resumed else f"SFT {sft_s:.0f} s; ")
-          + "greedy eval, 8 turns x 160 tokens")
+          + "greedy eval, 8 turns x 160 tokens, the first repeated cell ends an episode")
     print("| suite | BC trajectories | epochs | split | n | accuracy | 95% CI | finished |")
     print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows), flush=True)
