@@ -41,3 +41,28 @@ def test_smoke_preset_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     again = run(cfg, tmp_path)
     assert again["stages"] == report["stages"]
     assert time.perf_counter() - t0 < first / 2
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in Path(preset_path("demo")).parent.glob("*.yaml")))
+def test_every_preset_builds_its_world_with_its_own_dials(preset: str, tmp_path: Path) -> None:
+    """Each preset's difficulty dials are valid and reach the generated tasks, and a sample of
+    its reference solutions reaches the gold answers in the sandbox (build_world checks that)."""
+    from score_distill.pipeline import Run, build_world
+
+    cfg = load_yaml(RunConfig, preset_path(preset), ["n_train=6", "n_eval=4", "n_reference_check=2"])
+    run_ = Run(cfg, tmp_path)
+    build_world(run_)
+    assert set(run_.sets) == {f"{s}:{sp}" for s in cfg.suites for sp in ["train", *cfg.eval_splits]}
+    for name, tasks in run_.sets.items():
+        suite = name.split(":")[0]
+        assert len(tasks) == (6 if name.endswith(":train") else 4)
+        for dial, value in cfg.difficulty.get(suite, {}).items():
+            if suite == "math":  # math tasks record the dials they were made with
+                recorded = tasks[0].meta["difficulty"][dial]
+                assert recorded == (list(value) if isinstance(value, (list, tuple)) else value), (name, dial)
+        if suite == "math" and "max_ops" in cfg.difficulty.get("math", {}):
+            d = cfg.difficulty["math"]
+            lo, hi = (d["ood_min_ops"], d["ood_max_ops"]) if name.endswith(":ood") else (d.get("min_ops", 1), d["max_ops"])
+            assert all(lo <= t.meta["n_ops"] <= hi for t in tasks), name
+    refs = json.loads((tmp_path / "tasks" / "reference_check.json").read_text())
+    assert all(v["checked"] == 2 and v["reached_gold"] == 2 for v in refs.values())
