@@ -1,9 +1,9 @@
 """Peak memory of the pipeline, per stage: the main process and everything it started.
 
     python bench/demo_memory.py --out runs/memory-demo > bench/demo_memory.txt
-    python bench/demo_memory.py --out runs/memory-demo -- n_train=6 n_eval=4   # overrides
+    python bench/demo_memory.py --out runs/memory-demo -- --n-train 6 --n-eval 4   # overrides
 
-Runs `score-distill run --preset demo` (plus any `key=value` overrides after `--`) in a child
+Runs `score-distill run --preset demo` (plus any setting flags after `--`) in a child
 process and samples, every 0.2 s, the resident memory of that process and of all its
 descendants (sandbox interpreters included: as root they run under other uids, which /proc
 still shows us). Each sample is tagged with the stage that is writing: the top-level folder

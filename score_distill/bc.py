@@ -40,23 +40,21 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from tqdm import tqdm
 
 from score_distill.agent.format import format_observation, parse_turn, render_step
-from score_distill.agent.rollout import derive_seed
 from score_distill.config import option
 from score_distill.datasets_export import SFTExample, export_sft
-from score_distill.mentor import RecordLog
 from score_distill.models.base import ModelError
-from score_distill.rundir import open_run_dir
+from score_distill.rundir import RecordLog, open_run_dir
+from score_distill.seeds import derive_seed
 from score_distill.storage import atomic_write_json
 from score_distill.teachers.base import Teacher
 from score_distill.teachers.health import UNAVAILABLE, TeacherHealth, unreachable
 from score_distill.teachers.llm import TeacherFailure
 from score_distill.tools.config import ToolConfig, open_sandbox
-from score_distill.types import Record, Step, Task, Trajectory, write_jsonl
+from score_distill.types import BCRecord, Step, Task, Trajectory, write_jsonl
 
 
 @dataclass
@@ -74,23 +72,6 @@ class BCConfig:
 
 
 RESUME_FREE = ("teacher_concurrency", "teacher_down_after")
-
-
-@dataclass
-class BCRecord(Record):
-    """The outcome of one chosen task: kept, rejected (with reason) or teacher_failed."""
-
-    task_id: str
-    question: str
-    answer: str
-    suite: str
-    status: str
-    trajectory: Trajectory
-    reason: str | None = None
-    teacher_calls: int = 0
-    teacher_tokens: int = 0
-
-    _nested: ClassVar[dict[str, tuple[type, bool]]] = {"trajectory": (Trajectory, False)}
 
 
 def choose_tasks(task_ids: list[str], fraction: float, seed: int) -> list[str]:

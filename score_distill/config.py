@@ -168,16 +168,19 @@ def save_config(config: Any, path: str | Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add a `--flag` per scalar field of `cls` (nested dataclasses get `--section.field`).
-    Defaults are None so that only flags the user gave override the config."""
+    """Add a `--flag` per field of `cls`, named by its dotted path as in YAML (nested
+    dataclasses give `--section.field`), spelt with dashes or as the YAML spells it:
+    `--eval-rollout.max-turns 6` and `--eval_rollout.max_turns 6` are the same flag. A list or
+    mapping field takes YAML (`--suites '[math]'`). Defaults are None so that only flags the
+    user gave override the config. Every sub-command reads its settings this way."""
     for f in dataclasses.fields(cls):
         tp = _field_type(cls, f)
         name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
             add_arguments(parser, tp, prefix=f"{name}.")
             continue
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, dest=name, default=None, metavar=name.split(".")[-1].upper(),
+        flags = dict.fromkeys(["--" + name.replace("_", "-"), "--" + name])  # one spelling when they agree
+        parser.add_argument(*flags, dest=name, default=None, metavar=name.split(".")[-1].upper(),
                             help=f.metadata.get("help", ""))
 
 

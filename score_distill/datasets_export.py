@@ -47,16 +47,13 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from score_distill.agent.format import SYSTEM_PROMPT, to_messages
-from score_distill.agent.rollout import derive_seed
 from score_distill.config import option
+from score_distill.seeds import derive_seed
 from score_distill.storage import atomic_path, atomic_write_json, atomic_write_lines, dumps, safe_data
-from score_distill.types import KeyStepItem, Step, Trajectory, read_jsonl, write_jsonl
-
-if TYPE_CHECKING:
-    from score_distill.mentor import MentorRecord
+from score_distill.types import KeyStepItem, MentorRecord, Step, Trajectory, read_jsonl, write_jsonl
 
 
 @dataclass
@@ -240,6 +237,4 @@ def export_mentor(records: list[MentorRecord], out_dir: str | Path, cfg: SplitCo
 
 def load_mentor_records(mentor_dir: str | Path) -> list[MentorRecord]:
     """The records of an MPS output directory, in file order."""
-    from score_distill.mentor import MentorRecord
-
     return read_jsonl(Path(mentor_dir) / "records.jsonl", MentorRecord)

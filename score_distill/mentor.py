@@ -48,15 +48,13 @@ Output directory:
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Generic, Iterator, TypeVar
+from typing import Iterator
 
 from tqdm import tqdm
 
@@ -65,62 +63,13 @@ from score_distill.agent.rollout import Episode, RolloutConfig, prefix_cells, ro
 from score_distill.config import option
 from score_distill.datasets_export import SplitConfig, export_mentor
 from score_distill.models.base import ChatModel, ModelError
-from score_distill.rundir import open_run_dir
-from score_distill.storage import atomic_write_json, split_jsonl
+from score_distill.rundir import RecordLog, open_run_dir
+from score_distill.storage import atomic_write_json
 from score_distill.teachers.base import Teacher
 from score_distill.teachers.health import UNAVAILABLE, TeacherDown, TeacherHealth, unreachable
 from score_distill.teachers.llm import TeacherFailure
 from score_distill.tools.config import ToolConfig, open_sandbox
-from score_distill.types import Intervention, KeyStepItem, Record, SchemaError, Step, Task, Trajectory, write_jsonl
-
-R = TypeVar("R", bound=Record)
-
-
-class RecordLog(Generic[R]):
-    """An append-only JSONL file of finished work: one line per finished item, written with
-    one write() + flush + fsync, so a crash loses at most the line being written.
-
-    `load()` cuts a torn last line off the file (the writer died mid-line), then returns the
-    records by key; a malformed line elsewhere, or a key seen twice, raises (corruption or
-    our bug, not a crash), unless `replaceable(earlier record)` says the work is to be redone:
-    then the later line wins. Only one thread appends (the caller's main loop).
-    """
-
-    def __init__(self, path: str | Path, cls: type[R], key: Callable[[R], str],
-                 replaceable: Callable[[R], bool] | None = None):
-        self.path, self.cls, self.key, self.replaceable = Path(path), cls, key, replaceable
-
-    def load(self) -> dict[str, R]:
-        if not self.path.exists():
-            return {}
-        data = self.path.read_bytes()
-        try:
-            lines, tail = split_jsonl(data, str(self.path))
-        except UnicodeError as e:
-            raise SchemaError(str(e)) from None
-        if tail:  # torn anywhere, even inside a character: cut before anything is appended
-            os.truncate(self.path, len(data) - len(tail))
-        out: dict[str, R] = {}
-        for number, line in lines:
-            if not line.strip():
-                continue
-            try:
-                record = self.cls.from_dict(json.loads(line))
-            except (json.JSONDecodeError, SchemaError) as e:
-                raise SchemaError(f"{self.path}:{number}: {e}") from None
-            k = self.key(record)
-            if k in out and not (self.replaceable is not None and self.replaceable(out[k])):
-                raise SchemaError(f"{self.path}:{number}: {k!r} is recorded twice")
-            out[k] = record
-        return out
-
-    def append(self, record: R) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(record.to_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
+from score_distill.types import Intervention, KeyStepItem, MentorRecord, Step, Task, Trajectory, write_jsonl
 
 def mps_rollout_config() -> RolloutConfig:
     """The MPS sampling defaults (T=0.6, top-p 0.95, as in the reference release)."""
@@ -149,30 +98,6 @@ class MentorConfig:
 
 # Settings that change speed, not results: a run may be resumed with other values.
 RESUME_FREE = ("teacher_concurrency", "max_in_flight", "teacher_down_after", "rollout.batch_size", "split")
-
-
-@dataclass
-class MentorRecord(Record):
-    """Everything MPS produced for one task, written as one line when the task finishes."""
-
-    task_id: str
-    question: str
-    answer: str
-    suite: str
-    status: str
-    trajectory: Trajectory
-    interventions: list[Intervention] = field(default_factory=list)
-    keysteps: list[KeyStepItem] = field(default_factory=list)
-    reason: str | None = None
-    teacher_calls: int = 0
-    teacher_tokens: int = 0
-    student_tokens: int = 0
-
-    _nested: ClassVar[dict[str, tuple[type, bool]]] = {
-        "trajectory": (Trajectory, False),
-        "interventions": (Intervention, True),
-        "keysteps": (KeyStepItem, True),
-    }
 
 
 def run_fix(task: Task, prefix: list[Step], fixed: Step, tools: ToolConfig) -> Step:
@@ -346,10 +271,10 @@ def _rounds(student: ChatModel, teacher: Teacher, tasks: list[Task], cfg: Mentor
         tqdm.write(f"mps round {rnd} | in flight {len(active)} | queued {len(queue)}", file=sys.stderr)
 
 
-def summarize(records: list[MentorRecord]) -> dict:
+def mps_summary(records: list[MentorRecord]) -> dict:
     """The summary of finished tasks (wall time is added by the caller).
 
-    >>> s = summarize([])
+    >>> s = mps_summary([])
     >>> s["tasks"], s["solved_by_interventions"], s["first_error_step_hist"]
     (0, {'0': 0, '1': 0, '2+': 0}, {})
     """
@@ -385,7 +310,7 @@ def write_outputs(records: list[MentorRecord], out: Path, split: SplitConfig) ->
     """Rebuild the derived files from the records (in task order) and export the splits."""
     write_jsonl(out / "mps_trajectories.jsonl", [r.trajectory for r in records])
     write_jsonl(out / "keysteps.jsonl", [k for r in records for k in r.keysteps])
-    summary = summarize(records)
+    summary = mps_summary(records)
     summary["export"] = export_mentor(records, out / "export", split)
     return summary
 

@@ -22,7 +22,7 @@ and tool settings. The report (report.json, report.md, plots) is written at the 
 
     score-distill run --preset demo              # SmolLM2-135M student, reference teacher
     score-distill run --preset smoke --out runs/smoke   # tiny model, a few minutes
-    score-distill run --preset demo n_eval=16 sft.epochs=1
+    score-distill run --preset demo --n-eval 16 --sft.epochs 1
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class RunConfig:
 
 
 @dataclass
-class Run:
+class RunState:
     """Shared state of one pipeline run: its config, folder, tasks and bookkeeping."""
 
     cfg: RunConfig
@@ -113,24 +113,24 @@ class _Timer:
         self.wall[self.name] = round(self.wall.get(self.name, 0.0) + time.perf_counter() - self.t0, 1)
 
 
-def build_world(run: Run) -> None:
+def world_stage(state: RunState) -> None:
     """Generate every split of every suite into out/tasks/<suite>-<split>.jsonl and check
     a sample of reference solutions (each must reach its gold answer)."""
     from score_distill.tasks.load import generate_suite
     from score_distill.tasks.references import run_reference
 
-    cfg = run.cfg
+    cfg = state.cfg
     for suite in cfg.suites:
         for split in ["train", *cfg.eval_splits]:
-            path = run.out / "tasks" / f"{suite}-{split}.jsonl"
+            path = state.out / "tasks" / f"{suite}-{split}.jsonl"
             if not path.exists():
                 n = cfg.n_train if split == "train" else cfg.n_eval
                 write_jsonl(path, generate_suite(suite, split, n, cfg.seed, **cfg.difficulty.get(suite, {})))
-            run.sets[f"{suite}:{split}"] = read_jsonl(path, Task)
-    check = run.out / "tasks" / "reference_check.json"
+            state.sets[f"{suite}:{split}"] = read_jsonl(path, Task)
+    check = state.out / "tasks" / "reference_check.json"
     if not check.exists():
         result = {}
-        for name, tasks in run.sets.items():
+        for name, tasks in state.sets.items():
             sample = tasks[: cfg.n_reference_check]
             result[name] = {"checked": len(sample), "reached_gold": sum(run_reference(t, cfg.tools) for t in sample)}
         atomic_write_json(check, result)
@@ -138,7 +138,7 @@ def build_world(run: Run) -> None:
     bad = {k: v for k, v in refs.items() if v["reached_gold"] != v["checked"]}
     if bad:
         raise RuntimeError(f"reference solutions that miss their gold answer: {bad}")
-    run.extra["reference_check"] = refs
+    state.extra["reference_check"] = refs
 
 
 def _inference_dtype(cfg: RunConfig) -> dict[str, object]:
@@ -148,71 +148,73 @@ def _inference_dtype(cfg: RunConfig) -> dict[str, object]:
     return {"dtype": weights_dtype(cfg.inference_bf16, "cpu")}
 
 
-def evaluate_stage(run: Run, stage: str, model_path: str) -> None:
+def evaluate_stage(state: RunState, stage: str, model_path: str) -> None:
     """Evaluate one checkpoint on every eval set (resumes per set)."""
     from score_distill.evaluate import evaluate_sets
     from score_distill.models.load import load_model
 
-    model = load_model(model_path, **_inference_dtype(run.cfg))
-    sets = {name: (tasks, run.out / "eval" / stage / name.replace(":", "-")) for name, tasks in run.sets.items()
-            if name.split(":")[1] in run.cfg.eval_splits}
-    with run.timed(f"eval_{stage}"):
+    model = load_model(model_path, **_inference_dtype(state.cfg))
+    sets = {name: (tasks, state.out / "eval" / stage / name.replace(":", "-")) for name, tasks in state.sets.items()
+            if name.split(":")[1] in state.cfg.eval_splits}
+    with state.timed(f"eval_{stage}"):
         # One rollout over every set: the sets share the batches.
-        metrics = evaluate_sets(model, sets, run.cfg.tools, run.cfg.eval_rollout, desc=f"eval {stage}")
-    run.stages[stage] = {name: {"accuracy": m["accuracy"], "ci95": m["ci95"], "n": m["n"],
+        metrics = evaluate_sets(model, sets, state.cfg.tools, state.cfg.eval_rollout, desc=f"eval {stage}")
+    state.stages[stage] = {name: {"accuracy": m["accuracy"], "ci95": m["ci95"], "n": m["n"],
                                 "finish_rate": m.get("finish_rate"), "mean_turns": m.get("mean_turns"),
                                 "sandbox": m.get("sandbox")}
                          for name, m in metrics.items()}
     del model
 
 
-def bc_stage(run: Run, name: str, fraction: float, base: str, teacher) -> str:
+def bc_stage(state: RunState, name: str, fraction: float, base: str, teacher) -> str:
     """Collect teacher solutions of `fraction` of the train tasks and fine-tune `base` on them."""
     from score_distill.bc import BCConfig, collect_bc
     from score_distill.datasets_export import read_sft_examples
     from score_distill.train.sft import train_sft
 
-    folder = run.out / name
-    bc_cfg = BCConfig(teacher=run.cfg.teacher, tasks="embedded", seed=run.cfg.seed, fraction=fraction, tools=run.cfg.tools)
-    with run.timed(name):
-        summary = collect_bc(teacher, run.train, folder / "data", bc_cfg)
+    folder = state.out / name
+    bc_cfg = BCConfig(teacher=state.cfg.teacher, tasks="embedded", seed=state.cfg.seed, fraction=fraction,
+                      tools=state.cfg.tools)
+    with state.timed(name):
+        summary = collect_bc(teacher, state.train, folder / "data", bc_cfg)
         examples = read_sft_examples(folder / "data" / "bc_trajectories.jsonl")
-        final = train_sft(base, examples, folder / "sft", run.cfg.sft)
-    run.teacher_tokens[name] = int(summary["teacher_tokens"])
-    run.extra[f"{name}_data"] = {k: summary[k] for k in ("chosen", "kept", "rejected", "teacher_calls", "teacher_tokens")}
+        final = train_sft(base, examples, folder / "sft", state.cfg.sft)
+    state.teacher_tokens[name] = int(summary["teacher_tokens"])
+    state.extra[f"{name}_data"] = {k: summary[k]
+                                   for k in ("chosen", "kept", "rejected", "teacher_calls", "teacher_tokens")}
     return str(final)
 
 
-def mps_stage(run: Run, student: str, teacher) -> dict:
+def mps_stage(state: RunState, student: str, teacher) -> dict:
     """Mentored problem-solving of `student` on the train tasks BC did not use."""
     from score_distill.datasets_export import SplitConfig
     from score_distill.mentor import MentorConfig, mentor
     from score_distill.models.load import load_model
 
-    chosen = set(json.loads((run.out / "bc" / "data" / "chosen_ids.json").read_text()))
-    tasks = [t for t in run.train if t.id not in chosen]
-    cfg = MentorConfig(student=student, teacher=run.cfg.teacher, tasks="embedded", seed=run.cfg.seed,
-                       max_interventions=run.cfg.max_interventions, rollout=run.cfg.mps_rollout,
-                       tools=run.cfg.tools, split=SplitConfig(seed=run.cfg.seed))
-    with run.timed("mps"):
-        summary = mentor(load_model(student, **_inference_dtype(run.cfg)), teacher, tasks, run.out / "mps", cfg)
-    run.teacher_tokens["mps"] = int(summary["teacher_tokens"])
-    run.extra["mps"] = {k: summary[k] for k in ("tasks", "solved_by_interventions", "hard_to_teach",
+    chosen = set(json.loads((state.out / "bc" / "data" / "chosen_ids.json").read_text()))
+    tasks = [t for t in state.train if t.id not in chosen]
+    cfg = MentorConfig(student=student, teacher=state.cfg.teacher, tasks="embedded", seed=state.cfg.seed,
+                       max_interventions=state.cfg.max_interventions, rollout=state.cfg.mps_rollout,
+                       tools=state.cfg.tools, split=SplitConfig(seed=state.cfg.seed))
+    with state.timed("mps"):
+        summary = mentor(load_model(student, **_inference_dtype(state.cfg)), teacher, tasks, state.out / "mps", cfg)
+    state.teacher_tokens["mps"] = int(summary["teacher_tokens"])
+    state.extra["mps"] = {k: summary[k] for k in ("tasks", "solved_by_interventions", "hard_to_teach",
                                                 "first_error_step_hist", "teacher_calls", "teacher_tokens",
                                                 "student_tokens") if k in summary}
-    # (the summary's wall_time_s is that of the last call, 0 when resumed; run.wall has the stage's)
+    # (the summary's wall_time_s is that of the last call, 0 when resumed; state.wall has the stage's)
     return summary
 
 
-def rl_stage(run: Run, name: str, base: str, items, teacher, opts: RLOptions) -> str:
+def rl_stage(state: RunState, name: str, base: str, items, teacher, opts: RLOptions) -> str:
     from score_distill.train.rl import train_rl
 
-    tasks_by_id = {t.id: t for t in run.train}
+    tasks_by_id = {t.id: t for t in state.train}
     before = teacher.usage.tokens
-    with run.timed(name):
-        final = train_rl(base, items, tasks_by_id, teacher, run.cfg.tools, run.out / name, opts)
+    with state.timed(name):
+        final = train_rl(base, items, tasks_by_id, teacher, state.cfg.tools, state.out / name, opts)
     # Equivalence judgements of this process (a resumed run counts only what it spent).
-    run.teacher_tokens[name] = run.teacher_tokens.get(name, 0) + teacher.usage.tokens - before
+    state.teacher_tokens[name] = state.teacher_tokens.get(name, 0) + teacher.usage.tokens - before
     return str(final)
 
 
@@ -231,51 +233,51 @@ def run(cfg: RunConfig, out_dir: str | Path) -> dict:
         raise ValueError(f"unknown ablations {sorted(unknown)}; known: {ABLATIONS}")
     out = Path(out_dir)
     open_run_dir(out, cfg, RESUME_FREE)
-    state = out / "run_state.json"
-    prior = json.loads(state.read_text()) if state.exists() else {}
-    run_ = Run(cfg, out, teacher_tokens=prior.get("teacher_tokens", {}), wall=prior.get("wall_time_s", {}))
+    state_file = out / "run_state.json"
+    prior = json.loads(state_file.read_text()) if state_file.exists() else {}
+    state = RunState(cfg, out, teacher_tokens=prior.get("teacher_tokens", {}), wall=prior.get("wall_time_s", {}))
 
     def save_state() -> None:
-        atomic_write_json(state, {"teacher_tokens": run_.teacher_tokens, "wall_time_s": run_.wall})
+        atomic_write_json(state_file, {"teacher_tokens": state.teacher_tokens, "wall_time_s": state.wall})
 
-    with run_.timed("world"):
-        build_world(run_)
+    with state.timed("world"):
+        world_stage(state)
     base = str(builtin_path(cfg.student)) if is_builtin(cfg.student) else cfg.student
     teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=out / "teacher_cache") \
         if cfg.teacher != "reference" else load_teacher("reference")
-    evaluate_stage(run_, "untrained", base)
-    bc = bc_stage(run_, "bc", cfg.bc_fraction, base, teacher)
+    evaluate_stage(state, "untrained", base)
+    bc = bc_stage(state, "bc", cfg.bc_fraction, base, teacher)
     save_state()
-    evaluate_stage(run_, "bc", bc)
-    mps_stage(run_, bc, teacher)
+    evaluate_stage(state, "bc", bc)
+    mps_stage(state, bc, teacher)
     save_state()
     export = out / "mps" / "export"
-    with run_.timed("score_sft"):
+    with state.timed("score_sft"):
         score_sft = str(train_sft(bc, read_sft_examples(export / "sft_trajectories.jsonl"), out / "score_sft", cfg.sft))
-    evaluate_stage(run_, "score_sft", score_sft)
+    evaluate_stage(state, "score_sft", score_sft)
     items = read_jsonl(export / "rl_items.jsonl", KeyStepItem)
-    score_rl = rl_stage(run_, "score_rl", score_sft, items, teacher, cfg.rl)
+    score_rl = rl_stage(state, "score_rl", score_sft, items, teacher, cfg.rl)
     save_state()
-    evaluate_stage(run_, "score_rl", score_rl)
-    bc_full = bc_stage(run_, "bc_full", 1.0, base, teacher)
+    evaluate_stage(state, "score_rl", score_rl)
+    bc_full = bc_stage(state, "bc_full", 1.0, base, teacher)
     save_state()
-    evaluate_stage(run_, "bc_full", bc_full)
+    evaluate_stage(state, "bc_full", bc_full)
     for name in cfg.ablations:
         if name == "grpo":
-            path = rl_stage(run_, name, bc, outcome_items(run_.train), teacher,
+            path = rl_stage(state, name, bc, outcome_items(state.train), teacher,
                             replace(cfg.rl, key_step_reward=False, outcome_only_share=1.0))
         else:
             opts = replace(cfg.rl, short_horizon=False) if name == "rl_no_short_horizon" else replace(cfg.rl, key_step_reward=False)
-            path = rl_stage(run_, name, score_sft, items, teacher, opts)
+            path = rl_stage(state, name, score_sft, items, teacher, opts)
         save_state()
-        evaluate_stage(run_, name, path)
+        evaluate_stage(state, name, path)
     save_state()
-    spent = run_.teacher_tokens
-    report = {"stages": run_.stages, "teacher_tokens": spent,
+    spent = state.teacher_tokens
+    report = {"stages": state.stages, "teacher_tokens": spent,
               "teacher_tokens_cumulative": {
                   "bc": spent.get("bc", 0), "score_sft": spent.get("bc", 0) + spent.get("mps", 0),
                   "score_rl": spent.get("bc", 0) + spent.get("mps", 0) + spent.get("score_rl", 0),
                   "bc_full": spent.get("bc_full", 0)},
-              "wall_time_s": run_.wall, "student": cfg.student, "teacher": cfg.teacher, **run_.extra}
+              "wall_time_s": state.wall, "student": cfg.student, "teacher": cfg.teacher, **state.extra}
     write_report(report, out)
     return report

@@ -4,7 +4,8 @@ Every resumable command (`eval`, `bc`, `mentor`, `run`) writes `config.yaml` int
 directory and skips work already recorded there. A rerun with other settings would mix
 records made under two configs while `config.yaml` names only the last, so it is refused
 before any work, naming each field that differs. Settings that change speed, not results
-(batch sizes, concurrency), may be listed as free by the caller.
+(batch sizes, concurrency), may be listed as free by the caller. `RecordLog` is the
+append-only file of finished work that such a directory resumes from.
 
     >>> flat({"n": 3, "rollout": {"max_turns": 8, "seed": 0}})
     {'n': 3, 'rollout.max_turns': 8, 'rollout.seed': 0}
@@ -13,10 +14,13 @@ before any work, naming each field that differs. Settings that change speed, not
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Generic, TypeVar
 
 from score_distill.config import UsageError, save_config, to_dict
+from score_distill.storage import split_jsonl
+from score_distill.types import Record, SchemaError
 
 MAX_SHOWN_CHARS = 40
 
@@ -64,3 +68,52 @@ def open_run_dir(out: str | Path, config: Any, resume_free: tuple[str, ...] = ()
     """`check_run_dir`, then create `out` and save the resolved config as `out/config.yaml`."""
     check_run_dir(out, config, resume_free)
     save_config(config, Path(out) / "config.yaml")
+
+
+R = TypeVar("R", bound=Record)
+
+
+class RecordLog(Generic[R]):
+    """An append-only JSONL file of finished work: one line per finished item, written with
+    one write() + flush + fsync, so a crash loses at most the line being written.
+
+    `load()` cuts a torn last line off the file (the writer died mid-line), then returns the
+    records by key; a malformed line elsewhere, or a key seen twice, raises (corruption or
+    our bug, not a crash), unless `replaceable(earlier record)` says the work is to be redone:
+    then the later line wins. Only one thread appends (the caller's main loop).
+    """
+
+    def __init__(self, path: str | Path, cls: type[R], key: Callable[[R], str],
+                 replaceable: Callable[[R], bool] | None = None):
+        self.path, self.cls, self.key, self.replaceable = Path(path), cls, key, replaceable
+
+    def load(self) -> dict[str, R]:
+        if not self.path.exists():
+            return {}
+        data = self.path.read_bytes()
+        try:
+            lines, tail = split_jsonl(data, str(self.path))
+        except UnicodeError as e:
+            raise SchemaError(str(e)) from None
+        if tail:  # torn anywhere, even inside a character: cut before anything is appended
+            os.truncate(self.path, len(data) - len(tail))
+        out: dict[str, R] = {}
+        for number, line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = self.cls.from_dict(json.loads(line))
+            except (json.JSONDecodeError, SchemaError) as e:
+                raise SchemaError(f"{self.path}:{number}: {e}") from None
+            k = self.key(record)
+            if k in out and not (self.replaceable is not None and self.replaceable(out[k])):
+                raise SchemaError(f"{self.path}:{number}: {k!r} is recorded twice")
+            out[k] = record
+        return out
+
+    def append(self, record: R) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(record.to_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())

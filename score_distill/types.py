@@ -278,3 +278,47 @@ def _record(cls: type[R], data: Any, path: str | Path, number: int) -> R:
         return cls.from_dict(data)
     except SchemaError as e:
         raise SchemaError(f"{path}:{number}: {e}") from None
+
+
+# ---- what the data stages record, one line per finished task
+
+
+@dataclass
+class BCRecord(Record):
+    """The outcome of one chosen task: kept, rejected (with reason) or teacher_failed."""
+
+    task_id: str
+    question: str
+    answer: str
+    suite: str
+    status: str
+    trajectory: Trajectory
+    reason: str | None = None
+    teacher_calls: int = 0
+    teacher_tokens: int = 0
+
+    _nested: ClassVar[dict[str, tuple[type, bool]]] = {"trajectory": (Trajectory, False)}
+
+
+@dataclass
+class MentorRecord(Record):
+    """Everything MPS produced for one task, written as one line when the task finishes."""
+
+    task_id: str
+    question: str
+    answer: str
+    suite: str
+    status: str
+    trajectory: Trajectory
+    interventions: list[Intervention] = field(default_factory=list)
+    keysteps: list[KeyStepItem] = field(default_factory=list)
+    reason: str | None = None
+    teacher_calls: int = 0
+    teacher_tokens: int = 0
+    student_tokens: int = 0
+
+    _nested: ClassVar[dict[str, tuple[type, bool]]] = {
+        "trajectory": (Trajectory, False),
+        "interventions": (Intervention, True),
+        "keysteps": (KeyStepItem, True),
+    }

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from score_distill.bc import BCConfig, BCRecord, choose_tasks, collect_bc, execute_steps
+from score_distill.bc import BCConfig, choose_tasks, collect_bc, execute_steps
+from score_distill.types import BCRecord
 from score_distill.datasets_export import read_sft_examples
 from score_distill.tools.config import ToolConfig
 from score_distill.tools.sandbox import SandboxConfig

@@ -9,7 +9,7 @@ import pytest
 from score_distill.agent.format import SYSTEM_PROMPT, render_step
 from score_distill.datasets_export import (SplitConfig, export_mentor, load_mentor_records, read_sft_examples,
                                            split_records)
-from score_distill.mentor import MentorRecord
+from score_distill.types import MentorRecord
 from score_distill.types import Intervention, KeyStepItem, Step, Trajectory, write_jsonl
 
 

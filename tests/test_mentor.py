@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from score_distill.commands.mentor import excluded_ids
-from score_distill.mentor import MentorConfig, MentorRecord, RecordLog, mentor, open_run_dir, run_fix
+from score_distill.mentor import MentorConfig, mentor, run_fix
+from score_distill.rundir import RecordLog, open_run_dir
+from score_distill.types import MentorRecord
 from score_distill.tools.config import ToolConfig
 from score_distill.tools.sandbox import SandboxConfig
 from score_distill.types import KeyStepItem, Step, Trajectory, read_jsonl

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from score_distill.agent.format import STOP_STRINGS
 from score_distill.models import openai_compat
 from score_distill.models.base import GenRequest, ModelError, SamplingParams
 from score_distill.models.load import load_model
@@ -113,7 +114,7 @@ def test_request_fields_and_reply_parsing(serve: Callable[..., Server], monkeypa
         usage={"prompt_tokens": 20, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 8}})
     server = serve(lambda n, body, headers: Answer(body=reply))
     model = client(server, api_key_env="TEST_KEY")
-    params = SamplingParams(temperature=0.6, top_p=0.95, max_new_tokens=64, seed=5)
+    params = SamplingParams(temperature=0.6, top_p=0.95, max_new_tokens=64, stop=STOP_STRINGS, seed=5)
     [gen] = model.generate([GenRequest(MESSAGES, seed=11)], params)
     [sent] = server.requests
     assert sent == {"model": "fake-model", "messages": MESSAGES, "temperature": 0.6, "top_p": 0.95, "max_tokens": 64,

@@ -46,14 +46,14 @@ def test_smoke_preset_runs_every_stage_and_resumes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("preset", sorted(p.stem for p in Path(preset_path("demo")).parent.glob("*.yaml")))
 def test_every_preset_builds_its_world_with_its_own_dials(preset: str, tmp_path: Path) -> None:
     """Each preset's difficulty dials are valid and reach the generated tasks, and a sample of
-    its reference solutions reaches the gold answers in the sandbox (build_world checks that)."""
-    from score_distill.pipeline import Run, build_world
+    its reference solutions reaches the gold answers in the sandbox (world_stage checks that)."""
+    from score_distill.pipeline import RunState, world_stage
 
     cfg = load_yaml(RunConfig, preset_path(preset), ["n_train=6", "n_eval=4", "n_reference_check=2"])
-    run_ = Run(cfg, tmp_path)
-    build_world(run_)
-    assert set(run_.sets) == {f"{s}:{sp}" for s in cfg.suites for sp in ["train", *cfg.eval_splits]}
-    for name, tasks in run_.sets.items():
+    state = RunState(cfg, tmp_path)
+    world_stage(state)
+    assert set(state.sets) == {f"{s}:{sp}" for s in cfg.suites for sp in ["train", *cfg.eval_splits]}
+    for name, tasks in state.sets.items():
         suite = name.split(":")[0]
         assert len(tasks) == (6 if name.endswith(":train") else 4)
         for dial, value in cfg.difficulty.get(suite, {}).items():

@@ -16,7 +16,8 @@ import pytest
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.cli import main
 from score_distill.evaluate import evaluate
-from score_distill.mentor import MentorRecord, RecordLog
+from score_distill.rundir import RecordLog
+from score_distill.types import MentorRecord
 from score_distill.rundir import RunDirConflict, open_run_dir
 from score_distill.storage import atomic_write_text
 from score_distill.teachers.cache import CacheError, CachedReply, TeacherCache
@@ -108,12 +109,12 @@ def test_eval_resumes_from_a_file_torn_inside_a_character(tmp_path: Path):
 
 
 def test_rl_log_trim_after_a_tear_inside_a_character(tmp_path: Path):
-    from score_distill.train.rl import _trim_jsonl
+    from score_distill.train.rl_dir import trim_jsonl
 
     path = tmp_path / "samples.jsonl"
     lines = [f'{{"step": {i}, "text": "é✓\U0001f600"}}' for i in range(4)]
     path.write_bytes(("\n".join(lines) + "\n").encode()[:-4])  # torn inside the last emoji
-    _trim_jsonl(path, lambda r: r["step"] <= 1)
+    trim_jsonl(path, lambda r: r["step"] <= 1)
     assert path.read_text(encoding="utf-8") == lines[0] + "\n" + lines[1] + "\n"
 
 
@@ -225,10 +226,32 @@ def test_pipeline_rerun_with_other_settings_is_refused_before_any_stage(tmp_path
     open_run_dir(out, load_yaml(RunConfig, preset_path("smoke")))  # as a first run leaves it
     with pytest.raises(RunDirConflict, match=r"n_eval 3 -> 5"):
         run(load_yaml(RunConfig, preset_path("smoke"), ["n_eval=5"]), out)
-    assert main(["run", "--preset", "smoke", "--out", str(out), "n_eval=5", "seed=2"]) == 2
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--n-eval", "5", "--seed", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "n_eval" in err and "seed 0 -> 2" in err
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # no stage ran
+
+
+def test_run_takes_settings_as_dotted_flags_and_names_the_flag_for_key_value(tmp_path: Path, monkeypatch, capsys):
+    """`run` reads its settings as every sub-command does: a flag per dotted config path, in
+    either spelling; the old `key=value` form is refused with the flag to write instead."""
+    seen = {}
+
+    def pipeline(cfg, out_dir):  # stands in for the pipeline: the test is about parsing
+        seen["cfg"] = cfg
+        return {"stages": {}}
+
+    monkeypatch.setattr("score_distill.pipeline.run", pipeline)
+    out = str(tmp_path / "run")
+    assert main(["run", "--preset", "smoke", "--out", out, "--n-eval", "5", "--sft.epochs", "3",
+                 "--eval_rollout.max_turns", "4", "--suites", "[math]"]) == 0
+    cfg = seen["cfg"]
+    assert (cfg.n_eval, cfg.sft.epochs, cfg.eval_rollout.max_turns, cfg.suites) == (5, 3.0, 4, ["math"])
+    assert cfg.n_train == 10  # the preset's value where no flag was given
+    capsys.readouterr()
+    assert main(["run", "--preset", "smoke", "--out", out, "sft.epochs=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "write --sft.epochs 3" in err
 
 
 def test_mentor_and_bc_reruns_with_other_settings_exit_2_with_one_line(tmp_path: Path, monkeypatch, capsys):

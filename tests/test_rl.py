@@ -308,14 +308,14 @@ def test_the_reference_is_freed_before_the_update_unless_kept(tiny_dir, tmp_path
 
 def test_rerun_resumes_from_the_checkpoint_and_trims_the_log(tiny_dir, tmp_path, monkeypatch):
     tasks, by_id = plain_world(3)
-    real_step = rl._Run.step
+    real_step = rl._Trainer.step
 
     def dies_at_third(self, step):
         if step == 2:
             raise KeyboardInterrupt
         return real_step(self, step)
 
-    monkeypatch.setattr(rl._Run, "step", dies_at_third)
+    monkeypatch.setattr(rl._Trainer, "step", dies_at_third)
     with pytest.raises(KeyboardInterrupt):
         train_rl(tiny_dir, outcome_items(tasks), by_id, None, TOOLS, tmp_path, SMOKE)
     assert (tmp_path / "checkpoints" / "step-000002" / "state.json").is_file()
@@ -323,7 +323,7 @@ def test_rerun_resumes_from_the_checkpoint_and_trims_the_log(tiny_dir, tmp_path,
         f.write('{"step": 3, "torn"')  # a record the killed run half wrote
     stale = Trajectory(task_id="m0", meta={"rl_step": 3})  # as if written after the checkpoint
     write_jsonl(tmp_path / "samples.jsonl", [stale], append=True)
-    monkeypatch.setattr(rl._Run, "step", real_step)
+    monkeypatch.setattr(rl._Trainer, "step", real_step)
     started = []
     monkeypatch.setattr(rl, "items_for_step", lambda *a: started.append(a[1]) or items_for_step(*a))
     final = train_rl(tiny_dir, outcome_items(tasks), by_id, None, TOOLS, tmp_path, SMOKE)

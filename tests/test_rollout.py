@@ -3,7 +3,8 @@ turn budget, prefixes with rebuilt sandbox state, and batches that shrink as epi
 
 from __future__ import annotations
 
-from score_distill.agent.rollout import Episode, RolloutConfig, derive_seed, rollout
+from score_distill.agent.rollout import Episode, RolloutConfig, rollout
+from score_distill.seeds import derive_seed
 from score_distill.models.scripted import ScriptedModel
 from score_distill.tools.config import ToolConfig
 from score_distill.tools.sandbox import SandboxConfig

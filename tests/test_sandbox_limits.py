@@ -78,7 +78,7 @@ def test_every_command_with_a_sandbox_reports_a_bad_limit_in_one_line(command: s
 def test_run_reports_a_bad_override_in_one_line(tmp_path: Path) -> None:
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "score_distill", "run", "--preset", "smoke", "--out", str(out),
-                           "tools.sandbox.cpu_total_s=1e300"], capture_output=True, timeout=120)
+                           "--tools.sandbox.cpu-total-s", "1e300"], capture_output=True, timeout=120)
     assert_usage_error(done, "run", "SandboxConfig.cpu_total_s must be more than 0 and at most 86400")
     assert not out.exists()
 

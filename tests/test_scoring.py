@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from score_distill.tasks.scoring import (JUDGE_PROMPT_VERSION, JUDGE_TEMPLATE, MAX_ANSWER_CHARS, LLMJudgeScorer,
-                                         Score, exact_match, math_equal, normalize_answer, parse_judge_reply,
+                                         Score, exact_match, math_equal, normalize_answer, parse_answer_judge_reply,
                                          score_answer, token_f1)
 
 # --- math_equal ----------------------------------------------------------------------------
@@ -239,7 +239,7 @@ def test_parse_judge_reply_validates_or_raises_its_own_error(text: str) -> None:
     from score_distill.tasks.scoring import JudgeReplyError
 
     try:
-        verdict = parse_judge_reply(text)
+        verdict = parse_answer_judge_reply(text)
     except JudgeReplyError:
         return
     assert isinstance(verdict.correct, bool) and isinstance(verdict.reason, str)

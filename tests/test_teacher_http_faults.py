@@ -23,7 +23,8 @@ from urllib.parse import quote
 
 import pytest
 
-from score_distill.mentor import MentorConfig, MentorRecord, mentor
+from score_distill.mentor import MentorConfig, mentor
+from score_distill.types import MentorRecord
 from score_distill.models import openai_compat
 from score_distill.models.base import ModelError
 from score_distill.models.openai_compat import OpenAIModel

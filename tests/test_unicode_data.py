@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.evaluate import evaluate
-from score_distill.mentor import MentorConfig, MentorRecord, mentor
+from score_distill.mentor import MentorConfig, mentor
+from score_distill.types import MentorRecord
 from score_distill.models.scripted import ScriptedModel
 from score_distill.storage import dumps, safe_text
 from score_distill.teachers.cache import CachedReply, TeacherCache, call_key

@@ -26,15 +26,15 @@ How it works:
 
 from __future__ import annotations
 
-import hashlib
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from score_distill.agent.format import format_observation, next_kind, parse_turn, to_messages
+from score_distill.agent.format import STOP_STRINGS, format_observation, next_kind, parse_turn, to_messages
 from score_distill.config import option
 from score_distill.models.base import ChatModel, Generation, GenRequest, SamplingParams, TurnStream
+from score_distill.seeds import derive_seed
 from score_distill.storage import safe_text
 from score_distill.tools.config import ToolConfig, open_sandbox
 from score_distill.tools.sandbox import Sandbox
@@ -72,15 +72,6 @@ class Episode:
     def key(self) -> str:
         return f"{self.task.id}#{self.sample}@{len(self.prefix)}"
 
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, stable across runs and machines.
-
-    >>> derive_seed("eval", "math-0-test-1", 0, 2) == derive_seed("eval", "math-0-test-1", 0, 2)
-    True
-    """
-    digest = hashlib.sha256(safe_text("\x1f".join(map(str, parts))).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def prefix_cells(steps: list[Step]) -> list[str]:
@@ -197,7 +188,8 @@ def _run(model: ChatModel, episodes: list[Episode], tools: ToolConfig,
     turn is requested from the model's stream, its action runs in a thread, its next turn is
     requested, and so on; no episode waits for another's turn to end."""
     queue = list(enumerate(episodes))[::-1]  # pop() from the end keeps the original order
-    params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens)
+    params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+                            stop=STOP_STRINGS)
     stream = model.open_stream(params, config.batch_size)
     live: dict[int, _Live] = {}
     work: dict[Future, tuple[str, int]] = {}  # sandbox starts and tool calls in flight

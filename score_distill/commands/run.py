@@ -1,7 +1,10 @@
 """`score-distill run`: the main job, from a preset under configs/ plus overrides.
 
     score-distill run --preset demo                 # writes runs/demo
-    score-distill run --preset smoke --out runs/smoke n_eval=8 rollout.max_turns=6
+    score-distill run --preset smoke --out runs/smoke --n-eval 8 --eval-rollout.max-turns 6
+
+Every field of the config is a flag named by its dotted path (config.add_arguments), as in
+the other sub-commands; flags override the preset.
 
 The resolved config is saved as DIR/config.yaml; rerunning resumes from DIR's files, and a
 rerun with other settings is refused (exit 2), naming the fields that differ.
@@ -29,18 +32,27 @@ def preset_path(name: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from score_distill.config import add_arguments as add_config
+    from score_distill.pipeline import RunConfig
+
     parser.add_argument("--preset", default="demo", help="preset name under configs/ or a YAML path")
     parser.add_argument("--out", default=None, help="output directory (default runs/<preset>)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any config value, e.g. n_eval=16")
+    add_config(parser, RunConfig)
+    # Caught only to say what to write instead: settings are flags, as in every sub-command.
+    parser.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
-    from score_distill.config import load_yaml
+    from score_distill.config import UsageError, load_yaml, overrides_from_args
     from score_distill.pipeline import RunConfig, run as run_pipeline
     from score_distill.report import markdown_table
 
+    if args.stray:
+        key, eq, value = args.stray[0].partition("=")
+        hint = f": write --{key.replace('_', '-')} {value}" if eq else ""
+        raise UsageError(f"unexpected argument {args.stray[0]!r}{hint} (settings are flags)")
     path = preset_path(args.preset)
-    cfg = load_yaml(RunConfig, path, args.overrides)
+    cfg = load_yaml(RunConfig, path, overrides_from_args(args, RunConfig))
     out = Path(args.out or f"runs/{path.stem}")
     report = run_pipeline(cfg, out)  # saves out/config.yaml, or refuses other settings
     print(markdown_table(report))

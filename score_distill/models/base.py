@@ -25,17 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Hashable, Protocol
 
-from score_distill.agent.format import STOP_STRINGS
-
-
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample one turn. temperature 0 means greedy."""
+    """How to sample one turn. temperature 0 means greedy; `stop` strings end a turn (the
+    rollout loop passes the agent format's; an engine knows no format of its own)."""
 
     temperature: float = 0.0
     top_p: float = 1.0
     max_new_tokens: int = 256
-    stop: tuple[str, ...] = STOP_STRINGS
+    stop: tuple[str, ...] = ()
     seed: int | None = None
 
 

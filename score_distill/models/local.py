@@ -18,7 +18,7 @@ rather than `model.generate`, because the agent needs:
   common to all, then each set of identical prompts, as in an RL group);
 - a decoding layout: on CPU the linear weights are held column-major while sampling, which
   makes the few-row matmuls of a decoding step 2-3x faster (`decoding_layout`);
-- continuous batching (`open_stream`, `DecodeStream`): a request joins the running batch at
+- continuous batching (`open_stream`, `decode_stream.DecodeStream`): a request joins the running batch at
   the next step, so an agent's next turn need not wait for the other rows' turns to end.
   `generate` is a stream fed every request at once. The running batch's keys/values are
   bounded (`batch_kv_mb`): a request waits, first in line, until the batch with it fits.
@@ -43,7 +43,7 @@ import contextlib
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Hashable
 
@@ -51,15 +51,10 @@ import torch
 
 from score_distill.config import option
 from score_distill.models.base import Generation, GenRequest, SamplingParams
-from score_distill.models.kv_engine import SLACK, BatchKV, BatchLayout, KVStore, RowKV, common_prefix, grown
-from score_distill.models.sampling import choose_tokens, seed_for
-from score_distill.models.stops import stop_cut, tail_window
-
-
-# The shortest prefix worth a forward pass of its own when rows share it.
-MIN_SHARED = 16
-# Padded prompt columns a prefill may carry before its rows are split into two passes.
-PREFILL_WASTE = 64
+from score_distill.models.decode_stream import MIN_SHARED, DecodeStream, Row, charge_time
+from score_distill.models.kv_engine import BatchKV, BatchLayout, KVStore, RowKV, common_prefix
+from score_distill.models.sampling import seed_for
+from score_distill.models.stops import stop_cut
 
 
 @dataclass
@@ -82,191 +77,6 @@ class LocalConfig:
     seed: int = option(0, "seeds rows whose request and params carry no seed")
     column_major: bool = option(True, "on CPU, hold the linear layers' weights column-major while decoding: "
                                       "the same values, faster matmuls for a few rows")
-
-
-@dataclass
-class _Row:
-    """Decoding state of one request."""
-
-    tag: Hashable
-    key: str | None
-    prompt: list[int]
-    cached: int
-    kv: RowKV | None
-    budget: int
-    generator: torch.Generator
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    finish: str = ""
-    time_s: float = 0.0
-    shared: int = 0  # prompt tokens after `cached` whose KV was prefilled once for several rows
-
-    @property
-    def known(self) -> int:
-        """Leading prompt tokens whose KV the row holds before its own prefill."""
-        return self.cached + self.shared
-
-    @property
-    def suffix(self) -> list[int]:
-        return self.prompt[self.known :]
-
-
-class DecodeStream:
-    """Continuous batching over the local engine: requests join the running batch at the
-    next step (their new prompt tokens prefilled on their own, then their KV copied in next
-    to the others'), and finished rows leave at once. In an agent rollout the rows of a
-    batch end their turns at very different lengths; with one `generate` call per turn the
-    batch would shrink to its slowest row while the others wait for their tool calls.
-
-    A row's tokens depend only on its own request, seed and cache, never on its neighbours
-    (up to floating-point reordering), so the order of joins does not change results."""
-
-    continuous = True
-
-    def __init__(self, engine: LocalModel, params: SamplingParams, max_rows: int) -> None:
-        if max_rows < 1:
-            raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-        self.engine, self.params, self.max_rows = engine, params, max_rows
-        self.window = tail_window(params.stop)
-        self._waiting: list[tuple[Hashable, GenRequest]] = []
-        self._held: tuple[GenRequest, list[int]] | None = None  # a request held back, encoded once
-        self._live: list[_Row] = []
-        self._batch: BatchKV | None = None
-        self._logits = torch.empty(0)  # (rows, V): next-token logits of the live rows
-        self._admitted = 0
-
-    @property
-    def busy(self) -> bool:
-        return bool(self._waiting or self._live)
-
-    def add(self, tag: Hashable, request: GenRequest) -> None:
-        self._waiting.append((tag, request))
-
-    @torch.inference_mode()
-    def step(self) -> list[tuple[Hashable, Generation]]:
-        """Admit waiting requests while rows are free, then sample one token for every live
-        row and run one forward pass for those that go on."""
-        model = self.engine.model
-        training = model.training  # the RL trainer shares this model; sample in eval mode
-        if training:  # (switching walks every module: ~10 ms a step, so only when needed)
-            model.eval()
-        self.engine.decoding_layout()
-        try:
-            done = self._admit()
-            if self._live:
-                done += self._advance()
-            return done
-        finally:
-            if training:
-                model.train()
-
-    def _admit(self) -> list[tuple[Hashable, Generation]]:
-        engine, free = self.engine, self.max_rows - len(self._live)
-        rows, done = [], []
-        while self._waiting and len(rows) < free:
-            tag, request = self._waiting[0]
-            held = self._held
-            ids = held[1] if held is not None and held[0] is request else engine.encode(request.messages)
-            if not self._fits(rows, len(ids), engine.budget(ids, self.params)):
-                self._held = (request, ids)
-                break  # it waits, first in line, for rows to leave
-            self._waiting.pop(0)
-            self._held = None
-            row = engine._start_row(tag, request, self.params, self._admitted, ids)
-            self._admitted += 1
-            if row.budget <= 0:  # the conversation already fills the context: nothing to run
-                row.finish, row.prompt, row.cached = "length", [], 0
-                done.append((tag, engine._result(row, self.params)))
-            else:
-                rows.append(row)
-        if not rows:
-            return done
-        engine._share_prefixes(rows)
-        for group in prefill_groups(rows):
-            self._join(group)
-        return done
-
-    def _join(self, rows: list[_Row]) -> None:
-        """Prefill `rows` as a batch of their own and add them to the running batch."""
-        engine = self.engine
-        layout = BatchLayout.of([r.known for r in rows], [len(r.suffix) for r in rows])
-        capacity = layout.width_cached + layout.width_suffix + max(r.budget for r in rows)
-        batch = BatchKV.build([r.kv for r in rows], layout, capacity, engine.n_layers, engine.kv_shape,
-                              engine._kv_dtype(), engine.device)
-        for row in rows:
-            row.kv = None  # the batch holds its own copy now
-        logits = engine._prefill(batch, rows, layout)
-        if self._batch is None:
-            self._batch, self._logits = batch, logits
-        else:
-            room = max(r.budget - len(r.tokens) for r in self._live + rows)
-            self._batch.admit(batch, room, self.max_rows)
-            self._logits = torch.cat([self._logits, logits])
-        self._live += rows
-
-    def _fits(self, joining: list[_Row], width: int, budget: int) -> bool:
-        """Whether the batch, with `joining` and one more row of `width` prompt tokens and
-        `budget` new ones added, stays within `batch_kv_mb` as its buffers would be allocated
-        (`BatchKV.admit`): a quarter more rows than run, each as wide as the widest row plus
-        the largest token budget left plus the slack on both sides. An empty batch always
-        takes a row."""
-        limit = self.engine.config.batch_kv_mb << 20
-        if not limit or budget <= 0 or not (self._live or joining):
-            return True
-        widths = [width] + [len(r.prompt) for r in joining]
-        rooms = [budget] + [r.budget for r in joining] + [r.budget - len(r.tokens) for r in self._live]
-        if self._batch is not None:
-            widths.append(self._batch.end - self._batch.start)
-        rows = grown(len(self._live) + len(joining) + 1)
-        return rows * (max(widths) + max(rooms) + 2 * SLACK) * self.engine.kv_bytes_per_token <= limit
-
-    def _advance(self) -> list[tuple[Hashable, Generation]]:
-        engine, live, batch = self.engine, self._live, self._batch
-        assert batch is not None
-        started = time.perf_counter()
-        tokens, logprobs = choose_tokens(self._logits, self.params.temperature, self.params.top_p,
-                                         [r.generator for r in live])
-        finished = [engine._push(r, t, lp, self.params, self.window) for r, t, lp in
-                    zip(live, tokens.tolist(), logprobs.tolist())]
-        _charge(live, started)
-        done = []
-        if any(finished):
-            for pos, (row, end) in enumerate(zip(live, finished)):
-                if end:
-                    # The last sampled token was never fed to the model: the KV covers
-                    # prompt + tokens[:-1].
-                    if row.key is not None:
-                        engine.store.put(row.key, row.prompt + row.tokens[:-1], batch.row_kv(pos))
-                    done.append((row.tag, engine._result(row, self.params)))
-            if all(finished):
-                self._live, self._batch = [], None
-                return done
-            live = self._live = [live[i] for i in batch.compact(finished)]
-        started = time.perf_counter()
-        step = torch.tensor([[r.tokens[-1]] for r in live], device=engine.device)
-        batch.append_column()
-        self._logits = engine._forward(batch, step)
-        _charge(live, started)
-        return done
-
-
-def prefill_groups(rows: list[_Row], waste: int = PREFILL_WASTE) -> list[list[_Row]]:
-    """Rows to prefill together: by suffix length, a new group whenever padding every row to
-    the group's longest suffix would cost more than `waste` columns in all (a forward pass
-    of its own costs about as much as that many padded tokens on a CPU).
-
-    >>> [[len(r.suffix) for r in g] for g in prefill_groups([_Row(0, None, [0] * n, 0, None, 1, None)
-    ...                                                    for n in (300, 1, 20, 2)], waste=64)]
-    [[1, 2, 20], [300]]
-    """
-    groups: list[list[_Row]] = []
-    for row in sorted(rows, key=lambda r: len(r.suffix)):
-        group = groups[-1] if groups else None
-        if group is not None and (len(group) + 1) * len(row.suffix) - sum(len(r.suffix) for r in group + [row]) <= waste:
-            group.append(row)
-        else:
-            groups.append([row])
-    return groups
 
 
 class LocalModel:
@@ -360,23 +170,23 @@ class LocalModel:
         return min(params.max_new_tokens, self.context - len(ids))
 
     def _start_row(self, tag: Hashable, request: GenRequest, params: SamplingParams, index: int,
-                   ids: list[int]) -> _Row:
+                   ids: list[int]) -> Row:
         cached, kv = self.store.take(request.cache_key, ids)
         seed = seed_for(request.seed, params.seed, index, self._rng.randrange(2**62))
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        return _Row(tag, request.cache_key, ids, cached, kv, self.budget(ids, params), generator)
+        return Row(tag, request.cache_key, ids, cached, kv, self.budget(ids, params), generator)
 
     def _kv_dtype(self) -> torch.dtype:
         if self.config.autocast_bf16:
             return torch.bfloat16  # keys/values come out of autocast linears in bf16
         return self.model.get_input_embeddings().weight.dtype
 
-    def _prefill(self, batch: BatchKV, live: list[_Row], layout: BatchLayout) -> torch.Tensor:
+    def _prefill(self, batch: BatchKV, live: list[Row], layout: BatchLayout) -> torch.Tensor:
         """Run the right-aligned new prompt tokens through the model in column chunks; return
         the logits of the last column (B, V)."""
         started = time.perf_counter()
         logits = self._prefill_ids(batch, [row.suffix for row in live], layout.width_suffix)
-        _charge(live, started)
+        charge_time(live, started)
         return logits
 
     def _prefill_ids(self, batch: BatchKV, suffixes: list[list[int]], width: int) -> torch.Tensor:
@@ -390,14 +200,14 @@ class LocalModel:
             logits = self._forward(batch, window[:, lo : lo + self.config.prefill_chunk])
         return logits
 
-    def _share_prefixes(self, rows: list[_Row]) -> None:
+    def _share_prefixes(self, rows: list[Row]) -> None:
         """Prefill once what rows admitted together share, before their own prefill.
 
         Rows that start with nothing cached often begin alike: every episode's system prompt
         and question template, and in RL a group's samples of one prompt, which are
         identical. First the prefix common to all of them is prefilled as one row; then, for
         each set of identical prompts, the rest of the prompt but its last token, one row per
-        set. Each row then holds that KV as its own (`_Row.shared`) and prefills only what is
+        set. Each row then holds that KV as its own (`Row.shared`) and prefills only what is
         left. The tokens are the same; only the split of the prompt into forward passes
         changes, which moves the logits by float rounding (as reusing a turn's cache does).
         The time is charged to the rows that share it; `prompt_tokens` still counts every
@@ -415,7 +225,7 @@ class LocalModel:
         kv = self._prefix_kv([None], [0], [first[:common]])[0] if common else None
         for r in fresh:
             r.shared, r.kv = common, kv
-        groups: dict[tuple[int, ...], list[_Row]] = {}
+        groups: dict[tuple[int, ...], list[Row]] = {}
         for r in fresh:
             groups.setdefault(tuple(r.prompt), []).append(r)
         sets = [g for g in groups.values() if len(g) > 1 and len(g[0].prompt) - 1 - common >= MIN_SHARED]
@@ -425,7 +235,7 @@ class LocalModel:
             for g, group_kv in zip(sets, kvs):
                 for r in g:
                     r.shared, r.kv = len(r.prompt) - 1, group_kv
-        _charge(fresh, started)
+        charge_time(fresh, started)
 
     def _prefix_kv(self, kvs: list[RowKV | None], known: list[int], ids: list[list[int]]) -> list[RowKV]:
         """The KV of each `ids`, whose first `known` tokens' KV is in `kvs`."""
@@ -445,7 +255,7 @@ class LocalModel:
                              logits_to_keep=1)
         return out.logits[:, -1].float()
 
-    def _push(self, row: _Row, token: int, logprob: float, params: SamplingParams, window: int) -> bool:
+    def _push(self, row: Row, token: int, logprob: float, params: SamplingParams, window: int) -> bool:
         """Append a sampled token; return whether the row is finished."""
         row.tokens.append(token)
         row.logprobs.append(logprob)
@@ -460,7 +270,7 @@ class LocalModel:
     def _decode_ids(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def _result(self, row: _Row, params: SamplingParams) -> Generation:
+    def _result(self, row: Row, params: SamplingParams) -> Generation:
         shown = row.tokens[:-1] if row.finish == "eos" else row.tokens
         text = self._decode_ids(shown)
         if row.finish == "stop":
@@ -478,13 +288,6 @@ def set_weight_layout(model: torch.nn.Module, column_major: bool) -> None:
     with torch.inference_mode(False):  # normal tensors: the RL trainer differentiates them later
         for weight in weights.values():
             weight.data = weight.data.t().contiguous().t() if column_major else weight.data.contiguous()
-
-
-def _charge(rows: list[_Row], started: float) -> None:
-    """Split the wall time since `started` equally among `rows`."""
-    share = (time.perf_counter() - started) / len(rows)
-    for row in rows:
-        row.time_s += share
 
 
 def available_cores() -> int:

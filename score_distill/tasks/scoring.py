@@ -132,12 +132,12 @@ def _first_json_object(text: str) -> dict | None:
     return None
 
 
-def parse_judge_reply(text: str) -> JudgeVerdict:
+def parse_answer_judge_reply(text: str) -> JudgeVerdict:
     """Read and validate a judge's verdict; raises JudgeReplyError saying what is wrong.
 
-    >>> parse_judge_reply('```json\\n{"correct": true, "reason": "same city"}\\n```')
+    >>> parse_answer_judge_reply('```json\\n{"correct": true, "reason": "same city"}\\n```')
     JudgeVerdict(correct=True, reason='same city')
-    >>> parse_judge_reply('{"correct": "yes"}')
+    >>> parse_answer_judge_reply('{"correct": "yes"}')
     Traceback (most recent call last):
     ...
     score_distill.tasks.scoring.JudgeReplyError: "correct" must be true or false, got 'yes'
@@ -188,7 +188,7 @@ class LLMJudgeScorer:
         for _ in range(self.max_attempts):
             reply = self.chat(messages)
             try:
-                verdict = parse_judge_reply(reply)
+                verdict = parse_answer_judge_reply(reply)
             except JudgeReplyError as e:
                 problem = str(e)
                 messages = messages + [{"role": "assistant", "content": reply},

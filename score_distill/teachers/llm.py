@@ -55,7 +55,7 @@ from score_distill.teachers.base import TeacherUsage, Verdict
 from score_distill.teachers.cache import CachedReply, TeacherCache, call_key
 from score_distill.teachers.leak import leaks_answer, withhold_answer
 from score_distill.teachers.prompts import (PROMPT_VERSION, RETRY_NOTE, ReplyError, equivalence_messages,
-                                            judge_messages, parse_equivalence_reply, parse_judge_reply,
+                                            judge_messages, parse_equivalence_reply, parse_first_error_reply,
                                             parse_repair_reply, render_steps, repair_messages)
 from score_distill.tools.config import ToolConfig
 from score_distill.types import Step, Task
@@ -183,7 +183,7 @@ class LLMTeacher:
             raise ValueError(f"task {task.id}: cannot judge a trajectory with no steps")
         messages = judge_messages(task, steps, self.config.max_observation_chars)
         verdict, tokens = self._ask("judge", task, messages, self._options(self.config.judge_temperature, True),
-                                    lambda text: parse_judge_reply(text, len(steps)))
+                                    lambda text: parse_first_error_reply(text, len(steps)))
         verdict.tokens = tokens
         return verdict
 

@@ -12,7 +12,7 @@ is shown to the model when the call is retried.
 
     >>> parse_equivalence_reply('{"equivalent": true, "reason": "same sum"}')
     (True, 'same sum')
-    >>> parse_judge_reply('{"is_correct": false, "error_analysis": "", "first_error_step": 5,'
+    >>> parse_first_error_reply('{"is_correct": false, "error_analysis": "", "first_error_step": 5,'
     ...                   ' "suggestion": ""}', n_steps=3)
     Traceback (most recent call last):
     ...
@@ -206,10 +206,10 @@ def _field(obj: dict[str, Any], name: str, kind: type, kind_name: str) -> Any:
     return value
 
 
-def parse_judge_reply(text: str, n_steps: int) -> Verdict:
+def parse_first_error_reply(text: str, n_steps: int) -> Verdict:
     """A Verdict from the judge's JSON; a wrong verdict must name a step in [0, n_steps-1].
 
-    >>> v = parse_judge_reply('{"is_correct": false, "error_analysis": "wrong entity",'
+    >>> v = parse_first_error_reply('{"is_correct": false, "error_analysis": "wrong entity",'
     ...                       ' "first_error_step": 1, "suggestion": "search X"}', n_steps=3)
     >>> (v.correct, v.first_error, v.suggestion)
     (False, 1, 'search X')

@@ -46,7 +46,7 @@ REWARDS: dict[str, float] = {
 
 
 def reward_kind(correct: bool, finished: bool, eq_chosen: bool | None, eq_rejected: bool | None,
-                key_step_reward: bool = True) -> str:
+                use_key_step: bool = True) -> str:
     """Which outcome of `REWARDS` a rollout had.
 
     `eq_chosen` is None when there is nothing to compare (an outcome-only item, or an episode
@@ -56,14 +56,14 @@ def reward_kind(correct: bool, finished: bool, eq_chosen: bool | None, eq_reject
 
     >>> reward_kind(False, True, False, True)
     'rejected'
-    >>> reward_kind(False, True, True, None, key_step_reward=False)
+    >>> reward_kind(False, True, True, None, use_key_step=False)
     'wrong'
     """
     if correct:
         return "correct"
     if not finished:
         return "unfinished"
-    if not key_step_reward or eq_chosen is None:
+    if not use_key_step or eq_chosen is None:
         return "wrong"
     if eq_chosen:
         return "chosen"
@@ -71,7 +71,7 @@ def reward_kind(correct: bool, finished: bool, eq_chosen: bool | None, eq_reject
 
 
 def key_step_reward(correct: bool, finished: bool, eq_chosen: bool | None, eq_rejected: bool | None,
-                    key_step_reward: bool = True) -> float:
+                    use_key_step: bool = True) -> float:
     """The reward of one rollout from its outcome and the judge's verdicts on its key step
     (see `reward_kind` for the meaning of None).
 
@@ -89,12 +89,12 @@ def key_step_reward(correct: bool, finished: bool, eq_chosen: bool | None, eq_re
     0.1
     >>> key_step_reward(False, True, None, None)             # outcome-only item, wrong answer
     0.0
-    >>> key_step_reward(False, True, True, None, key_step_reward=False)   # ablation: outcome only
+    >>> key_step_reward(False, True, True, None, use_key_step=False)   # ablation: outcome only
     0.0
-    >>> key_step_reward(True, True, None, None, key_step_reward=False)
+    >>> key_step_reward(True, True, None, None, use_key_step=False)
     1.0
     """
-    return REWARDS[reward_kind(correct, finished, eq_chosen, eq_rejected, key_step_reward)]
+    return REWARDS[reward_kind(correct, finished, eq_chosen, eq_rejected, use_key_step)]
 
 
 def group_advantages(rewards: list[float], group_size: int, scale: bool = True, eps: float = 1e-4) -> list[float]:

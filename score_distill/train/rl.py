@@ -50,16 +50,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from tqdm import tqdm
 
@@ -67,9 +65,9 @@ from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option, save_config
 from score_distill.memory import release_memory
 from score_distill.precision import Bf16, resolve_bf16
-from score_distill.storage import atomic_write_lines, split_jsonl
 from score_distill.teachers.base import Teacher
 from score_distill.tools.config import ToolConfig
+from score_distill.train.rl_dir import RLDir, save_checkpoint
 from score_distill.train.render import render_trajectory
 from score_distill.train.rewards import (KeyStepJudge, RewardResult, group_advantages, reward_summary,
                                          rollout_reward)
@@ -224,60 +222,6 @@ def render_samples(tokenizer: Any, samples: list[Sample], max_length: int) -> li
     return out
 
 
-class RunFiles:
-    """The run directory: config, JSONL log, samples, checkpoints and the final model."""
-
-    def __init__(self, out_dir: str | Path) -> None:
-        self.out = Path(out_dir)
-        self.final = self.out / "final"
-        self.checkpoints = self.out / "checkpoints"
-        self.log_path = self.out / "rl_log.jsonl"
-        self.samples_path = self.out / "samples.jsonl"
-
-    def latest_checkpoint(self) -> tuple[int, Path] | None:
-        found = sorted((int(p.name.split("-")[1]), p) for p in self.checkpoints.glob("step-*")
-                       if (p / "state.json").is_file())
-        return found[-1] if found else None
-
-    def trim(self, step: int) -> None:
-        """Drop log records and samples of steps after `step`: a resumed run redoes them."""
-        _trim_jsonl(self.log_path, lambda r: r["step"] <= step)
-        _trim_jsonl(self.samples_path, lambda r: r["meta"]["rl_step"] <= step)
-
-    def append_log(self, record: dict[str, Any]) -> None:
-        with self.log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def save(self, target: Path, model: Any, tokenizer: Any, extra: dict[str, Any] | None = None) -> None:
-        """Write a transformers-loadable directory atomically: tmp dir, then rename."""
-        import torch
-
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if extra is not None:
-            torch.save(extra["optimizer"], tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": extra["step"]}))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-
-
-def _trim_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
-    if not path.exists():
-        return
-    complete, tail = split_jsonl(path.read_bytes(), str(path))
-    lines = []
-    for line in [text for _, text in complete] + [tail.decode("utf-8", "replace")]:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # the torn last line of a killed run (torn anywhere)
-            continue
-        if keep(record):
-            lines.append(line)
-    atomic_write_lines(path, lines)  # a kill here keeps the old log whole
-
-
 def format_line(r: dict[str, Any], total: int) -> str:
     """The one readable log line of a step.
 
@@ -304,7 +248,7 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
 
     from score_distill.models.local import LocalConfig, LocalModel
 
-    files = RunFiles(out_dir)
+    files = RLDir(out_dir)
     if (files.final / "config.json").is_file():
         return files.final
     pool = select_pool(items, opts.outcome_only_share, opts.seed)
@@ -340,17 +284,17 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
         files.trim(start)
         log.info("RL: %d items in the pool (%d with an intervention), %d steps, from %s", len(pool),
                  sum(i.chosen is not None for i in pool), total, start_dir)
-    run = _Run(engine, model, reference, optimizer, accelerator, pool, tasks_by_id, tools, judge, opts)
+    trainer = _Trainer(engine, model, reference, optimizer, accelerator, pool, tasks_by_id, tools, judge, opts)
     bar = tqdm(total=total, initial=start, desc="rl", unit="step", disable=not accelerator.is_main_process)
     for step in range(start, total):
-        record = run.step(step)
+        record = trainer.step(step)
         if accelerator.is_main_process:
             files.append_log(record)
-            write_jsonl(files.samples_path, run.last_samples, append=True)
+            write_jsonl(files.samples_path, trainer.last_samples, append=True)
             log.info(format_line(record, total))
             bar.update(1)
         if opts.save_every and (step + 1) % opts.save_every == 0 and step + 1 < total:
-            _checkpoint(files, accelerator, model, engine.tokenizer, optimizer, step + 1)
+            save_checkpoint(files, accelerator, model, engine.tokenizer, optimizer, step + 1)
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -370,19 +314,6 @@ def _check_inputs(pool: list[KeyStepItem], tasks_by_id: dict[str, Task], teacher
     if teacher is None and opts.key_step_reward and any(i.chosen is not None for i in pool):
         raise ValueError("items with interventions need a teacher to judge key-step equivalence "
                          "(or key_step_reward=False)")
-
-
-def _checkpoint(files: RunFiles, accelerator: Any, model: Any, tokenizer: Any, optimizer: Any, step: int) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        target = files.checkpoints / f"step-{step:06d}"
-        files.checkpoints.mkdir(parents=True, exist_ok=True)
-        files.save(target, accelerator.unwrap_model(model), tokenizer,
-                   {"optimizer": optimizer.state_dict(), "step": step})
-        for old in files.checkpoints.glob("step-*"):
-            if old != target:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
 
 
 class _Reference:
@@ -424,7 +355,7 @@ class _Reference:
             release_memory()
 
 
-class _Run:
+class _Trainer:
     """What one training step needs, so `step` reads as the algorithm."""
 
     def __init__(self, engine: Any, model: Any, ref: _Reference, optimizer: Any, accelerator: Any,
