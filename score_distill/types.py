@@ -284,8 +284,8 @@ def _record(cls: type[R], data: Any, path: str | Path, number: int) -> R:
 
 
 @dataclass
-class BCRecord(Record):
-    """The outcome of one chosen task: kept, rejected (with reason) or teacher_failed."""
+class TaskOutcome(Record):
+    """What every data stage records of one task: the task, how it ended, and its trajectory."""
 
     task_id: str
     question: str
@@ -293,23 +293,23 @@ class BCRecord(Record):
     suite: str
     status: str
     trajectory: Trajectory
-    reason: str | None = None
-    teacher_calls: int = 0
-    teacher_tokens: int = 0
 
     _nested: ClassVar[dict[str, tuple[type, bool]]] = {"trajectory": (Trajectory, False)}
 
 
 @dataclass
-class MentorRecord(Record):
+class BCRecord(TaskOutcome):
+    """The outcome of one chosen task: kept, rejected (with reason) or teacher_failed."""
+
+    reason: str | None = None
+    teacher_calls: int = 0
+    teacher_tokens: int = 0
+
+
+@dataclass
+class MentorRecord(TaskOutcome):
     """Everything MPS produced for one task, written as one line when the task finishes."""
 
-    task_id: str
-    question: str
-    answer: str
-    suite: str
-    status: str
-    trajectory: Trajectory
     interventions: list[Intervention] = field(default_factory=list)
     keysteps: list[KeyStepItem] = field(default_factory=list)
     reason: str | None = None
@@ -318,7 +318,4 @@ class MentorRecord(Record):
     student_tokens: int = 0
 
     _nested: ClassVar[dict[str, tuple[type, bool]]] = {
-        "trajectory": (Trajectory, False),
-        "interventions": (Intervention, True),
-        "keysteps": (KeyStepItem, True),
-    }
+        **TaskOutcome._nested, "interventions": (Intervention, True), "keysteps": (KeyStepItem, True)}
