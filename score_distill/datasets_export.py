@@ -6,9 +6,10 @@ first `sft_share` of them (50%) form the SFT half, the rest the RL half, so no q
 in both. Then, each decided by its own seeded draw (independent of the other tasks):
 - SFT set: the final trajectories of the SFT-half tasks; a trajectory solved with zero
   interventions is kept with probability `keep_zero_intervention` (0.5);
-- RL set: the key-step items of the RL-half tasks, plus, for a share
-  `outcome_only_share` of the RL-half tasks solved without interventions, an outcome-only
-  item (empty prefix, `chosen`/`rejected` None) that starts RL from the question.
+- RL set: the key-step items of the RL-half tasks, plus, for every RL-half task solved
+  without interventions, an outcome-only item (empty prefix, `chosen`/`rejected` None) that
+  starts RL from the question. Which share of those RL trains on is the trainer's one
+  setting, `RLOptions.outcome_only_share`.
 
 Files written by `export_mentor(records, DIR, config)` (BC data goes through `export_sft`):
 - `split.json`: {"seed", "counts", "sft_tasks": [...], "rl_tasks": [...]} (task ids sorted);
@@ -58,10 +59,9 @@ from score_distill.types import KeyStepItem, MentorRecord, Step, Trajectory, rea
 
 @dataclass
 class SplitConfig:
-    seed: int = option(0, "seed of the split and of the keep/outcome-only draws")
+    seed: int = option(0, "seed of the split and of the keep draws")
     sft_share: float = option(0.5, "share of solved questions in the SFT half (the rest go to RL)")
     keep_zero_intervention: float = option(0.5, "probability that an SFT-half trajectory solved without help is kept")
-    outcome_only_share: float = option(1.0, "share of RL-half tasks solved without help that become outcome-only RL items")
 
 
 @dataclass
@@ -121,7 +121,7 @@ def split_records(records: list[MentorRecord], cfg: SplitConfig) -> Split:
     rl: list[KeyStepItem] = []
     for r in rl_recs:
         rl.extend(r.keysteps)
-        if not r.interventions and draw(cfg.seed, "outcome", r.task_id) < cfg.outcome_only_share:
+        if not r.interventions:
             rl.append(KeyStepItem(task_id=r.task_id, question=r.question, answer=r.answer, suite=r.suite,
                                   meta={"outcome_only": True}))
     return Split([r.task_id for r in sft_recs], [r.task_id for r in rl_recs], sft, rl)

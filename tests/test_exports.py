@@ -89,8 +89,6 @@ def test_rl_items_are_key_steps_plus_outcome_only(records):
     assert len(keysteps) == sum(len(by_id[t].keysteps) for t in split.rl_tasks)
     assert {i.task_id for i in outcome} == {t for t in split.rl_tasks if not by_id[t].interventions}
     assert all(i.prefix == [] and i.chosen is None and i.rejected is None for i in outcome)
-    none = split_records(records, SplitConfig(seed=2, outcome_only_share=0.0)).rl
-    assert not any(i.meta.get("outcome_only") for i in none)
 
 
 def test_exports_load_with_documented_columns(records, tmp_path):
