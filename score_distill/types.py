@@ -25,10 +25,12 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal, TypeVar
 
 from score_distill.storage import atomic_write_lines, dumps, safe_data, split_jsonl
-from score_distill.tasks.scoring import Score, score_answer
+
+if TYPE_CHECKING:  # scoring loads sympy (~0.9 s): only a task that is scored pays for it
+    from score_distill.tasks.scoring import Score
 
 SCHEMA_VERSION = 1
 
@@ -154,6 +156,8 @@ class Task(Record):
         >>> Task("t", "What is 17/4?", "4.25", "math").score("\\\\frac{17}{4}").correct
         True
         """
+        from score_distill.tasks.scoring import score_answer
+
         return score_answer(self.suite, pred, self.answer, self.question)
 
 
