@@ -48,6 +48,10 @@ from score_distill.types import Task, read_jsonl, write_jsonl
 log = logging.getLogger(__name__)
 
 ABLATIONS = ("grpo", "rl_no_short_horizon", "rl_no_key_step")
+# Settings that change speed, logging or which extra stages run, not the results of a stage.
+RESUME_FREE = ("ablations", "eval_rollout.batch_size", "mps_rollout.batch_size", "sft.logging_steps",
+               "sft.checkpoint_every_s", "rl.cpu_threads", "rl.save_every", "rl.samples_per_step")
+
 # The teacher spending behind each stage's model: its own and that of the stages it builds on.
 LINEAGE = {"bc": ("bc",), "score_sft": ("bc", "mps"), "score_rl": ("bc", "mps", "score_rl"),
            "bc_full": ("bc_full",), "grpo": ("bc", "grpo"),
@@ -62,9 +66,6 @@ def cumulative_tokens(spent: dict[str, int], stages: list[str]) -> dict[str, int
     {'bc': 10, 'score_sft': 15, 'grpo': 12}
     """
     return {s: sum(spent.get(p, 0) for p in LINEAGE[s]) for s in stages}
-# Settings that change speed, logging or which extra stages run, not the results of a stage.
-RESUME_FREE = ("ablations", "eval_rollout.batch_size", "mps_rollout.batch_size", "sft.logging_steps",
-               "sft.checkpoint_every_s", "rl.cpu_threads", "rl.save_every", "rl.samples_per_step")
 
 
 @dataclass
@@ -288,8 +289,7 @@ def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     save_state()
     spent = state.teacher_tokens
     report = {"stages": state.stages, "teacher_tokens": spent,
-              "teacher_tokens_cumulative": cumulative_tokens(spent, ["bc", "score_sft", "score_rl", "bc_full",
-                                                                     *cfg.ablations]),
+              "teacher_tokens_cumulative": cumulative_tokens(spent, [s for s in state.stages if s != "untrained"]),
               "wall_time_s": state.wall, "student": cfg.student, "teacher": cfg.teacher, **state.extra}
     write_report(report, out)
     return report

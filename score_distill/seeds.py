@@ -8,6 +8,7 @@ import hashlib
 
 from score_distill.storage import safe_text
 
+
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts, stable across runs and machines.
 

@@ -62,7 +62,8 @@ def test_every_preset_builds_its_world_with_its_own_dials(preset: str, tmp_path:
                 assert recorded == (list(value) if isinstance(value, (list, tuple)) else value), (name, dial)
         if suite == "math" and "max_ops" in cfg.difficulty.get("math", {}):
             d = cfg.difficulty["math"]
-            lo, hi = (d["ood_min_ops"], d["ood_max_ops"]) if name.endswith(":ood") else (d.get("min_ops", 1), d["max_ops"])
+            ood = name.endswith(":ood")
+            lo, hi = (d["ood_min_ops"], d["ood_max_ops"]) if ood else (d.get("min_ops", 1), d["max_ops"])
             assert all(lo <= t.meta["n_ops"] <= hi for t in tasks), name
     refs = json.loads((tmp_path / "tasks" / "reference_check.json").read_text())
     assert all(v["checked"] == 2 and v["reached_gold"] == 2 for v in refs.values())

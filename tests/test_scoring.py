@@ -235,7 +235,7 @@ def test_judge_rejects_a_zero_attempt_budget() -> None:
 @given(st.one_of(st.text(max_size=200), st.builds(json.dumps, st.dictionaries(
     st.sampled_from(["correct", "reason", "x"]),
     st.one_of(st.booleans(), st.none(), st.integers(), st.text(max_size=10)), max_size=3))))
-def test_parse_judge_reply_validates_or_raises_its_own_error(text: str) -> None:
+def test_parse_answer_judge_reply_validates_or_raises_its_own_error(text: str) -> None:
     from score_distill.tasks.scoring import JudgeReplyError
 
     try:

@@ -204,12 +204,12 @@ def prefill_groups(rows: list[Row], waste: int = PREFILL_WASTE) -> list[list[Row
     groups: list[list[Row]] = []
     for row in sorted(rows, key=lambda r: len(r.suffix)):
         group = groups[-1] if groups else None
-        if group is not None and (len(group) + 1) * len(row.suffix) - sum(len(r.suffix) for r in group + [row]) <= waste:
+        if group is not None and ((len(group) + 1) * len(row.suffix)
+                                  - sum(len(r.suffix) for r in group + [row])) <= waste:
             group.append(row)
         else:
             groups.append([row])
     return groups
-
 
 
 def charge_time(rows: list[Row], started: float) -> None:
