@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from score_distill.agent.rollout import RolloutConfig
-    from score_distill.bc import execute_steps
+    from score_distill.agent.steps import execute_steps
     from score_distill.evaluate import evaluate
     from score_distill.models.builtin import builtin_path
     from score_distill.models.load import load_model

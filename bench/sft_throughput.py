@@ -48,7 +48,7 @@ def main() -> None:
 
     from score_distill.models.builtin import builtin_path
     from score_distill.tasks.load import generate_suite
-    from score_distill.bc import execute_steps
+    from score_distill.agent.steps import execute_steps
     from score_distill.tools.config import ToolConfig
     from score_distill.precision import resolve_bf16
     from score_distill.train.sft import SFTOptions, build_dataset, train_sft

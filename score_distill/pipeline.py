@@ -37,8 +37,8 @@ from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import option
 from score_distill.memory import release_memory
 from score_distill.precision import Bf16, weights_dtype
-from score_distill.mentor import mps_rollout_config
 from score_distill.rundir import open_run_dir
+from score_distill.stages.mps import mps_rollout_config
 from score_distill.storage import atomic_write_json
 from score_distill.tools.config import ToolConfig
 from score_distill.train.rl import RLOptions
@@ -183,13 +183,12 @@ def evaluate_stage(state: RunState, stage: str, model_path: str) -> None:
 
 def bc_stage(state: RunState, name: str, fraction: float, base: str, teacher) -> str:
     """Collect teacher solutions of `fraction` of the train tasks and fine-tune `base` on them."""
-    from score_distill.bc import BCConfig, collect_bc
-    from score_distill.datasets_export import read_sft_examples
+    from score_distill.exports import read_sft_examples
+    from score_distill.stages.bc import BCConfig, collect_bc
     from score_distill.train.sft import train_sft
 
     folder = state.out / name
-    bc_cfg = BCConfig(teacher=state.cfg.teacher, tasks="embedded", seed=state.cfg.seed, fraction=fraction,
-                      tools=state.cfg.tools)
+    bc_cfg = BCConfig(seed=state.cfg.seed, fraction=fraction, tools=state.cfg.tools)
     with state.timed(name):
         summary = collect_bc(teacher, state.train, folder / "data", bc_cfg)
         examples = read_sft_examples(folder / "data" / "bc_trajectories.jsonl")
@@ -202,17 +201,18 @@ def bc_stage(state: RunState, name: str, fraction: float, base: str, teacher) ->
 
 def mps_stage(state: RunState, student: str, teacher) -> dict:
     """Mentored problem-solving of `student` on the train tasks BC did not use."""
-    from score_distill.datasets_export import SplitConfig
-    from score_distill.mentor import MentorConfig, mentor
     from score_distill.models.load import load_model
+    from score_distill.stages.mps import MentorConfig, mentor
+    from score_distill.stages.split import SplitConfig, read_mps_records, write_split
 
     chosen = set(json.loads((state.out / "bc" / "data" / "chosen_ids.json").read_text()))
     tasks = [t for t in state.train if t.id not in chosen]
-    cfg = MentorConfig(student=student, teacher=state.cfg.teacher, tasks="embedded", seed=state.cfg.seed,
-                       max_interventions=state.cfg.max_interventions, rollout=state.cfg.mps_rollout,
-                       tools=state.cfg.tools, split=SplitConfig(seed=state.cfg.seed))
+    cfg = MentorConfig(max_interventions=state.cfg.max_interventions, rollout=state.cfg.mps_rollout,
+                       tools=state.cfg.tools)
     with state.timed("mps"):
         summary = mentor(load_model(student, **_inference_dtype(state.cfg)), teacher, tasks, state.out / "mps", cfg)
+        records = read_mps_records(state.out / "mps")
+        summary["export"] = write_split(records, state.out / "mps" / "export", SplitConfig(seed=state.cfg.seed))
     state.teacher_tokens["mps"] = int(summary["teacher_tokens"])
     state.extra["mps"] = {k: summary[k] for k in ("tasks", "solved_by_interventions", "hard_to_teach",
                                                 "first_error_step_hist", "teacher_calls", "teacher_tokens",
@@ -235,7 +235,7 @@ def rl_stage(state: RunState, name: str, base: str, items, teacher, opts: RLOpti
 
 def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     """Run every stage (resuming), then write the report; returns report.json's content."""
-    from score_distill.datasets_export import read_sft_examples
+    from score_distill.exports import read_sft_examples
     from score_distill.models.builtin import builtin_path, is_builtin
     from score_distill.report import write_report
     from score_distill.teachers.load import load_teacher

@@ -5,7 +5,8 @@ directory and skips work already recorded there. A rerun with other settings wou
 records made under two configs while `config.yaml` names only the last, so it is refused
 before any work, naming each field that differs. Settings that change speed, not results
 (batch sizes, concurrency), may be listed as free by the caller. `RecordLog` is the
-append-only file of finished work that such a directory resumes from.
+append-only file of finished work that such a directory resumes from; `resume_stage` opens a
+data stage's directory with both.
 
     >>> flat({"n": 3, "rollout": {"max_turns": 8, "seed": 0}})
     {'n': 3, 'rollout.max_turns': 8, 'rollout.seed': 0}
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
@@ -117,3 +119,31 @@ class RecordLog(Generic[R]):
             f.write(record.to_json() + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+@dataclass
+class Resumed(Generic[R]):
+    """A data stage's output directory, opened to resume: its record log, the finished
+    records by task id, and the ids of `ids` still to do (in their order)."""
+
+    log: RecordLog[R]
+    done: dict[str, R]
+    todo: list[str]
+
+
+def resume_stage(out: str | Path, config: Any, resume_free: tuple[str, ...], cls: type[R], ids: list[str],
+                 redo: Callable[[R], bool]) -> Resumed[R]:
+    """The scaffold every resumable data stage (BC, MPS) starts with: the directory is opened
+    under `config` (`open_run_dir`), `records.jsonl` read back (`RecordLog`, one record per
+    task id), and a task is to do when it has no record or `redo(record)` (its teacher could
+    not be reached). Records of tasks that are not in `ids` mean another run's directory."""
+    if len(set(ids)) != len(ids):
+        raise ValueError("task ids are not unique")
+    open_run_dir(out, config, resume_free)
+    log = RecordLog(Path(out) / "records.jsonl", cls, key=lambda r: r.task_id, replaceable=redo)
+    done = log.load()
+    stray = set(done) - set(ids)
+    if stray:
+        raise ValueError(f"{log.path} holds tasks this run was not given (e.g. {sorted(stray)[:3]}); "
+                         "use a new output directory")
+    return Resumed(log, done, [i for i in ids if i not in done or redo(done[i])])

@@ -137,13 +137,15 @@ def crash_tasks(n: int) -> list[Task]:
 
 
 def main(out: str, n: int, sleep_s: float) -> None:
-    from score_distill.mentor import MentorConfig, mentor
+    from score_distill.stages.mps import MentorConfig, mentor
+    from score_distill.stages.split import SplitConfig, read_mps_records, write_split
     from score_distill.tools.config import ToolConfig
     from score_distill.tools.sandbox import SandboxConfig
 
     cfg = MentorConfig(max_in_flight=4, teacher_concurrency=4, tools=ToolConfig(sandbox=SandboxConfig(timeout_s=5.0)))
     teacher = ScriptedTeacher(sleep_s=sleep_s, log=str(Path(out) / "teacher_calls.log"))
     mentor(make_student(), teacher, crash_tasks(n), out, cfg)
+    write_split(read_mps_records(out), Path(out) / "export", SplitConfig())  # stage 2, as the pipeline runs it
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from score_distill.bc import BCConfig, choose_tasks, collect_bc, execute_steps
+from score_distill.agent.steps import execute_steps
+from score_distill.stages.bc import BCConfig, choose_tasks, collect_bc
 from score_distill.types import BCRecord
-from score_distill.datasets_export import read_sft_examples
+from score_distill.exports import read_sft_examples
 from score_distill.tools.config import ToolConfig
 from score_distill.tools.sandbox import SandboxConfig
 from score_distill.types import Step, Trajectory, read_jsonl

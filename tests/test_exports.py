@@ -7,8 +7,8 @@ import json
 import pytest
 
 from score_distill.agent.format import SYSTEM_PROMPT, render_step
-from score_distill.datasets_export import (SplitConfig, export_mentor, load_mentor_records, read_sft_examples,
-                                           split_records)
+from score_distill.exports import read_sft_examples
+from score_distill.stages.split import SplitConfig, read_mps_records, split_records, write_split
 from score_distill.types import MentorRecord
 from score_distill.types import Intervention, KeyStepItem, Step, Trajectory, write_jsonl
 
@@ -96,7 +96,7 @@ def test_exports_load_with_documented_columns(records, tmp_path):
     import pyarrow.parquet as pq
 
     write_jsonl(tmp_path / "records.jsonl", records)
-    counts = export_mentor(load_mentor_records(tmp_path), tmp_path / "export", SplitConfig(seed=5))
+    counts = write_split(read_mps_records(tmp_path), tmp_path / "export", SplitConfig(seed=5))
     out = tmp_path / "export"
     split = json.loads((out / "split.json").read_text())
     assert split["counts"] == counts and not set(split["sft_tasks"]) & set(split["rl_tasks"])
@@ -143,7 +143,7 @@ def test_exports_load_with_documented_columns(records, tmp_path):
 def test_empty_rl_set_still_writes_a_parquet_with_the_schema(tmp_path):
     import pyarrow.parquet as pq
 
-    counts = export_mentor([record(0, 0, status="hard_to_teach")], tmp_path, SplitConfig())
+    counts = write_split([record(0, 0, status="hard_to_teach")], tmp_path, SplitConfig())
     assert counts["rl_items"] == 0 and counts["sft_examples"] == 0
     table = pq.read_table(tmp_path / "rl_verl.parquet")
     assert table.num_rows == 0 and "extra_info" in table.column_names

@@ -255,17 +255,16 @@ def test_run_takes_settings_as_dotted_flags_and_names_the_flag_for_key_value(tmp
 
 
 def test_mentor_and_bc_reruns_with_other_settings_exit_2_with_one_line(tmp_path: Path, monkeypatch, capsys):
-    from score_distill.bc import BCConfig
-    from score_distill.mentor import MentorConfig
+    from score_distill.commands.settings import BCCommand, MentorCommand
     from score_distill.models.scripted import ScriptedModel
 
     monkeypatch.setattr("score_distill.models.load.load_model", lambda spec, **kw: ScriptedModel(scripted))
-    open_run_dir(tmp_path / "mps", MentorConfig(n=1, max_interventions=5))
+    open_run_dir(tmp_path / "mps", MentorCommand(n=1, max_interventions=5))
     assert main(["mentor", "--student", "scripted", "--tasks", "math:train", "--n", "1",
                  "--out", str(tmp_path / "mps")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("score-distill mentor: ") and "max_interventions 5 -> 3" in err
-    open_run_dir(tmp_path / "bc", BCConfig(n=1, fraction=0.5))
+    open_run_dir(tmp_path / "bc", BCCommand(n=1, fraction=0.5))
     assert main(["bc", "--tasks", "math:train", "--n", "1", "--out", str(tmp_path / "bc")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fraction 0.5 -> 0.2" in err

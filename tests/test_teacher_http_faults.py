@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import pytest
 
-from score_distill.mentor import MentorConfig, mentor
+from score_distill.stages.mps import MentorConfig, mentor
 from score_distill.types import MentorRecord
 from score_distill.models import openai_compat
 from score_distill.models.base import ModelError

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.evaluate import evaluate
-from score_distill.mentor import MentorConfig, mentor
+from score_distill.stages.mps import MentorConfig, mentor
+from score_distill.stages.split import SplitConfig, write_split
 from score_distill.types import MentorRecord
 from score_distill.models.scripted import ScriptedModel
 from score_distill.storage import dumps, safe_text
@@ -148,6 +149,7 @@ def test_mentor_with_surrogates_from_student_and_teacher(tmp_path: Path):
         return read_jsonl(out / "records.jsonl", MentorRecord)
 
     records = run()
+    write_split(records, out / "export", SplitConfig())
     [iv] = records[0].interventions
     assert iv.mistaken.thought == "answer \ufffd" and iv.mistaken.final_answer == "\ufffd"
     assert iv.fixed.thought == "fix \ufffd" and iv.fixed.final_answer == "42" and iv.analysis == "step 1 answers \ufffd"

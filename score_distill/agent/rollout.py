@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from score_distill.agent.format import STOP_STRINGS, format_observation, next_kind, parse_turn, to_messages
+from score_distill.agent.steps import prefix_cells, run_action
 from score_distill.config import option
 from score_distill.models.base import ChatModel, Generation, GenRequest, SamplingParams, TurnStream
 from score_distill.seeds import derive_seed
@@ -73,17 +74,6 @@ class Episode:
         return f"{self.task.id}#{self.sample}@{len(self.prefix)}"
 
 
-
-def prefix_cells(steps: list[Step]) -> list[str]:
-    """The cells that rebuild a prefix's interpreter state: its successful actions, in order.
-
-    >>> prefix_cells([Step(kind="plan", thought="p"), Step(kind="action", thought="t", code="x = 1"),
-    ...               Step(kind="action", thought="t", code="1/0", error="ZeroDivisionError")])
-    ['x = 1']
-    """
-    return [s.code for s in steps if s.kind == "action" and s.ok]
-
-
 @dataclass
 class _Live:
     episode: Episode
@@ -118,11 +108,7 @@ def _step_from_generation(gen: Generation, kind: str) -> Step:
 
 def _execute(live: _Live, step: Step, tools: ToolConfig) -> None:
     """Run an action step in its trajectory's sandbox and fill in its observation."""
-    result = live.sandbox.run(step.code)
-    live.traj.tool_time_s += result.duration_s
-    step.error, step.timed_out = result.error, result.timed_out
-    step.final_answer = result.final_answer
-    step.observation = format_observation(result.output, result.error, result.timed_out, tools.sandbox.timeout_s)
+    live.traj.tool_time_s += run_action(live.sandbox, step, tools.sandbox.timeout_s)
 
 
 def _over(traj: Trajectory, config: RolloutConfig) -> bool:

@@ -25,12 +25,12 @@ HELP = "mentored problem-solving: student rollouts, teacher fixes at the first e
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from score_distill.commands.settings import MentorCommand
     from score_distill.config import add_arguments as add_config
-    from score_distill.mentor import MentorConfig
 
     parser.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
-    parser.add_argument("--config", default=None, help="YAML file of MentorConfig values (flags override it)")
-    add_config(parser, MentorConfig)
+    parser.add_argument("--config", default=None, help="YAML file of the settings below (flags override it)")
+    add_config(parser, MentorCommand)
 
 
 def seed_overrides(args: argparse.Namespace, sections: tuple[str, ...]) -> list[str]:
@@ -74,15 +74,19 @@ def excluded_ids(spec: str) -> set[str]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from score_distill.commands.settings import MENTOR_RESUME_FREE
+    from score_distill.commands.settings import MentorCommand as command
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args
-    from score_distill.mentor import RESUME_FREE, MentorConfig, mentor
-    from score_distill.rundir import check_run_dir
     from score_distill.models.load import load_model
+    from score_distill.rundir import check_run_dir
+    from score_distill.stages.mps import RESUME_FREE, mentor
+    from score_distill.stages.split import read_mps_records, write_split
+    from score_distill.storage import atomic_write_json
     from score_distill.tasks.load import TaskFileError, load_tasks
     from score_distill.teachers.load import load_teacher
 
-    overrides = overrides_from_args(args, MentorConfig) + seed_overrides(args, ("rollout", "split"))
-    cfg = load_yaml(MentorConfig, args.config, overrides) if args.config else apply_overrides(MentorConfig(), overrides)
+    overrides = overrides_from_args(args, command) + seed_overrides(args, ("rollout", "split"))
+    cfg = load_yaml(command, args.config, overrides) if args.config else apply_overrides(command(), overrides)
     try:  # the whole task file is checked before anything is written or loaded
         tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())
     except TaskFileError as e:
@@ -91,9 +95,13 @@ def run(args: argparse.Namespace) -> int:
     if cfg.exclude:
         skip = excluded_ids(cfg.exclude)
         tasks = [t for t in tasks if t.id not in skip]
-    check_run_dir(args.out, cfg, RESUME_FREE)  # a rerun with other settings: refused before anything loads
+    resume_free = RESUME_FREE + MENTOR_RESUME_FREE
+    check_run_dir(args.out, cfg, resume_free)  # a rerun with other settings: refused before anything loads
     teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache")
     # A teacher that stays down raises TeacherDown: `cli.main` turns it into one line, exit 3.
-    summary = mentor(load_model(cfg.student), teacher, tasks, args.out, cfg)
+    summary = mentor(load_model(cfg.student), teacher, tasks, args.out, cfg, resume_free)
+    # Stage 2 on what stage 1 recorded.
+    summary["export"] = write_split(read_mps_records(args.out), Path(args.out) / "export", cfg.split)
+    atomic_write_json(Path(args.out) / "summary.json", summary)
     print(json.dumps(summary, indent=2))
     return 0

@@ -8,7 +8,7 @@ For each task:
 3. the teacher writes one replacement for step k. It runs in a FRESH sandbox that replays
    the successful cells of the verified prefix steps[:k], never in the state left by the
    discarded steps, and gets its observation in the one observation format;
-4. the student continues from prefix + fixed step up to the turn budget (8 turns overall);
+4. the student continues from prefix + fixed step up to the turn budget (`rollout.max_turns`);
    a fixed step that calls final_answer ends the episode;
 5. 2-4 repeat up to `max_interventions` times. A trajectory that ends correct is "solved",
    one that never does is "hard_to_teach". A failed judge or repair (`TeacherFailure`, a
@@ -39,9 +39,11 @@ Output directory:
   verified steps before k, chosen = the teacher's step and rejected = the student's step,
   each with its observation, meta {"intervention" (1-based), "analysis", "suggestion",
   "step_index"};
-- `summary.json` (printed by the command), `config.yaml`, and `export/` (the SFT/RL split,
-  `datasets_export`). All but `records.jsonl` are rebuilt from it at the end.
+- `summary.json` (printed by the command) and `config.yaml`. All but `records.jsonl` are
+  rebuilt from it at the end. The SFT/RL split of the records is the next stage
+  (`stages/split.py`; the `mentor` command runs it into `export/`).
 
+    from score_distill.stages.mps import MentorConfig, mentor
     summary = mentor(student_model, teacher, tasks, "runs/mps", MentorConfig())
     score-distill mentor --student smollm2-135m --teacher reference --tasks math:train --out runs/mps
 """
@@ -58,17 +60,16 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from score_distill.agent.format import format_observation, parse_turn, render_step
-from score_distill.agent.rollout import Episode, RolloutConfig, prefix_cells, rollout
+from score_distill.agent.rollout import Episode, RolloutConfig, rollout
+from score_distill.agent.steps import execute_steps, step_problem
 from score_distill.config import option
-from score_distill.datasets_export import SplitConfig, export_mentor
 from score_distill.models.base import ChatModel, ModelError
-from score_distill.rundir import RecordLog, open_run_dir
+from score_distill.rundir import resume_stage
 from score_distill.storage import atomic_write_json
 from score_distill.teachers.base import Teacher
 from score_distill.teachers.health import UNAVAILABLE, TeacherDown, TeacherHealth, unreachable
 from score_distill.teachers.llm import TeacherFailure
-from score_distill.tools.config import ToolConfig, open_sandbox
+from score_distill.tools.config import ToolConfig
 from score_distill.types import Intervention, KeyStepItem, MentorRecord, Step, Task, Trajectory, write_jsonl
 
 def mps_rollout_config() -> RolloutConfig:
@@ -78,12 +79,6 @@ def mps_rollout_config() -> RolloutConfig:
 
 @dataclass
 class MentorConfig:
-    student: str = option("smollm2-135m", "student: built-in name, local HF directory, or openai:<model>@<base-url>")
-    teacher: str = option("reference", "teacher: reference, or openai:<model>@<base-url>")
-    tasks: str = option("math:train", "SUITE:SPLIT of a built-in suite, or a task JSONL file")
-    n: int | None = option(None, "number of tasks (default: a suite's default size / the whole file)")
-    seed: int = option(0, "seed of the task generator; the command's --seed also sets rollout.seed and split.seed")
-    exclude: str | None = option(None, "leave out these tasks: a BC output directory (its chosen_ids.json) or a JSON list of ids")
     max_interventions: int = option(3, "teacher fixes per task before it is marked hard to teach")
     teacher_concurrency: int = option(8, "teacher calls (judge, repair, fix execution) run at once")
     max_in_flight: int = option(256, "tasks worked on at once; they move through rounds together")
@@ -93,47 +88,10 @@ class MentorConfig:
            "(teacher_unavailable) and the others go on; rerunning the same command resumes and retries those tasks")
     rollout: RolloutConfig = field(default_factory=mps_rollout_config, metadata={"help": "student sampling and turn budget"})
     tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
-    split: SplitConfig = field(default_factory=SplitConfig, metadata={"help": "SFT/RL split and exports"})
 
 
 # Settings that change speed, not results: a run may be resumed with other values.
-RESUME_FREE = ("teacher_concurrency", "max_in_flight", "teacher_down_after", "rollout.batch_size", "split")
-
-
-def run_fix(task: Task, prefix: list[Step], fixed: Step, tools: ToolConfig) -> Step:
-    """Execute the teacher's step in a fresh sandbox holding the state of `prefix` (its
-    successful cells replayed; their output is discarded) and return it with its
-    observation. A plan step is not executed."""
-    step = Step(kind=fixed.kind, thought=fixed.thought, code=fixed.code, author="teacher", n_tokens=fixed.n_tokens)
-    if step.kind == "plan":
-        return step
-    sandbox = open_sandbox(tools, task)
-    try:
-        sandbox.replay(prefix_cells(prefix))
-        r = sandbox.run(step.code)
-    finally:
-        sandbox.close()
-    step.error, step.timed_out, step.final_answer = r.error, r.timed_out, r.final_answer
-    step.observation = format_observation(r.output, r.error, r.timed_out, tools.sandbox.timeout_s)
-    return step
-
-
-def fix_problem(fixed: Step, index: int) -> str | None:
-    """Why a repaired step cannot be used at `index` (None when it can): it must be a plan
-    for index 0, an action otherwise, and render to text that parses back cleanly.
-
-    >>> fix_problem(Step(kind="action", thought="t", code="x = 2"), 0)
-    'expected a plan step at index 0, got action'
-    >>> fix_problem(Step(kind="action", thought="t", code="x = 2"), 3) is None
-    True
-    """
-    kind = "plan" if index == 0 else "action"
-    if fixed.kind != kind:
-        return f"expected a {kind} step at index {index}, got {fixed.kind}"
-    if fixed.parse_error is not None or fixed.raw is not None:
-        return f"the step is malformed: {fixed.parse_error or 'raw text'}"
-    error = parse_turn(render_step(fixed), kind).error
-    return None if error is None else f"the step does not parse back: {error}"
+RESUME_FREE = ("teacher_concurrency", "max_in_flight", "teacher_down_after", "rollout.batch_size")
 
 
 @dataclass
@@ -203,10 +161,12 @@ def _teach(w: _Work, teacher: Teacher, cfg: MentorConfig, health: TeacherHealth)
         except ModelError as e:
             return FAILED, f"{UNAVAILABLE}: repair: {e}"
         w.teacher_tokens += proposed.n_tokens
-        problem = fix_problem(proposed, k)
+        problem = step_problem(proposed, k)
         if problem is not None:
             return FAILED, f"repair_malformed: {problem}"
-        fixed = run_fix(w.task, prefix, proposed, cfg.tools)
+        # The fix runs in a FRESH sandbox holding the verified prefix's state, never in the
+        # state the discarded steps left.
+        fixed = execute_steps(w.task, [proposed], cfg.tools, prefix=prefix)[0]
         w.interventions.append(Intervention(k, mistaken, fixed, verdict.analysis, verdict.suggestion))
         w.prefixes.append(prefix)
         w.prefix = prefix + [fixed]
@@ -306,32 +266,23 @@ def mps_summary(records: list[MentorRecord]) -> dict:
     }
 
 
-def write_outputs(records: list[MentorRecord], out: Path, split: SplitConfig) -> dict:
-    """Rebuild the derived files from the records (in task order) and export the splits."""
+def write_outputs(records: list[MentorRecord], out: Path) -> dict:
+    """Rebuild the derived files from the records (in task order); returns the summary."""
     write_jsonl(out / "mps_trajectories.jsonl", [r.trajectory for r in records])
     write_jsonl(out / "keysteps.jsonl", [k for r in records for k in r.keysteps])
-    summary = mps_summary(records)
-    summary["export"] = export_mentor(records, out / "export", split)
-    return summary
+    return mps_summary(records)
 
 
 def mentor(student: ChatModel, teacher: Teacher, tasks: list[Task], out_dir: str | Path,
-           cfg: MentorConfig) -> dict:
+           cfg: MentorConfig, resume_free: tuple[str, ...] = RESUME_FREE) -> dict:
     """Run MPS on `tasks` into `out_dir` (resuming from its records); returns the summary."""
     out = Path(out_dir)
     health = TeacherHealth(cfg.teacher_down_after)  # checks the limit before anything is written
-    open_run_dir(out, cfg, RESUME_FREE)
-    log = RecordLog(out / "records.jsonl", MentorRecord, key=lambda r: r.task_id, replaceable=retryable)
-    done = log.load()
-    ids = [t.id for t in tasks]
-    if len(set(ids)) != len(ids):
-        raise ValueError("task ids are not unique")
-    stray = set(done) - set(ids)
-    if stray:
-        raise ValueError(f"{log.path} holds tasks that are not in this task list (e.g. {sorted(stray)[:3]}); "
-                         "use a new output directory")
+    stage = resume_stage(out, cfg, resume_free, MentorRecord, [t.id for t in tasks], redo=retryable)
+    log, done = stage.log, stage.done
     t0 = time.perf_counter()
-    todo = [t for t in tasks if t.id not in done or retryable(done[t.id])]
+    todo_ids = set(stage.todo)
+    todo = [t for t in tasks if t.id in todo_ids]
     retried = sum(t.id in done for t in todo)
     if retried:
         tqdm.write(f"mps: retrying {retried} tasks whose teacher could not be reached before", file=sys.stderr)
@@ -346,7 +297,7 @@ def mentor(student: ChatModel, teacher: Teacher, tasks: list[Task], out_dir: str
         left = sum(t.id not in done or retryable(done[t.id]) for t in tasks)
         raise TeacherDown(f"{e}; stopped with {len(tasks) - left} of {len(tasks)} tasks done: rerun the same "
                           f"command when the teacher is back, it resumes and retries the other {left}") from None
-    summary = write_outputs([done[i] for i in ids], out, cfg.split)
+    summary = write_outputs([done[t.id] for t in tasks], out)
     summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
     summary["resumed_tasks"] = len(tasks) - len(todo)
     if summary["teacher_unavailable"]:

@@ -19,14 +19,14 @@ and only its correct solutions are kept (rejection sampling).
    teachers/health.py): the other tasks go on, a rerun retries those tasks, and
    `teacher_down_after` such failures in a row stop the run with `TeacherDown`.
 
-Output directory (resumable exactly like MPS, see `mentor.RecordLog`):
+Output directory (resumable exactly like MPS, see `rundir.resume_records`):
 - `records.jsonl`: one `BCRecord` per chosen task (kept or not), fsynced per line;
 - `bc_trajectories.jsonl`: the kept `Trajectory` records (steps authored "teacher"), in task
-  order, with `meta["question"]`, so `datasets_export.read_sft_examples` reads them;
+  order, with `meta["question"]`, so `exports.read_sft_examples` reads them;
 - `chosen_ids.json`, `summary.json` (printed at the end), `config.yaml`, and `export/`: the
-  kept set as TRL and LLaMA-Factory files (`datasets_export.export_sft`).
+  kept set as TRL and LLaMA-Factory files (`exports.export_sft`).
 
-    from score_distill.bc import BCConfig, collect_bc
+    from score_distill.stages.bc import BCConfig, collect_bc
     summary = collect_bc(teacher, tasks, "runs/bc", BCConfig())
 
 or `score-distill bc --teacher reference --tasks math:train --n 200 --out runs/bc`.
@@ -43,26 +43,23 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from score_distill.agent.format import format_observation, parse_turn, render_step
+from score_distill.agent.steps import execute_steps, step_problem
 from score_distill.config import option
-from score_distill.datasets_export import SFTExample, export_sft
+from score_distill.exports import SFTExample, export_sft
 from score_distill.models.base import ModelError
-from score_distill.rundir import RecordLog, open_run_dir
+from score_distill.rundir import resume_stage
 from score_distill.seeds import derive_seed
 from score_distill.storage import atomic_write_json
 from score_distill.teachers.base import Teacher
 from score_distill.teachers.health import UNAVAILABLE, TeacherHealth, unreachable
 from score_distill.teachers.llm import TeacherFailure
-from score_distill.tools.config import ToolConfig, open_sandbox
+from score_distill.tools.config import ToolConfig
 from score_distill.types import BCRecord, Step, Task, Trajectory, write_jsonl
 
 
 @dataclass
 class BCConfig:
-    teacher: str = option("reference", "teacher: reference, or openai:<model>@<base-url>")
-    tasks: str = option("math:train", "SUITE:SPLIT of a built-in suite, or a task JSONL file")
-    n: int | None = option(None, "number of tasks (default: a suite's default size / the whole file)")
-    seed: int = option(0, "seed of the task generator and of the choice of tasks")
+    seed: int = option(0, "seed of the choice of tasks")
     fraction: float = option(0.2, "share of the tasks the teacher solves")
     max_turns: int = option(8, "longest solution kept, in assistant turns (the plan included)")
     teacher_concurrency: int = option(8, "tasks solved at once")
@@ -91,27 +88,6 @@ def choose_tasks(task_ids: list[str], fraction: float, seed: int) -> list[str]:
     return [i for i in task_ids if i in chosen]
 
 
-def execute_steps(task: Task, steps: list[Step], tools: ToolConfig) -> list[Step]:
-    """Run a solution's actions in order in one fresh sandbox, filling in real observations;
-    steps after the first `final_answer` are dropped. Steps are copied, authored "teacher"."""
-    out: list[Step] = []
-    sandbox = open_sandbox(tools, task)
-    try:
-        for s in steps:
-            step = Step(kind=s.kind, thought=s.thought, code=s.code, author="teacher", n_tokens=s.n_tokens)
-            out.append(step)
-            if step.kind != "action":
-                continue
-            r = sandbox.run(step.code)
-            step.error, step.timed_out, step.final_answer = r.error, r.timed_out, r.final_answer
-            step.observation = format_observation(r.output, r.error, r.timed_out, tools.sandbox.timeout_s)
-            if step.final_answer is not None:
-                break
-    finally:
-        sandbox.close()
-    return out
-
-
 def solution_problem(steps: list[Step], max_turns: int) -> str | None:
     """Why a solution cannot be training data, before running it (None when it can).
 
@@ -122,12 +98,9 @@ def solution_problem(steps: list[Step], max_turns: int) -> str | None:
     if len(steps) > max_turns:
         return f"too_long: {len(steps)} steps, the budget is {max_turns}"
     for i, s in enumerate(steps):
-        kind = "plan" if i == 0 else "action"
-        if s.kind != kind:
-            return f"malformed: step {i} is {s.kind}, expected {kind}"
-        error = s.parse_error or parse_turn(render_step(s), kind).error
-        if error is not None or s.raw is not None:
-            return f"malformed: step {i} does not parse back ({error or 'raw text'})"
+        problem = step_problem(s, i)
+        if problem is not None:
+            return f"malformed: {problem}"
     return None
 
 
@@ -187,20 +160,17 @@ def summarize_bc(records: list[BCRecord], n_tasks: int, fraction: float) -> dict
             "teacher_tokens": sum(r.teacher_tokens for r in records), "wall_time_s": 0.0}
 
 
-def collect_bc(teacher: Teacher, tasks: list[Task], out_dir: str | Path, cfg: BCConfig) -> dict:
+def collect_bc(teacher: Teacher, tasks: list[Task], out_dir: str | Path, cfg: BCConfig,
+               resume_free: tuple[str, ...] = RESUME_FREE) -> dict:
     """Collect cold-start data into `out_dir` (resuming from its records); returns the summary."""
     out = Path(out_dir)
     health = TeacherHealth(cfg.teacher_down_after)  # checks the limit before anything is written
-    open_run_dir(out, cfg, RESUME_FREE)
     chosen_ids = choose_tasks([t.id for t in tasks], cfg.fraction, cfg.seed)
+    stage = resume_stage(out, cfg, resume_free, BCRecord, chosen_ids, redo=retryable)
     atomic_write_json(out / "chosen_ids.json", chosen_ids)
-    log = RecordLog(out / "records.jsonl", BCRecord, key=lambda r: r.task_id, replaceable=retryable)
-    done = log.load()
-    stray = set(done) - set(chosen_ids)
-    if stray:
-        raise ValueError(f"{log.path} holds tasks that were not chosen (e.g. {sorted(stray)[:3]}); use a new output directory")
+    log, done = stage.log, stage.done
     by_id = {t.id: t for t in tasks}
-    todo = [by_id[i] for i in chosen_ids if i not in done or retryable(done[i])]
+    todo = [by_id[i] for i in stage.todo]
     t0 = time.perf_counter()
     with tqdm(total=len(chosen_ids), initial=len(chosen_ids) - len(todo), desc="bc", unit="task") as bar, \
             ThreadPoolExecutor(max_workers=max(1, cfg.teacher_concurrency)) as pool:

@@ -5,7 +5,6 @@ the verified prefix's state, key-step items, the summary, resuming, and a SIGKIL
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from score_distill.commands.mentor import excluded_ids
-from score_distill.mentor import MentorConfig, mentor, run_fix
+from score_distill.agent.steps import execute_steps
+from score_distill.stages.mps import MentorConfig, mentor
 from score_distill.rundir import RecordLog, open_run_dir
 from score_distill.types import MentorRecord
 from score_distill.tools.config import ToolConfig
@@ -135,7 +135,8 @@ def test_derived_files_and_summary(run):
                                                              "judge-fails", "out-of-range", "no-error", "bad-fix",
                                                              "teacher-answers"]]
     assert len(read_jsonl(out / "keysteps.jsonl", KeyStepItem)) == summary["keysteps"] == 4
-    assert (out / "config.yaml").exists() and (out / "export" / "rl_verl.parquet").exists()
+    # The split is the next stage: the library call writes none of it (the command does).
+    assert (out / "config.yaml").exists() and not (out / "export").exists()
     assert max(student.batch_sizes) > 1  # tasks in flight share the student's batched calls
 
 
@@ -150,12 +151,13 @@ def test_rerun_is_a_no_op(run):
     assert {k: v for k, v in again.items() if k not in per_run} == {k: v for k, v in summary.items() if k not in per_run}
 
 
-def test_run_fix_ignores_failed_prefix_cells_and_fills_observation():
+def test_a_fix_runs_on_the_prefix_state_without_its_failed_cells_and_gets_its_observation():
     prefix = [Step(kind="plan", thought="p"), Step(kind="action", thought="a", code="y = 2"),
               Step(kind="action", thought="b", code="y = 100\n1/0", error="ZeroDivisionError: division by zero")]
-    fixed = run_fix(make_task("right"), prefix, Step(kind="action", thought="t", code="print(y * 21)"), TOOLS)
+    [fixed] = execute_steps(make_task("right"), [Step(kind="action", thought="t", code="print(y * 21)")], TOOLS,
+                            prefix=prefix)
     assert fixed.observation == "42" and fixed.author == "teacher" and fixed.error is None
-    plan = run_fix(make_task("right"), [], Step(kind="plan", thought="new plan"), TOOLS)
+    [plan] = execute_steps(make_task("right"), [Step(kind="plan", thought="new plan")], TOOLS, prefix=prefix)
     assert plan.kind == "plan" and plan.observation == ""
 
 
@@ -249,7 +251,9 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
                 "teacher_tokens", "student_tokens"):
         assert summary[key] == ref_summary[key], key
     assert summary["resumed_tasks"] == len(done_before)
-    assert os.path.exists(killed / "export" / "split.json")
+    # The split read back from the resumed run's log (a task once) is the uninterrupted run's.
+    split = [json.loads((d / "export" / "split.json").read_text()) for d in (whole, killed)]
+    assert split[0] == split[1] and split[0]["counts"]["sft_tasks"] + split[0]["counts"]["rl_tasks"] > 0
 
 
 def test_mentor_command_with_the_reference_teacher(tmp_path, capsys, monkeypatch):
@@ -280,6 +284,11 @@ def test_mentor_command_with_the_reference_teacher(tmp_path, capsys, monkeypatch
     assert summary["solved_by_interventions"]["1"] + summary["solved_by_interventions"]["2+"] >= 1
     config_text = (tmp_path / "out" / "config.yaml").read_text()
     assert "seed: 5" in config_text and config_text.count("seed: 5") == 3  # --seed reaches rollout and split
+    # Stage 2 on the records: the command writes the split, and the summary says what it holds.
+    split = json.loads((tmp_path / "out" / "export" / "split.json").read_text())
+    assert split["seed"] == 5 and split["counts"] == summary["export"]
+    assert split["counts"]["sft_tasks"] + split["counts"]["rl_tasks"] == summary["solved"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
 
 
 def test_llm_teacher_over_a_fake_server_and_its_cache_after_lost_records(tmp_path):

@@ -1,67 +1,45 @@
-"""Training sets from MPS records: the SCoRe SFT/RL split, and exports for other trainers.
+"""Training sets on disk: our own format and the formats other trainers read.
 
-The split (docs/method.md, stages 2-3), seeded and made BY QUESTION: solved tasks are
-grouped by their normalised question text, the groups are shuffled with `seed`, and the
-first `sft_share` of them (50%) form the SFT half, the rest the RL half, so no question is
-in both. Then, each decided by its own seeded draw (independent of the other tasks):
-- SFT set: the final trajectories of the SFT-half tasks; a trajectory solved with zero
-  interventions is kept with probability `keep_zero_intervention` (0.5);
-- RL set: the key-step items of the RL-half tasks, plus, for every RL-half task solved
-  without interventions, an outcome-only item (empty prefix, `chosen`/`rejected` None) that
-  starts RL from the question. Which share of those RL trains on is the trainer's one
-  setting, `RLOptions.outcome_only_share`.
+The data stages (`stages/bc.py`, `stages/split.py`) hand their training sets here; nothing
+here decides what goes into a set.
 
-Files written by `export_mentor(records, DIR, config)` (BC data goes through `export_sft`):
-- `split.json`: {"seed", "counts", "sft_tasks": [...], "rl_tasks": [...]} (task ids sorted);
-- `sft_trajectories.jsonl`: our own format, `Trajectory` records with `meta["question"]`;
+`export_sft(examples, DIR, name)` writes an SFT set as:
+- `<name>_trajectories.jsonl`: our own format, `Trajectory` records with `meta["question"]`;
   `read_sft_examples` turns it into the (question, steps) pairs that `train.sft` takes. Our
   trainer renders them with `train/render.py`, the single place that decides loss masks;
-- `sft_trl.jsonl`: TRL's conversational format, one {"messages": [{"role", "content"}, ...]}
+- `<name>_trl.jsonl`: TRL's conversational format, one {"messages": [{"role", "content"}, ...]}
   per trajectory, from `agent.format.to_messages` (system, question, then assistant steps
   and "Observation: ..." user turns; the observation after the final step is dropped).
   TRL's assistant-only loss needs a chat template with generation markers
   ({% generation %}); with other templates TRL trains on every token, observations included;
-- `sft_sharegpt.jsonl` + `dataset_info.json`: LLaMA-Factory's ShareGPT format, one
+- `<name>_sharegpt.jsonl` + `dataset_info.json`: LLaMA-Factory's ShareGPT format, one
   {"conversations": [{"from": "human"|"gpt", "value"}...], "system": SYSTEM_PROMPT} per
   trajectory. Turns alternate human/gpt, starting with the question and ending with the last
   step (an even count, as LLaMA-Factory requires). Observations are "human" turns holding
   "Observation: ...", exactly the user turns our rollout shows the model; LLaMA-Factory's
   "observation" role would be rendered with the template's tool-result wrapper instead.
   `dataset_info.json` is the entry to merge into LLaMA-Factory's data/dataset_info.json
-  (formatting "sharegpt", columns messages=conversations and system=system);
-- `rl_items.jsonl`: our own format, `KeyStepItem` records;
-- `rl_verl.parquet`: verl's RL format, one row per item: `data_source` ("score-distill/<suite>"),
-  `prompt` (chat messages up to the prefix: system, question, each prefix step and its
-  observation, ready for the key step), `ability` (the suite), `reward_model`
-  {"style": "rule", "ground_truth": gold answer}, `extra_info` {"split", "index", "task_id",
-  "step_index", "intervention", "outcome_only", "question", "prefix", "chosen", "rejected"}
-  where prefix/chosen/rejected are JSON texts of our `Step` records ("" when absent), which
-  a reward function needs to compare the key step with the teacher's and student's steps.
+  (formatting "sharegpt", columns messages=conversations and system=system).
 
-    from score_distill.datasets_export import SplitConfig, export_mentor, load_mentor_records
-    export_mentor(load_mentor_records("runs/mps"), "runs/mps/export", SplitConfig(seed=0))
+`write_verl(items, PATH)` writes RL items (`KeyStepItem`) as verl's RL parquet, one row per
+item: `data_source` ("score-distill/<suite>"), `prompt` (chat messages up to the prefix:
+system, question, each prefix step and its observation, ready for the key step), `ability`
+(the suite), `reward_model` {"style": "rule", "ground_truth": gold answer}, `extra_info`
+{"split", "index", "task_id", "step_index", "intervention", "outcome_only", "question",
+"prefix", "chosen", "rejected"} where prefix/chosen/rejected are JSON texts of our `Step`
+records ("" when absent), which a reward function needs to compare the key step with the
+teacher's and student's steps.
 """
 
 from __future__ import annotations
 
-import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from score_distill.agent.format import SYSTEM_PROMPT, to_messages
-from score_distill.config import option
-from score_distill.seeds import derive_seed
 from score_distill.storage import atomic_path, atomic_write_json, atomic_write_lines, dumps, safe_data
-from score_distill.types import KeyStepItem, MentorRecord, Step, Trajectory, read_jsonl, write_jsonl
-
-
-@dataclass
-class SplitConfig:
-    seed: int = option(0, "seed of the split and of the keep draws")
-    sft_share: float = option(0.5, "share of solved questions in the SFT half (the rest go to RL)")
-    keep_zero_intervention: float = option(0.5, "probability that an SFT-half trajectory solved without help is kept")
+from score_distill.types import KeyStepItem, Step, Trajectory, read_jsonl, write_jsonl
 
 
 @dataclass
@@ -74,57 +52,6 @@ class SFTExample:
     suite: str
     steps: list[Step]
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Split:
-    sft_tasks: list[str]
-    rl_tasks: list[str]
-    sft: list[SFTExample]
-    rl: list[KeyStepItem]
-
-
-def question_key(question: str) -> str:
-    """The grouping key of a question: lower case, whitespace collapsed.
-
-    >>> question_key("  How many   Apples? ") == question_key("how many apples?")
-    True
-    """
-    return re.sub(r"\s+", " ", question.strip().lower())
-
-
-def draw(seed: int, what: str, task_id: str) -> float:
-    """A uniform number in [0, 1) for one decision about one task, independent of the others.
-
-    >>> draw(0, "keep", "t1") == draw(0, "keep", "t1") != draw(1, "keep", "t1")
-    True
-    """
-    return random.Random(derive_seed("split", seed, what, task_id)).random()
-
-
-def split_records(records: list[MentorRecord], cfg: SplitConfig) -> Split:
-    """The seeded SFT/RL split of the solved tasks (see the module docstring)."""
-    solved = [r for r in records if r.status == "solved"]
-    groups: dict[str, list[MentorRecord]] = {}
-    for r in solved:
-        groups.setdefault(question_key(r.question), []).append(r)
-    keys = sorted(groups)
-    random.Random(derive_seed("split", cfg.seed, "groups")).shuffle(keys)
-    n_sft = round(cfg.sft_share * len(keys))
-    # Sorted by id: the split depends on the set of records, not on their order on disk.
-    sft_recs = sorted((r for k in keys[:n_sft] for r in groups[k]), key=lambda r: r.task_id)
-    rl_recs = sorted((r for k in keys[n_sft:] for r in groups[k]), key=lambda r: r.task_id)
-    sft = [SFTExample(r.task_id, r.question, r.answer, r.suite, r.trajectory.steps,
-                      {"interventions": len(r.interventions)})
-           for r in sft_recs
-           if r.interventions or draw(cfg.seed, "keep", r.task_id) < cfg.keep_zero_intervention]
-    rl: list[KeyStepItem] = []
-    for r in rl_recs:
-        rl.extend(r.keysteps)
-        if not r.interventions:
-            rl.append(KeyStepItem(task_id=r.task_id, question=r.question, answer=r.answer, suite=r.suite,
-                                  meta={"outcome_only": True}))
-    return Split([r.task_id for r in sft_recs], [r.task_id for r in rl_recs], sft, rl)
 
 
 def sft_messages(question: str, steps: list[Step]) -> list[dict[str, str]]:
@@ -218,23 +145,3 @@ def write_verl(items: list[KeyStepItem], path: str | Path) -> None:
     table = pa.Table.from_pylist(safe_data(verl_rows(items)), schema=schema)  # Arrow strings are UTF-8
     with atomic_path(path) as tmp:
         pq.write_table(table, str(tmp))
-
-
-def export_mentor(records: list[MentorRecord], out_dir: str | Path, cfg: SplitConfig) -> dict[str, Any]:
-    """Split the solved MPS tasks and write every export into `out_dir`; returns the counts."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    split = split_records(records, cfg)
-    counts = {"sft_tasks": len(split.sft_tasks), "rl_tasks": len(split.rl_tasks), "sft_examples": len(split.sft),
-              "rl_items": len(split.rl), "rl_outcome_only": sum(bool(i.meta.get("outcome_only")) for i in split.rl)}
-    atomic_write_json(out / "split.json", {"seed": cfg.seed, "counts": counts, "sft_tasks": split.sft_tasks,
-                                           "rl_tasks": split.rl_tasks})
-    export_sft(split.sft, out, name="sft")
-    write_jsonl(out / "rl_items.jsonl", split.rl)
-    write_verl(split.rl, out / "rl_verl.parquet")
-    return counts
-
-
-def load_mentor_records(mentor_dir: str | Path) -> list[MentorRecord]:
-    """The records of an MPS output directory, in file order."""
-    return read_jsonl(Path(mentor_dir) / "records.jsonl", MentorRecord)
