@@ -170,7 +170,7 @@ def save_config(config: Any, path: str | Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """Add a `--flag` per field of `cls`, named by its dotted path as in YAML (nested
     dataclasses give `--section.field`), spelt with dashes or as the YAML spells it:
-    `--eval-rollout.max-turns 6` and `--eval_rollout.max_turns 6` are the same flag. A list or
+    `--eval-rollout.max-new-tokens 96` and `--eval_rollout.max_new_tokens 96` are the same flag. A list or
     mapping field takes YAML (`--suites '[math]'`). Defaults are None so that only flags the
     user gave override the config. Every sub-command reads its settings this way."""
     for f in dataclasses.fields(cls):

@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 
 ABLATIONS = ("grpo", "rl_no_short_horizon", "rl_no_key_step")
 # Settings that change speed, logging or which extra stages run, not the results of a stage.
-RESUME_FREE = ("ablations", "eval_rollout.batch_size", "mps_rollout.batch_size", "sft.logging_steps",
-               "sft.checkpoint_every_s", "rl.cpu_threads", "rl.save_every", "rl.samples_per_step")
+RESUME_FREE = ("ablations", "eval_rollout.batch_size", "mps_rollout.batch_size", "rl.rollout.batch_size",
+               "sft.logging_steps", "sft.checkpoint_every_s", "rl.cpu_threads", "rl.save_every",
+               "rl.samples_per_step")
 
 # The teacher spending behind each stage's model: its own and that of the stages it builds on.
 LINEAGE = {"bc": ("bc",), "score_sft": ("bc", "mps"), "score_rl": ("bc", "mps", "score_rl"),
@@ -82,6 +83,8 @@ class RunConfig:
                                   "(math_suite.MathDifficulty, search_suite.Difficulty)")
     bc_fraction: float = option(0.2, "share of train tasks the teacher solves for cold-start BC")
     max_interventions: int = option(3, "teacher fixes per MPS task")
+    max_turns: int = option(8, "the run's one turn budget, the plan included: every rollout (evaluation, MPS, RL) "
+                               "and the longest teacher solution BC keeps")
     inference_bf16: Bf16 = option("auto", "load the student in bf16 when it only generates (evaluation, MPS); "
                                           "auto: where the hardware computes bf16 natively (precision.py)")
     ablations: list = option([], f"extra stages through the same code: any of {', '.join(ABLATIONS)}")
@@ -90,6 +93,17 @@ class RunConfig:
     sft: SFTOptions = field(default_factory=SFTOptions, metadata={"help": "SFT of BC, SCoRe-SFT and BC-full"})
     rl: RLOptions = field(default_factory=RLOptions, metadata={"help": "SCoRe-RL and the RL ablations"})
     tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
+
+    def __post_init__(self) -> None:
+        for name, r in (("eval_rollout", self.eval_rollout), ("mps_rollout", self.mps_rollout),
+                        ("rl.rollout", self.rl.rollout)):
+            if r.max_turns is not None:
+                raise ValueError(f"{name}.max_turns is set ({r.max_turns}): a run has one turn budget, "
+                                 f"max_turns (now {self.max_turns}); set that instead")
+
+    def rollout(self, stage: RolloutConfig) -> RolloutConfig:
+        """One of the stages' rollout settings under the run's turn budget."""
+        return replace(stage, max_turns=self.max_turns)
 
 
 @dataclass
@@ -173,7 +187,8 @@ def evaluate_stage(state: RunState, stage: str, model_path: str) -> None:
             if name.split(":")[1] in state.cfg.eval_splits}
     with state.timed(f"eval_{stage}"):
         # One rollout over every set: the sets share the batches.
-        metrics = evaluate_sets(model, sets, state.cfg.tools, state.cfg.eval_rollout, desc=f"eval {stage}")
+        metrics = evaluate_sets(model, sets, state.cfg.tools, state.cfg.rollout(state.cfg.eval_rollout),
+                                desc=f"eval {stage}")
     state.stages[stage] = {name: {"accuracy": m["accuracy"], "ci95": m["ci95"], "n": m["n"],
                                 "finish_rate": m.get("finish_rate"), "mean_turns": m.get("mean_turns"),
                                 "sandbox": m.get("sandbox")}
@@ -188,7 +203,7 @@ def bc_stage(state: RunState, name: str, fraction: float, base: str, teacher) ->
     from score_distill.train.sft import train_sft
 
     folder = state.out / name
-    bc_cfg = BCConfig(seed=state.cfg.seed, fraction=fraction, tools=state.cfg.tools)
+    bc_cfg = BCConfig(seed=state.cfg.seed, fraction=fraction, max_turns=state.cfg.max_turns, tools=state.cfg.tools)
     with state.timed(name):
         summary = collect_bc(teacher, state.train, folder / "data", bc_cfg)
         examples = read_sft_examples(folder / "data" / "bc_trajectories.jsonl")
@@ -207,7 +222,7 @@ def mps_stage(state: RunState, student: str, teacher) -> dict:
 
     chosen = set(json.loads((state.out / "bc" / "data" / "chosen_ids.json").read_text()))
     tasks = [t for t in state.train if t.id not in chosen]
-    cfg = MentorConfig(max_interventions=state.cfg.max_interventions, rollout=state.cfg.mps_rollout,
+    cfg = MentorConfig(max_interventions=state.cfg.max_interventions, rollout=state.cfg.rollout(state.cfg.mps_rollout),
                        tools=state.cfg.tools)
     with state.timed("mps"):
         summary = mentor(load_model(student, **_inference_dtype(state.cfg)), teacher, tasks, state.out / "mps", cfg)
@@ -225,6 +240,7 @@ def rl_stage(state: RunState, name: str, base: str, items, teacher, opts: RLOpti
     from score_distill.train.rl import train_rl
 
     tasks_by_id = {t.id: t for t in state.train}
+    opts = replace(opts, rollout=state.cfg.rollout(opts.rollout))
     before = teacher.usage.tokens
     with state.timed(name):
         final = train_rl(base, items, tasks_by_id, teacher, state.cfg.tools, state.out / name, opts)
@@ -238,8 +254,9 @@ def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     from score_distill.exports import read_sft_examples
     from score_distill.models.builtin import builtin_path, is_builtin
     from score_distill.report import write_report
+    from score_distill.teachers.llm import LLMTeacherConfig
     from score_distill.teachers.load import load_teacher
-    from score_distill.train.rl import outcome_items
+    from score_distill.train.rl_items import outcome_items
     from score_distill.train.sft import train_sft
     from score_distill.types import KeyStepItem
 
@@ -258,7 +275,8 @@ def run(cfg: RunConfig, out_dir: str | Path) -> dict:
     with state.timed("world"):
         world_stage(state)
     base = str(builtin_path(cfg.student)) if is_builtin(cfg.student) else cfg.student
-    teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=out / "teacher_cache") \
+    teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=out / "teacher_cache",
+                           config=LLMTeacherConfig(max_turns=cfg.max_turns)) \
         if cfg.teacher != "reference" else load_teacher("reference")
     evaluate_stage(state, "untrained", base)
     bc = bc_stage(state, "bc", cfg.bc_fraction, base, teacher)

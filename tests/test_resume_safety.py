@@ -210,7 +210,7 @@ def test_eval_rerun_with_other_settings_is_refused(tmp_path: Path, monkeypatch, 
     assert main(eval_args(out, "--rollout.temperature", "1.0", "--rollout.max-turns", "2")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("score-distill eval: ")
-    assert "rollout.max_turns 8 -> 2" in err and "rollout.temperature 0.0 -> 1.0" in err
+    assert "rollout.max_turns unset -> 2" in err and "rollout.temperature 0.0 -> 1.0" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing was touched
     # A setting that changes speed, not results, may differ: the rerun resumes.
     assert main(eval_args(out, "--rollout.batch-size", "3")) == 0
@@ -244,11 +244,17 @@ def test_run_takes_settings_as_dotted_flags_and_names_the_flag_for_key_value(tmp
     monkeypatch.setattr("score_distill.pipeline.run", pipeline)
     out = str(tmp_path / "run")
     assert main(["run", "--preset", "smoke", "--out", out, "--n-eval", "5", "--sft.epochs", "3",
-                 "--eval_rollout.max_turns", "4", "--suites", "[math]"]) == 0
+                 "--eval_rollout.max_new_tokens", "20", "--max-turns", "4", "--suites", "[math]"]) == 0
     cfg = seen["cfg"]
-    assert (cfg.n_eval, cfg.sft.epochs, cfg.eval_rollout.max_turns, cfg.suites) == (5, 3.0, 4, ["math"])
+    assert (cfg.n_eval, cfg.sft.epochs, cfg.eval_rollout.max_new_tokens, cfg.suites) == (5, 3.0, 20, ["math"])
     assert cfg.n_train == 10  # the preset's value where no flag was given
+    # One turn budget, for every stage's rollouts; a stage's own is refused in one line.
+    assert {cfg.rollout(r).max_turns for r in (cfg.eval_rollout, cfg.mps_rollout, cfg.rl.rollout)} == {4}
     capsys.readouterr()
+    for flag in ("--eval-rollout.max-turns", "--rl.rollout.max_turns"):
+        assert main(["run", "--preset", "smoke", "--out", out, flag, "5"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a run has one turn budget" in err and "max_turns" in err
     assert main(["run", "--preset", "smoke", "--out", out, "sft.epochs=3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "write --sft.epochs 3" in err

@@ -19,11 +19,20 @@ from score_distill.tools.sandbox import SandboxConfig
 from score_distill.train import rl
 from score_distill.train.grpo import clipped_loss, pad_left, token_logprobs
 from score_distill.train.rewards import KeyStepJudge, reward_summary
-from score_distill.train.rl import (RLOptions, collect, items_for_step, outcome_items, render_samples,
-                                    select_pool, train_rl)
+from score_distill.train.rl import RLOptions, collect, render_samples, rl_rollout_config, train_rl
+from score_distill.train.rl_items import items_for_step, outcome_items, select_pool
 from score_distill.types import KeyStepItem, Step, Task, Trajectory, read_jsonl, write_jsonl
 
 TOOLS = ToolConfig(sandbox=SandboxConfig(timeout_s=5.0))
+
+
+ROLLOUT_FIELDS = ("max_new_tokens", "max_turns", "temperature", "top_p", "max_format_errors", "max_repeats", "seed")
+
+
+def options(**kw) -> RLOptions:
+    """RLOptions with the rollout's fields given flat (`max_turns=3` is `rollout.max_turns`)."""
+    rollout = dataclasses.replace(rl_rollout_config(), **{k: kw.pop(k) for k in ROLLOUT_FIELDS if k in kw})
+    return RLOptions(rollout=rollout, **kw)
 PLAN = Step(kind="plan", thought="recall the secret, then add one")
 SET_SECRET = Step(kind="action", thought="set it", code="secret = 41\nprint('set')", observation="set")
 
@@ -106,7 +115,7 @@ def test_rollouts_start_at_the_prefix_with_rebuilt_state(tokenizer):
         seen_turns.append(turn_index(messages))
         return act("print(secret)") if turn_index(messages) == 2 else act("final_answer(secret + 1)")
 
-    opts = RLOptions(group_size=2, max_turns=5)
+    opts = options(group_size=2, max_turns=5)
     samples = collect(ScriptedModel(policy), [item], {task.id: task}, TOOLS, KeyStepJudge(CodeTeacher()), opts, 0)
     assert len(samples) == 2 and min(seen_turns) == 2  # the prefix turns were never generated
     for s in samples:
@@ -133,7 +142,7 @@ def test_without_short_horizon_rollouts_start_from_the_question():
     task, item = secret_item()
     script = {0: "<first_thought>go</first_thought>", 1: act("secret = 1"), 2: act("final_answer(secret)")}
     model = ScriptedModel(lambda messages: script[min(turn_index(messages), 2)])
-    opts = RLOptions(group_size=2, max_turns=5, short_horizon=False)
+    opts = options(group_size=2, max_turns=5, short_horizon=False)
     samples = collect(model, [item], {task.id: task}, TOOLS, KeyStepJudge(CodeTeacher()), opts, 0)
     for s in samples:
         assert s.start == 0 and s.traj.steps[0].thought == "go"
@@ -146,7 +155,7 @@ def test_group_advantages_are_set_per_item():
     answers = iter(["42", "0", "42", "0"])
     model = ScriptedModel(lambda messages: act(f"final_answer({next(answers)})"))
     samples = collect(model, [item], {task.id: task}, TOOLS, KeyStepJudge(CodeTeacher()),
-                      RLOptions(group_size=4, max_turns=5), 0)
+                      options(group_size=4, max_turns=5), 0)
     rewards = [s.result.reward for s in samples]
     assert sorted(rewards) == [0.1, 0.1, 1.0, 1.0]  # a wrong answer that is neither chosen nor rejected
     assert all((s.advantage > 0) == (s.result.reward == 1.0) for s in samples)
@@ -247,7 +256,7 @@ def plain_world(n: int) -> tuple[list[Task], dict[str, Task]]:
     return tasks, {t.id: t for t in tasks}
 
 
-SMOKE = RLOptions(steps=3, items_per_step=2, group_size=2, max_new_tokens=6, max_turns=2, save_every=1,
+SMOKE = options(steps=3, items_per_step=2, group_size=2, max_new_tokens=6, max_turns=2, save_every=1,
                   outcome_only_share=1.0, key_step_reward=False, micro_batch_size=2, cpu_threads=1)
 
 
@@ -338,16 +347,16 @@ def test_rerun_resumes_from_the_checkpoint_and_trims_the_log(tiny_dir, tmp_path,
 
 def test_inputs_that_cannot_train_are_refused(tiny_dir, tmp_path):
     task, item = secret_item()
-    opts = RLOptions(max_turns=5)
+    opts = options(max_turns=5)
     with pytest.raises(ValueError, match="need a teacher"):
         train_rl(tiny_dir, [item], {task.id: task}, None, TOOLS, tmp_path, opts)
     with pytest.raises(KeyError, match="unknown tasks"):
         train_rl(tiny_dir, [item], {}, CodeTeacher(), TOOLS, tmp_path, opts)
     with pytest.raises(ValueError, match="pool is empty"):  # the prefix fills the turn budget
-        train_rl(tiny_dir, [item], {task.id: task}, CodeTeacher(), TOOLS, tmp_path, RLOptions(max_turns=2))
+        train_rl(tiny_dir, [item], {task.id: task}, CodeTeacher(), TOOLS, tmp_path, options(max_turns=2))
     with pytest.raises(ValueError, match="pool is empty"):
         train_rl(tiny_dir, outcome_items([task]), {task.id: task}, None, TOOLS, tmp_path,
-                 RLOptions(outcome_only_share=0.0))
+                 options(outcome_only_share=0.0))
 
 
 # ---------------------------------------------------------------- it learns
@@ -400,7 +409,7 @@ def word_items(n: int) -> tuple[list[Task], list[KeyStepItem]]:
 def test_grpo_with_key_step_reward_learns_the_right_step(tmp_path):
     build_word_model(tmp_path / "model")
     tasks, items = word_items(4)
-    opts = RLOptions(steps=12, items_per_step=2, group_size=4, lr=0.02, max_new_tokens=3, max_turns=3,
+    opts = options(steps=12, items_per_step=2, group_size=4, lr=0.02, max_new_tokens=3, max_turns=3,
                      save_every=0, samples_per_step=0, micro_batch_size=16, cpu_threads=1)
     train_rl(tmp_path / "model", items, {t.id: t for t in tasks}, CodeTeacher(), TOOLS, tmp_path / "run", opts)
     records = [json.loads(line) for line in (tmp_path / "run" / "rl_log.jsonl").read_text().splitlines()]
@@ -415,7 +424,7 @@ def test_several_passes_clip_and_the_kl_penalty_runs_in_bf16(tmp_path):
     with a KL penalty every sequence is trained and the KL leaves 0 after the first update."""
     build_word_model(tmp_path / "model")
     tasks, items = word_items(2)
-    opts = RLOptions(steps=2, items_per_step=2, group_size=4, lr=0.05, ppo_epochs=3, kl_coef=0.1, bf16=True,
+    opts = options(steps=2, items_per_step=2, group_size=4, lr=0.05, ppo_epochs=3, kl_coef=0.1, bf16=True,
                      max_new_tokens=3, max_turns=3, save_every=0, samples_per_step=0, micro_batch_size=3,
                      cpu_threads=1)
     train_rl(tmp_path / "model", items, {t.id: t for t in tasks}, CodeTeacher(), TOOLS, tmp_path / "run", opts)
@@ -469,7 +478,7 @@ def test_activation_checkpointing_recomputes_layers_and_changes_no_number(tmp_pa
     tasks, items = word_items(2)
     logs, weights = [], []
     for on in (False, True):
-        opts = RLOptions(steps=3, items_per_step=2, group_size=4, lr=0.02, max_new_tokens=3, max_turns=3,
+        opts = options(steps=3, items_per_step=2, group_size=4, lr=0.02, max_new_tokens=3, max_turns=3,
                          save_every=0, samples_per_step=0, micro_batch_size=2, cpu_threads=1,
                          activation_checkpointing=on)
         out = train_rl(tmp_path / "model", items, {t.id: t for t in tasks}, CodeTeacher(), TOOLS,

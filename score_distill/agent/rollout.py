@@ -42,9 +42,14 @@ from score_distill.tools.sandbox import Sandbox
 from score_distill.types import Step, Task, Trajectory
 
 
+DEFAULT_TURNS = 8
+
+
 @dataclass
 class RolloutConfig:
-    max_turns: int = option(8, "assistant turns per episode, the plan included (prefix turns count)")
+    max_turns: int | None = option(None, "assistant turns per episode, the plan included (prefix turns count); "
+                                         f"unset: {DEFAULT_TURNS}, or in `score-distill run` the run's one turn "
+                                         "budget, its `max_turns`")
     max_new_tokens: int = option(256, "token cap for one turn")
     temperature: float = option(0.0, "sampling temperature (0 = greedy)")
     top_p: float = option(1.0, "nucleus sampling mass")
@@ -57,6 +62,11 @@ class RolloutConfig:
     max_repeats: int = option(0, "end an episode after this many consecutive actions that repeat an earlier "
                                  "action's code and get its observation again (0 = never); a weak student "
                                  "stuck in such a loop rarely leaves it and spends the turn budget there")
+
+    @property
+    def turn_budget(self) -> int:
+        """`max_turns`, or the default when it is unset."""
+        return DEFAULT_TURNS if self.max_turns is None else self.max_turns
 
 
 @dataclass
@@ -113,7 +123,7 @@ def _execute(live: _Live, step: Step, tools: ToolConfig) -> None:
 
 def _over(traj: Trajectory, config: RolloutConfig) -> bool:
     """Whether the episode has ended: answered, out of turns, or out of format."""
-    if traj.finished or len(traj.steps) >= config.max_turns:
+    if traj.finished or len(traj.steps) >= config.turn_budget:
         return True
     k = config.max_format_errors
     if k > 0 and len(traj.steps) >= k and all(s.parse_error is not None for s in traj.steps[-k:]):
@@ -158,8 +168,8 @@ def rollout(model: ChatModel, episodes: list[Episode], tools: ToolConfig, config
     """Run every episode to its end; returns trajectories in the order of `episodes`.
     `on_done(index, trajectory)` is called as each one finishes (for progress and for
     writing results as they come)."""
-    if config.batch_size < 1 or config.max_turns < 1:
-        raise ValueError(f"batch_size and max_turns must be >= 1, got {config.batch_size} and {config.max_turns}")
+    if config.batch_size < 1 or config.turn_budget < 1:
+        raise ValueError(f"batch_size and max_turns must be >= 1, got {config.batch_size} and {config.turn_budget}")
     results: list[Trajectory | None] = [None] * len(episodes)
     for i, traj in _run(model, episodes, tools, config):
         results[i] = traj

@@ -1,7 +1,7 @@
 """`score-distill run`: the main job, from a preset under configs/ plus overrides.
 
     score-distill run --preset demo                 # writes runs/demo
-    score-distill run --preset smoke --out runs/smoke --n-eval 8 --eval-rollout.max-turns 6
+    score-distill run --preset smoke --out runs/smoke --n-eval 8 --max-turns 6
 
 Every field of the config is a flag named by its dotted path (config.add_arguments), as in
 the other sub-commands; flags override the preset.

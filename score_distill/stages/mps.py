@@ -170,7 +170,7 @@ def _teach(w: _Work, teacher: Teacher, cfg: MentorConfig, health: TeacherHealth)
         w.interventions.append(Intervention(k, mistaken, fixed, verdict.analysis, verdict.suggestion))
         w.prefixes.append(prefix)
         w.prefix = prefix + [fixed]
-        if fixed.final_answer is None and len(w.prefix) < cfg.rollout.max_turns:
+        if fixed.final_answer is None and len(w.prefix) < cfg.rollout.turn_budget:
             return None  # the student carries on in the next round
         # The episode ended at the fix (it answered, or the turn budget is spent).
         w.steps, w.final_answer = w.prefix, fixed.final_answer

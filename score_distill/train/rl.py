@@ -19,7 +19,7 @@ Ablations and baseline, through the same code:
   key step is the step at index `len(item.prefix)` of the fresh rollout (when it gets that
   far), judged against chosen/rejected with the item's prefix as the judge's context; the
   loss covers every generated step;
-- GRPO from the question with outcome reward only: `train_rl(..., outcome_items(tasks), ...,
+- GRPO from the question with outcome reward only: `train_rl(..., rl_items.outcome_items(tasks), ...,
   RLOptions(key_step_reward=False, outcome_only_share=1.0))`.
 
 Why a compact trainer of our own (on `accelerate`) and not TRL's `GRPOTrainer` with a
@@ -52,7 +52,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -68,15 +67,24 @@ from score_distill.precision import Bf16, resolve_bf16
 from score_distill.teachers.base import Teacher
 from score_distill.tools.config import ToolConfig
 from score_distill.train.rl_dir import RLDir, save_checkpoint
+from score_distill.train.rl_items import items_for_step, select_pool
 from score_distill.train.render import render_trajectory
 from score_distill.train.rewards import (KeyStepJudge, RewardResult, group_advantages, reward_summary,
                                          rollout_reward)
-from score_distill.types import KeyStepItem, Step, Task, Trajectory, write_jsonl  # noqa: F401 (Step: doctests)
+from score_distill.types import KeyStepItem, Task, Trajectory, write_jsonl
 
 if TYPE_CHECKING:  # grpo imports torch; this module stays light for the command line
     from score_distill.train.grpo import UpdateStats
 
 log = logging.getLogger(__name__)
+
+
+def rl_rollout_config() -> RolloutConfig:
+    """The RL rollout defaults: the policy's own distribution, a step's rollouts side by side,
+    and an end to rollouts that stop writing the format (2 unparseable turns) or loop (2
+    repeated actions): reward 0 either way."""
+    return RolloutConfig(temperature=1.0, top_p=1.0, max_new_tokens=256, batch_size=64, stage="rl",
+                         max_format_errors=2, max_repeats=2)
 
 
 @dataclass
@@ -102,14 +110,6 @@ class RLOptions:
     kl_on_all: bool = option(True, "measure the logged KL on every rollout; False: only on those that carry a "
                                    "gradient, which saves a policy and a reference forward pass on the others")
     scale_advantages: bool = option(True, "divide advantages by the group's reward std")
-    temperature: float = option(1.0, "sampling temperature of RL rollouts (1.0: samples = policy)")
-    top_p: float = option(1.0, "nucleus mass of RL rollouts (1.0 keeps ratios exact)")
-    max_new_tokens: int = option(256, "token cap for one turn")
-    max_turns: int = option(8, "assistant turns per episode, prefix turns included")
-    max_format_errors: int = option(2, "a rollout ends after this many consecutive unparseable turns "
-                                       "(reward 0 either way; 0 = never)")
-    max_repeats: int = option(2, "a rollout ends after this many consecutive actions that repeat an earlier "
-                                 "one with the same observation (0 = never); it ends without an answer: reward 0")
     max_length: int = option(4096, "rendered sequences are cut to this many tokens")
     outcome_only_share: float = option(0.25, "share of the items WITHOUT an intervention that join the "
                                              "RL pool (from the question, outcome reward only)")
@@ -117,52 +117,12 @@ class RLOptions:
     short_horizon: bool = option(True, "False = ablation: rollouts from the question instead of the prefix")
     bf16: Bf16 = option("auto", "bf16 autocast for rollouts and loss; auto: where the hardware computes bf16 "
                                 "natively (precision.py). Sampling and scoring then differ by bf16 rounding")
-    seed: int = option(0, "seed of item order and sampling")
     cpu_threads: int = option(0, "torch CPU threads; 0 = every core this process may use (1 is faster for tiny models)")
     save_every: int = option(25, "checkpoint every N steps (0 = only at the end)")
     samples_per_step: int = option(2, "trajectories per step written to samples.jsonl for reading")
-
-
-def outcome_items(tasks: list[Task]) -> list[KeyStepItem]:
-    """Outcome-only items (empty prefix, no chosen/rejected) for tasks: the GRPO baseline.
-
-    >>> [i.task_id for i in outcome_items([Task(id="a", question="q", answer="1", suite="math")])]
-    ['a']
-    """
-    return [KeyStepItem(task_id=t.id, question=t.question, answer=t.answer, suite=t.suite) for t in tasks]
-
-
-def select_pool(items: list[KeyStepItem], outcome_only_share: float, seed: int) -> list[KeyStepItem]:
-    """Every item with an intervention plus a seeded `outcome_only_share` of the others.
-
-    >>> key = KeyStepItem("k", "q", "1", "math", chosen=Step(kind="plan", thought="p"))
-    >>> rest = outcome_items([Task(id=str(i), question="q", answer="1", suite="math") for i in range(4)])
-    >>> len(select_pool([key] + rest, 0.5, 0)), len(select_pool([key] + rest, 0.0, 0))
-    (3, 1)
-    """
-    keyed = [i for i in items if i.chosen is not None]
-    plain = [i for i in items if i.chosen is None]
-    random.Random(f"pool-{seed}").shuffle(plain)
-    return keyed + plain[: round(outcome_only_share * len(plain))]
-
-
-def items_for_step(n_pool: int, step: int, per_step: int, seed: int) -> list[int]:
-    """Pool indices of a step's items: consecutive slices of a fresh seeded permutation per
-    epoch. A pure function of the step, so a resumed run continues the same sequence.
-
-    >>> first = items_for_step(5, 0, 5, 0)
-    >>> sorted(first), items_for_step(5, 0, 5, 0) == first
-    ([0, 1, 2, 3, 4], True)
-    >>> len(items_for_step(5, 1, 3, 0))
-    3
-    """
-    out = []
-    for i in range(step * per_step, (step + 1) * per_step):
-        epoch, pos = divmod(i, n_pool)
-        order = list(range(n_pool))
-        random.Random(f"order-{seed}-{epoch}").shuffle(order)
-        out.append(order[pos])
-    return out
+    rollout: RolloutConfig = dataclasses.field(default_factory=rl_rollout_config, metadata={
+        "help": "the RL rollouts: sampling (T=1.0, top-p 1.0: the samples are the policy's, ratios exact), "
+                "token and turn budget, early stops; its seed also orders the items"})
 
 
 def total_steps(opts: RLOptions, n_pool: int) -> int:
@@ -197,10 +157,7 @@ def collect(engine: Any, items: list[KeyStepItem], tasks_by_id: dict[str, Task],
         prefix = list(item.prefix) if opts.short_horizon else []
         episodes += [Episode(tasks_by_id[item.task_id], prefix=prefix, sample=slot * opts.group_size + k)
                      for k in range(opts.group_size)]
-    config = RolloutConfig(max_turns=opts.max_turns, max_new_tokens=opts.max_new_tokens,
-                           temperature=opts.temperature, top_p=opts.top_p, batch_size=len(episodes),
-                           seed=opts.seed, stage=f"rl-{step}", max_format_errors=opts.max_format_errors,
-                           max_repeats=opts.max_repeats)
+    config = dataclasses.replace(opts.rollout, stage=f"{opts.rollout.stage}-{step}")  # new samples every step
     trajs = rollout(engine, episodes, tools, config)
     samples = []
     for ep, traj in zip(episodes, trajs):
@@ -251,9 +208,9 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
     files = RLDir(out_dir)
     if (files.final / "config.json").is_file():
         return files.final
-    pool = select_pool(items, opts.outcome_only_share, opts.seed)
+    pool = select_pool(items, opts.outcome_only_share, opts.rollout.seed)
     if opts.short_horizon:  # a prefix that fills the turn budget leaves nothing to generate
-        pool = [i for i in pool if len(i.prefix) < opts.max_turns]
+        pool = [i for i in pool if len(i.prefix) < opts.rollout.turn_budget]
     _check_inputs(pool, tasks_by_id, teacher, opts)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     opts = dataclasses.replace(opts, bf16=resolve_bf16(opts.bf16, accelerator.device.type))  # saved as used
@@ -263,7 +220,7 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
     resume = files.latest_checkpoint()
     start, start_dir = resume if resume is not None else (0, Path(model_dir))
     # The engine owns the policy: generation always runs on the weights being trained.
-    engine = LocalModel(start_dir, LocalConfig(device=str(accelerator.device), autocast_bf16=opts.bf16, seed=opts.seed,
+    engine = LocalModel(start_dir, LocalConfig(device=str(accelerator.device), autocast_bf16=opts.bf16, seed=opts.rollout.seed,
                                              num_threads=opts.cpu_threads))
     if opts.activation_checkpointing:  # takes effect in train mode; sampling switches to eval itself
         engine.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -374,7 +331,7 @@ class _Trainer:
 
         opts, acc = self.opts, self.acc
         t0 = time.perf_counter()
-        mine = items_for_step(len(self.pool), step, opts.items_per_step, opts.seed)
+        mine = items_for_step(len(self.pool), step, opts.items_per_step, opts.rollout.seed)
         items = [self.pool[i] for i in mine[acc.process_index :: acc.num_processes]]
         samples = collect(self.engine, items, self.tasks_by_id, self.tools, self.judge, opts, step)
         rollout_s = time.perf_counter() - t0
@@ -394,12 +351,12 @@ class _Trainer:
         release_memory()  # the rollout's KV caches, before the reference is read
         with self.ref.loaded() as ref:
             scored, kl, kl_tokens = reference_logprobs(self.model, ref, train_mbs + measured, acc.device,
-                                                       opts.temperature, opts.bf16, trained=len(train_mbs))
+                                                       opts.rollout.temperature, opts.bf16, trained=len(train_mbs))
             del ref  # else this frame keeps it alive through the update
         stats = update(self.model, self.optimizer, acc.backward,
                        lambda n: acc.clip_grad_norm_(self.model.parameters(), n), scored[: len(train_mbs)],
                        clip_eps=opts.clip_eps, kl_coef=opts.kl_coef, ppo_epochs=opts.ppo_epochs,
-                       max_grad_norm=opts.max_grad_norm, temperature=opts.temperature, bf16=opts.bf16)
+                       max_grad_norm=opts.max_grad_norm, temperature=opts.rollout.temperature, bf16=opts.bf16)
         # The rollout already released each trajectory's cache as it ended; clearing here
         # guarantees that no key/value computed by the old weights survives the update.
         self.engine.clear_cache()
