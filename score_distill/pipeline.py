@@ -1,40 +1,46 @@
 """The main job, `score-distill run`: the whole SCoRe pipeline on the embedded world.
 
-Stages, each writing into its own folder of the output directory and skipped (or resumed)
-when rerun, so a killed run picks up where it stopped:
+The run is a declared table of stages (`STAGES`), each writing into its own folder of the
+output directory and resuming from it, so a killed run picks up where it stopped:
 
     world      generate train/test/ood of both suites; execute a sample of reference solutions
-    untrained  evaluate the student as it comes
+    untrained  the student as it comes (evaluated only)
     bc         the teacher solves `bc_fraction` of the train tasks; SFT of the student on them
     mps        mentored problem-solving of the BC student on the other train tasks
-    score_sft  SFT of the BC student on the SFT half of the solved MPS trajectories
-    score_rl   short-horizon GRPO with key-step reward on the RL half, from the SCoRe-SFT model
+    split      the solved MPS tasks -> the SFT set and the RL items (by question)
+    score_sft  SFT of the BC student on the SFT set
+    score_rl   short-horizon GRPO with the key-step reward on the RL items, from SCoRe-SFT
     bc_full    baseline: the teacher solves every train task; SFT of the student on them
     ablations  optional, same code: grpo (outcome reward from the question, from the BC
                model), rl_no_short_horizon, rl_no_key_step (both from the SCoRe-SFT model)
+
+Each stage that makes a model has it evaluated on `eval_splits` of every suite with the same
+rollout and tool settings. `run_state.json` records the stages done, their models and
+evaluations, so a rerun skips them; `--only STAGE` enters one stage and `--from STAGE` that
+stage and every later one (their inputs must be done; a stage entered again finds its work
+on disk: delete its folder to redo it). The report (report.json, report.md, plots) covers
+every stage done so far.
 
 The resolved config is saved as `config.yaml`; a rerun into the same directory resumes only
 under the same settings (`RESUME_FREE` may differ) and is refused otherwise, naming the
 fields that differ, since every stage would reuse work made under the old ones.
 
-Every stage's checkpoint is evaluated on `eval_splits` of every suite with the same rollout
-and tool settings. The report (report.json, report.md, plots) is written at the end.
-
     score-distill run --preset demo              # SmolLM2-135M student, reference teacher
     score-distill run --preset smoke --out runs/smoke   # tiny model, a few minutes
-    score-distill run --preset demo --n-eval 16 --sft.epochs 1
+    score-distill run --preset demo --n-eval 16 --sft.epochs 1 --from bc_full
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from score_distill.agent.rollout import RolloutConfig
-from score_distill.config import option
+from score_distill.config import UsageError, option
 from score_distill.memory import release_memory
 from score_distill.precision import Bf16, weights_dtype
 from score_distill.rundir import open_run_dir
@@ -45,28 +51,10 @@ from score_distill.train.rl import RLOptions
 from score_distill.train.sft import SFTOptions
 from score_distill.types import Task, read_jsonl, write_jsonl
 
-log = logging.getLogger(__name__)
-
-ABLATIONS = ("grpo", "rl_no_short_horizon", "rl_no_key_step")
 # Settings that change speed, logging or which extra stages run, not the results of a stage.
 RESUME_FREE = ("ablations", "eval_rollout.batch_size", "mps_rollout.batch_size", "rl.rollout.batch_size",
                "sft.logging_steps", "sft.checkpoint_every_s", "rl.cpu_threads", "rl.save_every",
                "rl.samples_per_step")
-
-# The teacher spending behind each stage's model: its own and that of the stages it builds on.
-LINEAGE = {"bc": ("bc",), "score_sft": ("bc", "mps"), "score_rl": ("bc", "mps", "score_rl"),
-           "bc_full": ("bc_full",), "grpo": ("bc", "grpo"),
-           "rl_no_short_horizon": ("bc", "mps", "rl_no_short_horizon"),
-           "rl_no_key_step": ("bc", "mps", "rl_no_key_step")}
-
-
-def cumulative_tokens(spent: dict[str, int], stages: list[str]) -> dict[str, int]:
-    """Teacher tokens spent to produce each of `stages`' models (`LINEAGE`).
-
-    >>> cumulative_tokens({"bc": 10, "mps": 5, "grpo": 2}, ["bc", "score_sft", "grpo"])
-    {'bc': 10, 'score_sft': 15, 'grpo': 12}
-    """
-    return {s: sum(spent.get(p, 0) for p in LINEAGE[s]) for s in stages}
 
 
 @dataclass
@@ -87,7 +75,7 @@ class RunConfig:
                                "and the longest teacher solution BC keeps")
     inference_bf16: Bf16 = option("auto", "load the student in bf16 when it only generates (evaluation, MPS); "
                                           "auto: where the hardware computes bf16 natively (precision.py)")
-    ablations: list = option([], f"extra stages through the same code: any of {', '.join(ABLATIONS)}")
+    ablations: list = option([], "extra stages through the same code: any of grpo, rl_no_short_horizon, rl_no_key_step")
     eval_rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "evaluation agent loop (greedy)"})
     mps_rollout: RolloutConfig = field(default_factory=mps_rollout_config, metadata={"help": "student sampling during MPS"})
     sft: SFTOptions = field(default_factory=SFTOptions, metadata={"help": "SFT of BC, SCoRe-SFT and BC-full"})
@@ -117,29 +105,26 @@ class RunState:
     teacher_tokens: dict[str, int] = field(default_factory=dict)
     wall: dict[str, float] = field(default_factory=dict)
     extra: dict[str, dict] = field(default_factory=dict)
+    done: list[str] = field(default_factory=list)  # stages finished (and evaluated), in order
+    models: dict[str, str] = field(default_factory=dict)  # the model each finished stage made
+    base: str = ""  # the untrained student's weights
+    teacher: Any = None
 
     @property
     def train(self) -> list[Task]:
         return [t for s in self.cfg.suites for t in self.sets[f"{s}:train"]]
 
-    def timed(self, name: str):
-        return _Timer(self.wall, name)
-
-
-class _Timer:
-    """Adds the wall time of a stage's `with` block to `wall[name]` (across resumed runs:
-    stored). The block starts with the memory the last stage freed given back to the system
-    (memory.py: otherwise one stage's freed blocks add to the next one's peak)."""
-
-    def __init__(self, wall: dict[str, float], name: str) -> None:
-        self.wall, self.name = wall, name
-
-    def __enter__(self) -> None:
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Adds the wall time of the `with` block to `wall[name]` (stored: across resumed runs).
+        The block starts with the memory the last stage freed given back to the system
+        (memory.py: otherwise one stage's freed blocks add to the next one's peak)."""
         release_memory()
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall[self.name] = round(self.wall.get(self.name, 0.0) + time.perf_counter() - self.t0, 1)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wall[name] = round(self.wall.get(name, 0.0) + time.perf_counter() - t0, 1)
 
 
 def world_stage(state: RunState) -> None:
@@ -196,118 +181,217 @@ def evaluate_stage(state: RunState, stage: str, model_path: str) -> None:
     del model
 
 
-def bc_stage(state: RunState, name: str, fraction: float, base: str, teacher) -> str:
-    """Collect teacher solutions of `fraction` of the train tasks and fine-tune `base` on them."""
+def bc_stage(state: RunState, name: str, fraction: float) -> str:
+    """Collect teacher solutions of `fraction` of the train tasks and fine-tune the student on them."""
     from score_distill.exports import read_sft_examples
     from score_distill.stages.bc import BCConfig, collect_bc
     from score_distill.train.sft import train_sft
 
     folder = state.out / name
     bc_cfg = BCConfig(seed=state.cfg.seed, fraction=fraction, max_turns=state.cfg.max_turns, tools=state.cfg.tools)
-    with state.timed(name):
-        summary = collect_bc(teacher, state.train, folder / "data", bc_cfg)
-        examples = read_sft_examples(folder / "data" / "bc_trajectories.jsonl")
-        final = train_sft(base, examples, folder / "sft", state.cfg.sft)
+    summary = collect_bc(state.teacher, state.train, folder / "data", bc_cfg)
+    examples = read_sft_examples(folder / "data" / "bc_trajectories.jsonl")
+    final = train_sft(state.base, examples, folder / "sft", state.cfg.sft)
     state.teacher_tokens[name] = int(summary["teacher_tokens"])
     state.extra[f"{name}_data"] = {k: summary[k]
                                    for k in ("chosen", "kept", "rejected", "teacher_calls", "teacher_tokens")}
     return str(final)
 
 
-def mps_stage(state: RunState, student: str, teacher) -> dict:
-    """Mentored problem-solving of `student` on the train tasks BC did not use."""
+def mps_stage(state: RunState) -> None:
+    """Mentored problem-solving of the BC student on the train tasks BC did not use."""
     from score_distill.models.load import load_model
     from score_distill.stages.mps import MentorConfig, mentor
-    from score_distill.stages.split import SplitConfig, read_mps_records, write_split
 
     chosen = set(json.loads((state.out / "bc" / "data" / "chosen_ids.json").read_text()))
     tasks = [t for t in state.train if t.id not in chosen]
     cfg = MentorConfig(max_interventions=state.cfg.max_interventions, rollout=state.cfg.rollout(state.cfg.mps_rollout),
                        tools=state.cfg.tools)
-    with state.timed("mps"):
-        summary = mentor(load_model(student, **_inference_dtype(state.cfg)), teacher, tasks, state.out / "mps", cfg)
-        records = read_mps_records(state.out / "mps")
-        summary["export"] = write_split(records, state.out / "mps" / "export", SplitConfig(seed=state.cfg.seed))
+    student = load_model(state.models["bc"], **_inference_dtype(state.cfg))
+    summary = mentor(student, state.teacher, tasks, state.out / "mps", cfg)
     state.teacher_tokens["mps"] = int(summary["teacher_tokens"])
     state.extra["mps"] = {k: summary[k] for k in ("tasks", "solved_by_interventions", "hard_to_teach",
                                                 "first_error_step_hist", "teacher_calls", "teacher_tokens",
                                                 "student_tokens") if k in summary}
     # (the summary's wall_time_s is that of the last call, 0 when resumed; state.wall has the stage's)
-    return summary
 
 
-def rl_stage(state: RunState, name: str, base: str, items, teacher, opts: RLOptions) -> str:
+def split_stage(state: RunState) -> None:
+    """The SFT/RL split of the solved MPS tasks, into mps/export/."""
+    from score_distill.stages.split import SplitConfig, read_mps_records, write_split
+
+    counts = write_split(read_mps_records(state.out / "mps"), state.out / "mps" / "export", SplitConfig(seed=state.cfg.seed))
+    state.extra["mps"] = {**state.extra.get("mps", {}), "split": counts}
+
+
+def score_sft_stage(state: RunState) -> str:
+    from score_distill.exports import read_sft_examples
+    from score_distill.train.sft import train_sft
+
+    examples = read_sft_examples(state.out / "mps" / "export" / "sft_trajectories.jsonl")
+    return str(train_sft(state.models["bc"], examples, state.out / "score_sft", state.cfg.sft))
+
+
+def rl_stage(state: RunState, name: str, base: str, outcome_only: bool = False, **changes: object) -> str:
+    """GRPO from `base` into out/<name>: on the split's RL items, or (`outcome_only`) on every
+    train task from its question; `changes` are the ablation's RLOptions."""
     from score_distill.train.rl import train_rl
+    from score_distill.train.rl_items import outcome_items
+    from score_distill.types import KeyStepItem
 
-    tasks_by_id = {t.id: t for t in state.train}
+    items = outcome_items(state.train) if outcome_only else \
+        read_jsonl(state.out / "mps" / "export" / "rl_items.jsonl", KeyStepItem)
+    opts = replace(state.cfg.rl, **changes)
     opts = replace(opts, rollout=state.cfg.rollout(opts.rollout))
-    before = teacher.usage.tokens
-    with state.timed(name):
-        final = train_rl(base, items, tasks_by_id, teacher, state.cfg.tools, state.out / name, opts)
+    tasks_by_id = {t.id: t for t in state.train}
+    before = state.teacher.usage.tokens
+    final = train_rl(base, items, tasks_by_id, state.teacher, state.cfg.tools, state.out / name, opts)
     # Equivalence judgements of this process (a resumed run counts only what it spent).
-    state.teacher_tokens[name] = state.teacher_tokens.get(name, 0) + teacher.usage.tokens - before
+    state.teacher_tokens[name] = state.teacher_tokens.get(name, 0) + state.teacher.usage.tokens - before
     return str(final)
 
 
-def run(cfg: RunConfig, out_dir: str | Path) -> dict:
-    """Run every stage (resuming), then write the report; returns report.json's content."""
-    from score_distill.exports import read_sft_examples
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the run: the stages whose outputs it reads, what it does (returning the
+    model it made, or None for data), whether that model is evaluated, and whether it is an
+    ablation (run only when `ablations` names it)."""
+
+    name: str
+    inputs: tuple[str, ...]
+    run: Callable[[RunState], str | None]
+    evaluated: bool = True
+    ablation: bool = False
+
+
+# The run, in order. Resume, timing, `--only/--from` and the cumulative teacher tokens of a
+# stage's model (its own spending and that of every stage it reads from) follow from it.
+STAGES = (
+    Stage("world", (), world_stage, evaluated=False),
+    Stage("untrained", ("world",), lambda s: s.base),
+    Stage("bc", ("world",), lambda s: bc_stage(s, "bc", s.cfg.bc_fraction)),
+    Stage("mps", ("bc",), mps_stage, evaluated=False),
+    Stage("split", ("mps",), split_stage, evaluated=False),
+    Stage("score_sft", ("bc", "split"), score_sft_stage),
+    Stage("score_rl", ("score_sft", "split"), lambda s: rl_stage(s, "score_rl", s.models["score_sft"])),
+    Stage("bc_full", ("world",), lambda s: bc_stage(s, "bc_full", 1.0)),
+    Stage("grpo", ("bc",), lambda s: rl_stage(s, "grpo", s.models["bc"], outcome_only=True, key_step_reward=False,
+                                              outcome_only_share=1.0), ablation=True),
+    Stage("rl_no_short_horizon", ("score_sft", "split"),
+          lambda s: rl_stage(s, "rl_no_short_horizon", s.models["score_sft"], short_horizon=False), ablation=True),
+    Stage("rl_no_key_step", ("score_sft", "split"),
+          lambda s: rl_stage(s, "rl_no_key_step", s.models["score_sft"], key_step_reward=False), ablation=True),
+)
+BY_NAME = {s.name: s for s in STAGES}
+ABLATIONS = tuple(s.name for s in STAGES if s.ablation)
+
+
+def lineage(name: str) -> set[str]:
+    """The stage and every stage it reads from, directly or not.
+
+    >>> sorted(lineage("score_rl"))
+    ['bc', 'mps', 'score_rl', 'score_sft', 'split', 'world']
+    """
+    out = {name}
+    for parent in BY_NAME[name].inputs:
+        out |= lineage(parent)
+    return out
+
+
+def cumulative_tokens(spent: dict[str, int], stages: list[str]) -> dict[str, int]:
+    """Teacher tokens spent to produce each of `stages`' models (`lineage`).
+
+    >>> cumulative_tokens({"bc": 10, "mps": 5, "grpo": 2, "bc_full": 40}, ["bc", "score_sft", "grpo"])
+    {'bc': 10, 'score_sft': 15, 'grpo': 12}
+    """
+    return {s: sum(spent.get(p, 0) for p in lineage(s)) for s in stages}
+
+
+def plan(cfg: RunConfig, only: str | None = None, start: str | None = None) -> list[str]:
+    """The stages this invocation enters, in order: every stage of the run (the ablations
+    `cfg.ablations` names), or just `only`, or `start` and every later one.
+
+    >>> plan(RunConfig(), start="score_rl")
+    ['score_rl', 'bc_full']
+    """
+    unknown = [a for a in cfg.ablations if a not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"unknown ablations {unknown}; known: {', '.join(ABLATIONS)}")
+    names = [s.name for s in STAGES if not s.ablation or s.name in cfg.ablations]
+    for flag, value in (("--only", only), ("--from", start)):
+        if value is not None and value not in names:
+            hint = " (an ablation: add it to --ablations)" if value in ABLATIONS else ""
+            raise UsageError(f"{flag} {value}: not a stage of this run{hint}; stages: {', '.join(names)}")
+    if only is not None and start is not None:
+        raise UsageError("--only and --from exclude each other")
+    if only is not None:
+        return [only]
+    return names[names.index(start):] if start is not None else names
+
+
+def _load_state(cfg: RunConfig, out: Path) -> RunState:
+    """The run's state: what earlier invocations recorded in run_state.json (stages done,
+    their models, evaluations, teacher tokens, wall times, data summaries)."""
+    path = out / "run_state.json"
+    prior = json.loads(path.read_text()) if path.exists() else {}
+    models = {k: str(out / v) if not Path(v).is_absolute() else v for k, v in prior.get("models", {}).items()}
+    return RunState(cfg, out, stages=prior.get("stages", {}), teacher_tokens=prior.get("teacher_tokens", {}),
+                    wall=prior.get("wall_time_s", {}), extra=prior.get("extra", {}), done=prior.get("done", []),
+                    models=models)
+
+
+def _save_state(state: RunState) -> None:
+    def stored(path: str) -> str:
+        p = Path(path)
+        return str(p.relative_to(state.out)) if p.is_relative_to(state.out) else path
+
+    atomic_write_json(state.out / "run_state.json", {
+        "done": state.done, "models": {k: stored(v) for k, v in state.models.items()}, "stages": state.stages,
+        "teacher_tokens": state.teacher_tokens, "wall_time_s": state.wall, "extra": state.extra})
+
+
+def run_pipeline(cfg: RunConfig, out_dir: str | Path, only: str | None = None, start: str | None = None) -> dict:
+    """Enter the stages `plan` gives (each resuming from its own files), then write the
+    report of every stage done so far; returns report.json's content.
+
+    A stage done in an earlier invocation is skipped unless `only`/`start` names it (then it
+    is entered again and finds its work on disk); a stage entered before the stages it reads
+    from are done is refused. The world stage always runs: it loads the task sets (and makes
+    them once)."""
     from score_distill.models.builtin import builtin_path, is_builtin
     from score_distill.report import write_report
     from score_distill.teachers.llm import LLMTeacherConfig
     from score_distill.teachers.load import load_teacher
-    from score_distill.train.rl_items import outcome_items
-    from score_distill.train.sft import train_sft
-    from score_distill.types import KeyStepItem
 
-    unknown = set(cfg.ablations) - set(ABLATIONS)
-    if unknown:
-        raise ValueError(f"unknown ablations {sorted(unknown)}; known: {ABLATIONS}")
+    todo = plan(cfg, only, start)
     out = Path(out_dir)
     open_run_dir(out, cfg, RESUME_FREE)
-    state_file = out / "run_state.json"
-    prior = json.loads(state_file.read_text()) if state_file.exists() else {}
-    state = RunState(cfg, out, teacher_tokens=prior.get("teacher_tokens", {}), wall=prior.get("wall_time_s", {}))
-
-    def save_state() -> None:
-        atomic_write_json(state_file, {"teacher_tokens": state.teacher_tokens, "wall_time_s": state.wall})
-
-    with state.timed("world"):
-        world_stage(state)
-    base = str(builtin_path(cfg.student)) if is_builtin(cfg.student) else cfg.student
-    teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=out / "teacher_cache",
-                           config=LLMTeacherConfig(max_turns=cfg.max_turns)) \
+    state = _load_state(cfg, out)
+    state.base = str(builtin_path(cfg.student)) if is_builtin(cfg.student) else cfg.student
+    state.teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=out / "teacher_cache",
+                                 config=LLMTeacherConfig(max_turns=cfg.max_turns)) \
         if cfg.teacher != "reference" else load_teacher("reference")
-    evaluate_stage(state, "untrained", base)
-    bc = bc_stage(state, "bc", cfg.bc_fraction, base, teacher)
-    save_state()
-    evaluate_stage(state, "bc", bc)
-    mps_stage(state, bc, teacher)
-    save_state()
-    export = out / "mps" / "export"
-    with state.timed("score_sft"):
-        score_sft = str(train_sft(bc, read_sft_examples(export / "sft_trajectories.jsonl"), out / "score_sft", cfg.sft))
-    evaluate_stage(state, "score_sft", score_sft)
-    items = read_jsonl(export / "rl_items.jsonl", KeyStepItem)
-    score_rl = rl_stage(state, "score_rl", score_sft, items, teacher, cfg.rl)
-    save_state()
-    evaluate_stage(state, "score_rl", score_rl)
-    bc_full = bc_stage(state, "bc_full", 1.0, base, teacher)
-    save_state()
-    evaluate_stage(state, "bc_full", bc_full)
-    for name in cfg.ablations:
-        if name == "grpo":
-            path = rl_stage(state, name, bc, outcome_items(state.train), teacher,
-                            replace(cfg.rl, key_step_reward=False, outcome_only_share=1.0))
-        else:
-            opts = replace(cfg.rl, short_horizon=False) if name == "rl_no_short_horizon" else replace(cfg.rl, key_step_reward=False)
-            path = rl_stage(state, name, score_sft, items, teacher, opts)
-        save_state()
-        evaluate_stage(state, name, path)
-    save_state()
+    forced = set(todo) if only is not None or start is not None else set()
+    for stage in (BY_NAME[n] for n in ["world"] + [n for n in todo if n != "world"]):
+        if stage.name in state.done and stage.name not in forced and stage.name != "world":
+            continue
+        missing = [i for i in stage.inputs if i not in state.done and i != "world"]
+        if missing:
+            raise UsageError(f"stage {stage.name} reads from {', '.join(missing)}, not done in {out}: "
+                             f"run --from {missing[0]} (or the whole run) first")
+        with state.timed(stage.name):
+            model = stage.run(state)
+        if model is not None:
+            state.models[stage.name] = model
+        if stage.evaluated:
+            evaluate_stage(state, stage.name, model)
+        if stage.name not in state.done:
+            state.done.append(stage.name)
+        _save_state(state)
     spent = state.teacher_tokens
-    report = {"stages": state.stages, "teacher_tokens": spent,
-              "teacher_tokens_cumulative": cumulative_tokens(spent, [s for s in state.stages if s != "untrained"]),
+    evaluated = [s.name for s in STAGES if s.name in state.stages]
+    report = {"stages": {s: state.stages[s] for s in evaluated}, "teacher_tokens": spent,
+              "teacher_tokens_cumulative": cumulative_tokens(spent, [s for s in evaluated if s != "untrained"]),
               "wall_time_s": state.wall, "student": cfg.student, "teacher": cfg.teacher, **state.extra}
     write_report(report, out)
     return report

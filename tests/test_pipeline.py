@@ -3,6 +3,7 @@ runs, the report has the documented shape, and a rerun resumes instead of redoin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from score_distill.commands.run import preset_path
 from score_distill.config import load_yaml
-from score_distill.pipeline import RunConfig, run
+from score_distill.pipeline import RunConfig, run_pipeline as run
 
 STAGES = ["untrained", "bc", "score_sft", "score_rl", "bc_full"]
 
@@ -67,3 +68,80 @@ def test_every_preset_builds_its_world_with_its_own_dials(preset: str, tmp_path:
             assert all(lo <= t.meta["n_ops"] <= hi for t in tasks), name
     refs = json.loads((tmp_path / "tasks" / "reference_check.json").read_text())
     assert all(v["checked"] == 2 and v["reached_gold"] == 2 for v in refs.values())
+
+
+@pytest.fixture
+def stub_stages(monkeypatch):
+    """The run's table with every stage's work replaced by a note of the call (the world and
+    the evaluations too): the runner's bookkeeping alone, in milliseconds."""
+    from score_distill import pipeline
+
+    calls: list[str] = []
+
+    def stub(stage):
+        def work(state):
+            calls.append(stage.name)
+            if stage.name == "world":
+                state.sets = {f"{s}:{k}": [] for s in state.cfg.suites for k in ["train", *state.cfg.eval_splits]}
+                return None
+            if stage.name in fail:
+                raise RuntimeError(f"{stage.name} killed")
+            state.teacher_tokens[stage.name] = {"bc": 10, "mps": 5, "bc_full": 40}.get(stage.name, 0)
+            return None if not stage.evaluated else f"{state.out}/{stage.name}/final"
+        return work
+
+    fail: set[str] = set()
+    table = tuple(dataclasses.replace(s, run=stub(s)) for s in pipeline.STAGES)
+    monkeypatch.setattr(pipeline, "STAGES", table)
+    monkeypatch.setattr(pipeline, "BY_NAME", {s.name: s for s in table})
+
+    def evaluate(state, stage, model):
+        calls.append(f"eval_{stage}")
+        state.stages[stage] = {"math:test": {"accuracy": 0.0, "ci95": [0.0, 0.5], "n": 1, "model": model}}
+
+    monkeypatch.setattr(pipeline, "evaluate_stage", evaluate)
+    return calls, fail
+
+
+def test_the_stage_table_drives_resume_only_and_from(stub_stages, tmp_path: Path) -> None:
+    from score_distill.config import UsageError
+    from score_distill.pipeline import STAGES
+
+    calls, fail = stub_stages
+    cfg = RunConfig(student="tiny", n_train=2, n_eval=1)
+    fail.add("score_rl")
+    with pytest.raises(RuntimeError, match="score_rl killed"):
+        run(cfg, tmp_path)
+    assert calls == ["world", "untrained", "eval_untrained", "bc", "eval_bc", "mps", "split", "score_sft",
+                     "eval_score_sft", "score_rl"]
+    # Resumed: the stages done are skipped, the run goes on from the one that was killed.
+    fail.clear()
+    calls.clear()
+    report = run(cfg, tmp_path)
+    assert calls == ["world", "score_rl", "eval_score_rl", "bc_full", "eval_bc_full"]
+    assert list(report["stages"]) == STAGES_EVALUATED
+    # Each model's teacher tokens are those of every stage it reads from, by the table.
+    assert report["teacher_tokens_cumulative"] == {"bc": 10, "score_sft": 15, "score_rl": 15, "bc_full": 40}
+    calls.clear()
+    assert list(run(cfg, tmp_path)["stages"]) == STAGES_EVALUATED and calls == ["world"]
+    # --only enters one stage again (it finds its work on disk), --from a stage and the later ones.
+    run(cfg, tmp_path, only="score_sft")
+    assert calls == ["world", "world", "score_sft", "eval_score_sft"]
+    calls.clear()
+    run(cfg, tmp_path, start="score_rl")
+    assert calls == ["world", "score_rl", "eval_score_rl", "bc_full", "eval_bc_full"]
+    # A stage whose inputs are not done is refused, naming them; so are names the run lacks.
+    with pytest.raises(UsageError, match="score_rl reads from score_sft, split, not done"):
+        run(cfg, tmp_path / "fresh", only="score_rl")
+    with pytest.raises(UsageError, match="--only grpo: not a stage of this run .an ablation"):
+        run(cfg, tmp_path, only="grpo")
+    with pytest.raises(UsageError, match="--from nope: not a stage"):
+        run(cfg, tmp_path, start="nope")
+    # An ablation added later runs alone; the others are done.
+    calls.clear()
+    with_grpo = dataclasses.replace(cfg, ablations=["grpo"])
+    assert "grpo" in run(with_grpo, tmp_path)["stages"] and calls == ["world", "grpo", "eval_grpo"]
+    assert [s.name for s in STAGES if s.ablation] == ["grpo", "rl_no_short_horizon", "rl_no_key_step"]
+
+
+STAGES_EVALUATED = ["untrained", "bc", "score_sft", "score_rl", "bc_full"]

@@ -220,12 +220,12 @@ def test_eval_rerun_with_other_settings_is_refused(tmp_path: Path, monkeypatch, 
 def test_pipeline_rerun_with_other_settings_is_refused_before_any_stage(tmp_path: Path, capsys):
     from score_distill.commands.run import preset_path
     from score_distill.config import load_yaml
-    from score_distill.pipeline import RunConfig, run
+    from score_distill.pipeline import RunConfig, run_pipeline
 
     out = tmp_path / "run"
     open_run_dir(out, load_yaml(RunConfig, preset_path("smoke")))  # as a first run leaves it
     with pytest.raises(RunDirConflict, match=r"n_eval 3 -> 5"):
-        run(load_yaml(RunConfig, preset_path("smoke"), ["n_eval=5"]), out)
+        run_pipeline(load_yaml(RunConfig, preset_path("smoke"), ["n_eval=5"]), out)
     assert main(["run", "--preset", "smoke", "--out", str(out), "--n-eval", "5", "--seed", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "n_eval" in err and "seed 0 -> 2" in err
@@ -237,11 +237,11 @@ def test_run_takes_settings_as_dotted_flags_and_names_the_flag_for_key_value(tmp
     either spelling; the old `key=value` form is refused with the flag to write instead."""
     seen = {}
 
-    def pipeline(cfg, out_dir):  # stands in for the pipeline: the test is about parsing
+    def pipeline(cfg, out_dir, only=None, start=None):  # stands in for the pipeline: the test is about parsing
         seen["cfg"] = cfg
         return {"stages": {}}
 
-    monkeypatch.setattr("score_distill.pipeline.run", pipeline)
+    monkeypatch.setattr("score_distill.pipeline.run_pipeline", pipeline)
     out = str(tmp_path / "run")
     assert main(["run", "--preset", "smoke", "--out", out, "--n-eval", "5", "--sft.epochs", "3",
                  "--eval_rollout.max_new_tokens", "20", "--max-turns", "4", "--suites", "[math]"]) == 0

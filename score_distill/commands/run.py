@@ -2,9 +2,11 @@
 
     score-distill run --preset demo                 # writes runs/demo
     score-distill run --preset smoke --out runs/smoke --n-eval 8 --max-turns 6
+    score-distill run --preset demo --only bc_full
 
 Every field of the config is a flag named by its dotted path (config.add_arguments), as in
-the other sub-commands; flags override the preset.
+the other sub-commands; flags override the preset. `--only STAGE` / `--from STAGE` enter one
+stage, or a stage and every later one (pipeline.STAGES).
 
 The resolved config is saved as DIR/config.yaml; rerunning resumes from DIR's files, and a
 rerun with other settings is refused (exit 2), naming the fields that differ.
@@ -33,10 +35,17 @@ def preset_path(name: str) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from score_distill.config import add_arguments as add_config
-    from score_distill.pipeline import RunConfig
+    from score_distill.pipeline import STAGES, RunConfig
+
+    STAGE_NAMES = [s.name for s in STAGES]
 
     parser.add_argument("--preset", default="demo", help="preset name under configs/ or a YAML path")
     parser.add_argument("--out", default=None, help="output directory (default runs/<preset>)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--only", default=None, metavar="STAGE", help=f"enter this stage alone ({', '.join(STAGE_NAMES)}); "
+                       "the stages it reads from must be done")
+    where.add_argument("--from", dest="start", default=None, metavar="STAGE",
+                       help="enter this stage and every later one; the stages it reads from must be done")
     add_config(parser, RunConfig)
     # Caught only to say what to write instead: settings are flags, as in every sub-command.
     parser.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
@@ -44,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from score_distill.config import UsageError, load_yaml, overrides_from_args
-    from score_distill.pipeline import RunConfig, run as run_pipeline
+    from score_distill.pipeline import RunConfig, run_pipeline
     from score_distill.report import markdown_table
 
     if args.stray:
@@ -54,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     path = preset_path(args.preset)
     cfg = load_yaml(RunConfig, path, overrides_from_args(args, RunConfig))
     out = Path(args.out or f"runs/{path.stem}")
-    report = run_pipeline(cfg, out)  # saves out/config.yaml, or refuses other settings
+    report = run_pipeline(cfg, out, only=args.only, start=args.start)  # saves out/config.yaml, or refuses other settings
     print(markdown_table(report))
     print(f"report: {out / 'report.md'}")
     return 0
