@@ -181,7 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
             continue
         flags = dict.fromkeys(["--" + name.replace("_", "-"), "--" + name])  # one spelling when they agree
         parser.add_argument(*flags, dest=name, default=None, metavar=name.split(".")[-1].upper(),
-                            help=f.metadata.get("help", ""))
+                            help=f.metadata.get("help", "").replace("%", "%%"))  # argparse formats help with %
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type, prefix: str = "") -> list[str]:

@@ -13,6 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from score_distill.cli import COMMANDS, main
 from score_distill.config import (UsageError, add_arguments, apply_overrides, from_dict, load_yaml, option,
                                   overrides_from_args, save_config, to_dict)
 from score_distill.precision import Bf16
@@ -199,3 +200,11 @@ def test_a_bf16_setting_reads_true_false_or_auto_and_nothing_else():
             apply_overrides(P(), [f"bf16={bad}"])
     with pytest.raises(UsageError, match="P.bf16"):
         from_dict(P, {"bf16": 3})
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_prints_its_help(command: str, capsys) -> None:
+    """`--help` lists every flag with its help text (a `%` in one once broke argparse's)."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and "--help" in capsys.readouterr().out
