@@ -173,9 +173,9 @@ def test_cpu_time_limit_stops_a_cell_and_keeps_state(make: MakeSandbox) -> None:
 
 def test_auto_falls_back_to_process_isolation_with_one_warning(
         make: MakeSandbox, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from score_distill.tools import sandbox as sandbox_module
+    from score_distill.tools import sandbox as sandbox_module, sandbox_fallback
 
-    monkeypatch.setattr(sandbox_module, "_namespaces_unusable", None)  # restored afterwards
+    monkeypatch.setattr(sandbox_fallback, "_namespaces_unusable", None)  # restored afterwards
     monkeypatch.setattr(sandbox_module.shutil, "which", lambda name: None)  # no unshare here
     with pytest.raises(sandbox_module.SandboxError, match="unshare"):
         make(isolation="namespaces")

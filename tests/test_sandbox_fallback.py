@@ -17,6 +17,7 @@ from score_distill.models.scripted import ScriptedModel
 from score_distill.report import sandbox_line
 from score_distill.tasks.scoring import Score
 from score_distill.tools import sandbox as sandbox_module
+from score_distill.tools import sandbox_fallback
 from score_distill.tools.config import ToolConfig
 from score_distill.tools.sandbox import Sandbox, SandboxConfig
 from score_distill.tools.sandbox_process import Interpreter, SandboxStartError
@@ -47,7 +48,7 @@ class FlakyStarts:
 def starts(monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyStarts]:
     flaky = FlakyStarts([])
     monkeypatch.setattr(sandbox_module, "Interpreter", flaky)
-    monkeypatch.setattr(sandbox_module, "_namespaces_unusable", None)  # restored afterwards
+    monkeypatch.setattr(sandbox_fallback, "_namespaces_unusable", None)  # restored afterwards
     yield flaky
 
 
@@ -104,7 +105,7 @@ def test_a_sandbox_that_starts_slowly_twice_falls_back_alone(starts: FlakyStarts
     made.append(Sandbox())
     assert made[1].isolation_record == {"isolation": "namespaces", "fallback": None}
     assert starts.modes == ["namespaces", "namespaces", "process", "namespaces"]
-    assert sandbox_module._namespaces_unusable is None
+    assert sandbox_fallback._namespaces_unusable is None
 
 
 def test_unshare_refused_is_remembered_with_its_cause(starts: FlakyStarts, made: list[Sandbox],
@@ -139,7 +140,7 @@ def test_a_start_failing_in_both_modes_is_not_blamed_on_namespaces(
     with pytest.raises(SandboxStartError, match=r"OverflowError.*\(with namespaces first: the namespaces start failed"):
         Sandbox()
     assert starts.modes == ["namespaces", "process"]
-    assert not fallback_warnings(caplog) and sandbox_module._namespaces_unusable is None
+    assert not fallback_warnings(caplog) and sandbox_fallback._namespaces_unusable is None
 
 
 def test_rollout_records_metrics_and_report_say_which_isolation_and_why(starts: FlakyStarts) -> None:

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from score_distill.agent.format import format_observation, render_step
-from score_distill.tasks.search_suite import generate, move_step, reference_steps, source_hop, walk
+from score_distill.tasks.search_reference import move_step, reference_steps, source_hop
+from score_distill.tasks.search_suite import generate, walk
 from score_distill.tasks.world import Entity, build_world
 from score_distill.teachers.leak import leaks_answer
 from score_distill.teachers.search_rules import SearchRules

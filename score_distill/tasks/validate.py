@@ -36,22 +36,19 @@ or start a sandbox. The rules (the README's "Task files" says the same):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import stat
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any
 
+from score_distill.tasks.strict_jsonl import (MiB, Problems, json_kind, key_name, open_checked, parse_object,
+                                              read_lines, show)
 from score_distill.types import AUTHORS, SCHEMA_VERSION, STEP_KINDS, SchemaError, Step, Task
 
-MiB = 2**20
 SHOWN_PROBLEMS = 20  # lines printed; the rest are counted
-KEPT_PROBLEMS = 1000  # lines kept; past them a file of a million bad lines is only counted
 TASK_FIELDS = ("id", "question", "answer", "suite", "reference", "meta", "schema")
-BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -67,23 +64,6 @@ class Limits:
 
 
 LIMITS = Limits()
-
-
-class Problems:
-    """The problem lines found so far: the first KEPT_PROBLEMS kept, all of them counted."""
-
-    def __init__(self) -> None:
-        self.kept: list[str] = []
-        self.total = 0
-
-    def append(self, line: str) -> None:
-        self.total += 1
-        if len(self.kept) < KEPT_PROBLEMS:
-            self.kept.append(line)
-
-    def extend(self, lines: Iterable[str]) -> None:
-        for line in lines:
-            self.append(line)
 
 
 class TaskFileError(SchemaError):
@@ -131,7 +111,7 @@ def check_corpus(spec: str, named_at: str, limits: Limits = LIMITS) -> list[str]
 
 def _read(path: Path, limits: Limits) -> tuple[list[Task], Problems]:
     problems = Problems()
-    opened = _open(path, limits.file_bytes, "task file")
+    opened = open_checked(path, limits.file_bytes, "task file")
     if isinstance(opened, str):
         problems.append(f"{path}: {opened}")
         return [], problems
@@ -139,16 +119,16 @@ def _read(path: Path, limits: Limits) -> tuple[list[Task], Problems]:
     first_line: dict[str, int] = {}  # task id -> line
     corpora: dict[str, int] = {}  # corpus spec -> first line naming it
     with opened as f:
-        for n, text in _lines(f, path, limits.line_bytes, problems):
+        for n, text in read_lines(f, path, limits.line_bytes, problems):
             where = f"{path}:{n}"
-            data = _parse(text, where, problems)
+            data = parse_object(text, where, problems)
             if data is None:
                 continue
             found = task_problems(data, limits)
             task_id = data.get("id")
             if isinstance(task_id, str) and task_id.strip():
                 if task_id in first_line:
-                    found.append(("id", f"duplicate {_show(task_id)} (first on line {first_line[task_id]})"))
+                    found.append(("id", f"duplicate {show(task_id)} (first on line {first_line[task_id]})"))
                 else:
                     first_line[task_id] = n
             problems.extend(f"{where}: {field}: {message}" for field, message in found)
@@ -164,107 +144,10 @@ def _read(path: Path, limits: Limits) -> tuple[list[Task], Problems]:
     return tasks, problems
 
 
-def _open(path: Path, max_bytes: int, what: str) -> IO[bytes] | str:
-    """The file opened for reading, or what makes it unusable; its size is checked before a
-    byte is read (and a FIFO or a device is never opened)."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        return f"no such {what}"
-    except OSError as e:
-        return f"cannot read this {what} ({e.strerror})"
-    if not stat.S_ISREG(info.st_mode):
-        return f"not a regular file, so not a {what}"
-    if info.st_size > max_bytes:
-        return f"{_size(info.st_size)}, over the {_size(max_bytes)} limit of a {what}; split it"
-    try:
-        return path.open("rb")
-    except OSError as e:
-        return f"cannot read this {what} ({e.strerror})"
-
-
-def _lines(f: IO[bytes], path: Path, max_bytes: int, problems: Problems) -> Iterator[tuple[int, str]]:
-    """(line number, text) of the non-blank lines; a line too long or not UTF-8 becomes a
-    problem instead. A longer line is read in chunks and dropped past `max_bytes`."""
-    n = 0
-    while True:
-        raw, size = _read_line(f, max_bytes)
-        if not size:
-            return
-        n += 1
-        if raw is None:
-            problems.append(f"{path}:{n}: line of {size:,} bytes, over the limit of {max_bytes:,} (not read)")
-            continue
-        if n == 1 and raw.startswith(BOM):
-            raw = raw[len(BOM):]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            problems.append(f"{path}:{n}: not UTF-8: byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line")
-            continue
-        if text.strip():
-            yield n, text
-
-
-def _read_line(f: IO[bytes], max_bytes: int, chunk: int = MiB) -> tuple[bytes | None, int]:
-    """The next line and its size in bytes; None for a line over `max_bytes` without its
-    newline (its chunks are let go as they come, so it is never held whole); (b"", 0) at
-    the end of the file."""
-    parts: list[bytes] | None = []
-    size, ended = 0, False
-    while not ended and (part := f.readline(chunk)):
-        size += len(part)
-        ended = part.endswith(b"\n")
-        if parts is not None:
-            parts.append(part)
-            if size - ended > max_bytes:
-                parts = None
-    return (b"".join(parts) if parts is not None else None), size
-
-
-def _parse(text: str, where: str, problems: Problems) -> dict[str, Any] | None:
-    """The line's JSON object, or None with its problem recorded."""
-    if text.lstrip().startswith("\ufeff"):
-        problems.append(f"{where}: a byte-order mark (U+FEFF) starts this line; only the file's first line may have one")
-        return None
-    repeated: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        data = dict(items)
-        if len(data) < len(items):
-            seen: set[str] = set()
-            for k, _ in items:
-                if k in seen:
-                    repeated.append(k)
-                seen.add(k)
-        return data
-
-    def constant(name: str) -> Any:
-        raise ValueError(f"{name} is not a JSON value")
-
-    try:
-        data = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
-    except json.JSONDecodeError as e:
-        problems.append(f"{where}: not JSON: {e.msg} at column {e.colno}")
-        return None
-    except ValueError as e:  # NaN / Infinity, an integer of over 4,300 digits
-        problems.append(f"{where}: not JSON: {str(e).split(':')[0]}")
-        return None
-    except RecursionError:
-        problems.append(f"{where}: not JSON: nested too deeply")
-        return None
-    if not isinstance(data, dict):
-        problems.append(f"{where}: expected a JSON object (one task), got {_kind(data)}")
-        return None
-    if repeated:
-        problems.extend(f"{where}: {_name(k)}: the key appears twice in one object" for k in dict.fromkeys(repeated))
-        return None
-    return data
-
-
 def task_problems(data: dict[str, Any], limits: Limits = LIMITS) -> list[tuple[str, str]]:
     """(field, message) for each rule of the module docstring that the record `data` breaks."""
-    found = [(_name(k), "unknown field (a task has " + ", ".join(TASK_FIELDS) + ")") for k in data if k not in TASK_FIELDS]
+    found = [(key_name(k), "unknown field (a task has " + ", ".join(TASK_FIELDS) + ")")
+             for k in data if k not in TASK_FIELDS]
     found += _schema_problem(data)
     task_id = data.get("id")
     if type(task_id) is int and len(str(task_id)) <= 40:
@@ -286,12 +169,12 @@ def task_problems(data: dict[str, Any], limits: Limits = LIMITS) -> list[tuple[s
         found += _text_problem("suite", data, 100)
     meta = data.get("meta", {})
     if not isinstance(meta, dict):
-        found.append(("meta", f"must be an object, got {_kind(meta)}"))
+        found.append(("meta", f"must be an object, got {json_kind(meta)}"))
     elif "corpus" in meta and not (isinstance(meta["corpus"], str) and meta["corpus"].strip()):
-        found.append(("meta.corpus", f"must be a corpus path or embedded:<seed>, got {_kind(meta['corpus'])}"))
+        found.append(("meta.corpus", f"must be a corpus path or embedded:<seed>, got {json_kind(meta['corpus'])}"))
     reference = data.get("reference")
     if reference is not None and not isinstance(reference, list):
-        found.append(("reference", f"must be a list of steps or null, got {_kind(reference)}"))
+        found.append(("reference", f"must be a list of steps or null, got {json_kind(reference)}"))
     elif reference:
         for i, step in enumerate(reference):
             found += [(f"reference[{i}]{sub}", msg) for sub, msg in _step_problems(step)]
@@ -304,7 +187,7 @@ def _schema_problem(data: dict[str, Any]) -> list[tuple[str, str]]:
     version = data["schema"]
     if type(version) is int and version == SCHEMA_VERSION:
         return []
-    return [("schema", f"version {_show(version)} is not supported; this score-distill reads schema {SCHEMA_VERSION} "
+    return [("schema", f"version {show(version)} is not supported; this score-distill reads schema {SCHEMA_VERSION} "
                     "(or a record without `schema`)")]
 
 
@@ -314,7 +197,7 @@ def _text_problem(field: str, data: dict[str, Any], max_chars: int) -> list[tupl
         return [(field, "missing")]
     value = data[field]
     if not isinstance(value, str):
-        return [(field, f"must be a string, got {_kind(value)}")]
+        return [(field, f"must be a string, got {json_kind(value)}")]
     if not value.strip():
         return [(field, "empty")]
     try:
@@ -339,17 +222,17 @@ def _step_problems(step: Any) -> list[tuple[str, str]]:
     """(".field", message) for a reference step that `Step.from_dict` would refuse or that
     holds a value of the wrong type."""
     if not isinstance(step, dict):
-        return [("", f"expected a step object, got {_kind(step)}")]
-    found = [(f".{_name(k)}", "unknown field of a step") for k in step if k not in STEP_TYPES and k != "schema"]
+        return [("", f"expected a step object, got {json_kind(step)}")]
+    found = [(f".{key_name(k)}", "unknown field of a step") for k in step if k not in STEP_TYPES and k != "schema"]
     found += [(f".{sub}", msg) for sub, msg in _schema_problem(step)]
     found += [(f".{name}", "missing") for name in STEP_REQUIRED if name not in step]
     for name, hint in STEP_TYPES.items():
         if name in step and not _fits(step[name], hint):
-            found.append((f".{name}", f"must be {_hint_name(hint)}, got {_kind(step[name])}"))
+            found.append((f".{name}", f"must be {_hint_name(hint)}, got {json_kind(step[name])}"))
     if isinstance(step.get("kind"), str) and step["kind"] not in STEP_KINDS:
-        found.append((".kind", f"must be one of {', '.join(STEP_KINDS)}, got {_show(step['kind'])}"))
+        found.append((".kind", f"must be one of {', '.join(STEP_KINDS)}, got {show(step['kind'])}"))
     if isinstance(step.get("author"), str) and step["author"] not in AUTHORS:
-        found.append((".author", f"must be one of {', '.join(AUTHORS)}, got {_show(step['author'])}"))
+        found.append((".author", f"must be one of {', '.join(AUTHORS)}, got {show(step['author'])}"))
     return found
 
 
@@ -382,10 +265,10 @@ def _check_corpus(spec: str, named_at: str, task_file: Path, limits: Limits, pro
     """The problems of a search corpus: its spec (at `named_at`), then its file's lines."""
     if spec.startswith("embedded:"):
         if not spec[len("embedded:"):].lstrip("-").isdigit():
-            problems.append(f"{named_at}: {_show(spec)} is not embedded:<integer seed>")
+            problems.append(f"{named_at}: {show(spec)} is not embedded:<integer seed>")
         return
     path = Path(spec)
-    opened = _open(path, limits.corpus_bytes, "corpus file")
+    opened = open_checked(path, limits.corpus_bytes, "corpus file")
     if isinstance(opened, str):
         hint = task_file.parent / spec
         also = f" (paths are relative to the working directory; did you mean {hint}?)" if hint.is_file() else ""
@@ -393,8 +276,8 @@ def _check_corpus(spec: str, named_at: str, task_file: Path, limits: Limits, pro
         return
     before, docs = problems.total, 0
     with opened as f:
-        for n, text in _lines(f, path, limits.line_bytes, problems):
-            doc = _parse(text, f"{path}:{n}", problems)
+        for n, text in read_lines(f, path, limits.line_bytes, problems):
+            doc = parse_object(text, f"{path}:{n}", problems)
             if doc is None:
                 continue
             docs += 1
@@ -404,37 +287,6 @@ def _check_corpus(spec: str, named_at: str, task_file: Path, limits: Limits, pro
                 if field not in doc:
                     problems.append(f"{path}:{n}: {field}: missing")
                 elif not isinstance(doc[field], str):
-                    problems.append(f"{path}:{n}: {field}: must be a string, got {_kind(doc[field])}")
+                    problems.append(f"{path}:{n}: {field}: must be a string, got {json_kind(doc[field])}")
     if not docs and problems.total == before:
         problems.append(f"{path}: no documents in this corpus (named at {named_at.rsplit(': ', 1)[0]})")
-
-
-def _size(n: int) -> str:
-    """A byte count for a message: "300.0 MiB", "256 MiB", "10 bytes"."""
-    if n < MiB:
-        return f"{n:,} bytes"
-    return f"{n // MiB:,} MiB" if n % MiB == 0 else f"{n / MiB:,.1f} MiB"
-
-
-def _kind(value: Any) -> str:
-    """How a JSON value is named in a message."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return f"the number {_show(value)}"
-    if isinstance(value, str):
-        return f"the string {_show(value)}"
-    return "a list" if isinstance(value, list) else "an object"
-
-
-def _show(value: Any, width: int = 60) -> str:
-    """repr of a value cut to `width`, so a message stays one short line."""
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _name(key: str) -> str:
-    """A field name as shown in a message: as it is when it is short and printable."""
-    return key if key.isprintable() and len(key) <= 40 and key else _show(key, 40)

@@ -52,8 +52,9 @@ import re
 from dataclasses import dataclass
 
 from score_distill.tasks.scoring import exact_match, normalize_answer
-from score_distill.tasks.search_suite import (DESCRIBE, move_step, moves, needed_binds, plan_step, reference_steps,
-                                               source_hop, verb)
+from score_distill.tasks.search_reference import (DESCRIBE, move_step, moves, needed_binds, plan_step,
+                                                  reference_steps, source_hop)
+from score_distill.tasks.search_wording import verb
 from score_distill.tasks.world import World, build_world
 from score_distill.teachers.base import Verdict
 from score_distill.types import Step, Task

@@ -18,15 +18,16 @@ function given to the parent (which may hold an API key the child never sees).
 
 Isolation: "namespaces" (new network, pid, IPC and mount namespaces through `unshare`), chosen by
 isolation="auto" where it works; else "process", with a warning line saying why and what is
-lost. The fallback is decided per sandbox: a start that does not answer in time is tried once
-more, and falls back for that sandbox only; a cause that holds for the process (no unshare
-program, unshare refused by the kernel) is remembered, so later sandboxes do not try again.
-isolation="namespaces" never falls back: it raises. `Sandbox.isolation` says which is in use,
-`Sandbox.fallback` why it is not namespaces (None: no fallback); the rollout writes both into
-each trajectory's meta["sandbox"], and metrics.json and report.md count them. As root, each
-sandbox also runs as a uid of its own (2000000000 + slot); without root the namespaces come
-from a user namespace (our uid, no capabilities). tests/test_sandbox.py attacks each line
-below. Limits out of range are refused before anything starts (sandbox_limits.py).
+lost. The fallback is decided per sandbox (sandbox_fallback.py): a start that does not answer
+in time is tried once more, and falls back for that sandbox only; a cause that holds for the
+process (no unshare program, unshare refused by the kernel) is remembered, so later sandboxes
+do not try again. isolation="namespaces" never falls back: it raises. `Sandbox.isolation` says
+which is in use, `Sandbox.fallback` why it is not namespaces (None: no fallback); the rollout
+writes both into each trajectory's meta["sandbox"], and metrics.json and report.md count them.
+As root, each sandbox also runs as a uid of its own (2000000000 + slot); without root the
+namespaces come from a user namespace (our uid, no capabilities). tests/test_sandbox.py
+attacks each line below. Limits out of range are refused before anything starts
+(SandboxConfig, in sandbox_config.py; the ranges in sandbox_limits.py).
 
     protects against                                 | does not protect against
     -------------------------------------------------|---------------------------------------------
@@ -93,50 +94,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from score_distill.config import option
 from score_distill.storage import safe_text
 from score_distill.tools import sandbox_confine, sandbox_paths
-from score_distill.tools.sandbox_limits import check_limit, limit_ranges
-from score_distill.tools.sandbox_paths import DEFAULT_PACKAGES, check_packages
+from score_distill.tools.sandbox_config import SandboxConfig
+from score_distill.tools.sandbox_fallback import fall_back, fallback_cause, remembered_cause
 from score_distill.tools.sandbox_process import (Interpreter, OutputCapture, SandboxError, SandboxStartError,
                                                  cap_output)
 from score_distill.tools.sandbox_uids import UidLease, list_processes
 
 __all__ = ["SandboxConfig", "CellResult", "Sandbox", "SandboxError", "run_cells", "cap_output"]
 log = logging.getLogger(__name__)
-
-ISOLATIONS = ("auto", "namespaces", "process")
-
-
-@dataclass
-class SandboxConfig:
-    timeout_s: float = option(10.0, "wall-clock seconds one cell may run; then its interpreter is killed "
-                                    "and rebuilt")
-    memory_mb: int = option(1024, "address-space limit (RLIMIT_AS) of each interpreter process, MiB")
-    cpu_time_s: float = option(30.0, "CPU seconds one cell may use (a soft limit moved before every cell; "
-                                     "then CPUTimeLimitExceeded)")
-    cpu_total_s: float = option(600.0, "CPU seconds one interpreter may use over its life (hard limit: it is "
-                                       "killed, then rebuilt)")
-    max_output_chars: int = option(4000, "output cap: head and tail kept, with a '... [N characters cut] ...' "
-                                         "marker between")
-    isolation: str = option("auto", "auto | namespaces | process: auto uses namespaces where unshare works, "
-                                    "else process")
-    max_processes: int = option(32, "processes + threads the sandbox may have at once (RLIMIT_NPROC on its "
-                                    "own uid)")
-    disk_mb: int = option(64, "size of the private work dir (a tmpfs, with namespaces) and of the largest "
-                              "file, MiB")
-    packages: list[str] = option(DEFAULT_PACKAGES, "top-level names of the installed packages model code may "
-                                                   "import besides the standard library (those not installed "
-                                                   "are skipped; never score_distill); [] for the standard "
-                                                   "library only")
-
-    def __post_init__(self) -> None:
-        if self.isolation not in ISOLATIONS:
-            raise ValueError(f"SandboxConfig.isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
-        for name, (kind, low, high, unit) in limit_ranges().items():
-            check_limit(f"SandboxConfig.{name}", getattr(self, name), kind, low, high, unit)
-        check_packages(self.packages)
-
 
 @dataclass
 class CellResult:
@@ -145,58 +112,6 @@ class CellResult:
     timed_out: bool
     final_answer: str | None  # str(x) when the cell called final_answer(x)
     duration_s: float
-
-
-# isolation="auto" falls back to process isolation per sandbox, for a stated cause (kept on
-# `Sandbox.fallback`, and by the rollout in each trajectory's meta). Only a cause that holds for
-# the whole process (no unshare program; the kernel refuses the namespaces) is remembered
-# here, so that later sandboxes skip the try; any other failure, a slow start above all, is
-# tried again by the next sandbox.
-_namespaces_unusable: str | None = None
-_fallback_lock = threading.Lock()
-
-
-def fallback_cause(exc: SandboxStartError) -> tuple[str, bool]:
-    """Why a namespaces start failed, on one line, and whether that holds for the process.
-
-    >>> fallback_cause(SandboxStartError("the interpreter exited with code 1; it printed: "
-    ...                                  "unshare: unshare failed: Operation not permitted"))
-    ('unshare is not permitted here (unshare: unshare failed: Operation not permitted)', True)
-    >>> fallback_cause(SandboxStartError("no answer in 60 s", transient=True))
-    ('the start timed out twice (no answer in 60 s)', False)
-    """
-    text = str(exc)
-    line = next((part for part in text.splitlines() if "unshare failed" in part), "")
-    if "unshare program" in text:
-        cause, permanent = text, True
-    elif line:  # unshare's own complaint, before any interpreter ran: the kernel said no
-        cause, permanent = f"unshare is not permitted here ({line[line.index('unshare'):].strip()})", True
-    elif exc.transient:
-        cause, permanent = f"the start timed out twice ({text})", False
-    else:
-        cause, permanent = f"the namespaces start failed ({text})", False
-    cause = " ".join(cause.split())
-    return (cause if len(cause) <= 300 else cause[:297] + "..."), permanent
-
-
-def _fall_back(cause: str, permanent: bool) -> None:
-    """Log a fallback (a remembered cause once per process) and remember a permanent cause."""
-    global _namespaces_unusable
-    with _fallback_lock:
-        if permanent and _namespaces_unusable is not None:
-            return  # said already
-        if permanent:
-            _namespaces_unusable = cause
-    lost = ("the limits and the seccomp filter hold; lost: private pid and IPC namespaces and "
-            "a file system of its own, so model code can see other processes, read by path what "
-            "its uid may read (our checkout, run directories, caches: the answers) and write to "
-            "world-writable places such as /tmp")
-    if os.geteuid() != 0:
-        lost += ("; and not being root it runs as OUR uid: it can read and write our files "
-                 "and signal our processes")
-    scope = "every sandbox of this process" if permanent else "this sandbox only; the next one tries namespaces"
-    log.warning("sandbox: Linux namespaces are not usable (%s); using process isolation for %s: %s",
-                cause, scope, lost)
 
 
 class Sandbox:
@@ -215,7 +130,7 @@ class Sandbox:
         want = self.config.isolation
         # Why this sandbox runs with process isolation although isolation="auto" asked for
         # namespaces (None: it did not fall back); set with `isolation`, never cleared.
-        self.fallback: str | None = _namespaces_unusable if want == "auto" else None
+        self.fallback: str | None = remembered_cause() if want == "auto" else None
         self.isolation = "process" if want == "process" or self.fallback else "namespaces"
         try:
             self._lease = UidLease() if os.geteuid() == 0 else None
@@ -371,7 +286,7 @@ class Sandbox:
             except SandboxStartError as again:
                 raise SandboxStartError(f"{again} (with namespaces first: {cause})") from exc
             self.fallback = cause
-            _fall_back(cause, permanent)
+            fall_back(cause, permanent)
 
     def _spawn_retrying(self) -> Interpreter:
         """`_spawn`, tried once more after a start that did not answer in time: a loaded
