@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
 from score_distill.config import UsageError, save_config, to_dict
-from score_distill.storage import split_jsonl
+from score_distill.storage import read_log
 from score_distill.types import Record, SchemaError
 
 MAX_SHOWN_CHARS = 40
@@ -92,13 +92,10 @@ class RecordLog(Generic[R]):
     def load(self) -> dict[str, R]:
         if not self.path.exists():
             return {}
-        data = self.path.read_bytes()
         try:
-            lines, tail = split_jsonl(data, str(self.path))
+            lines = read_log(self.path)
         except UnicodeError as e:
             raise SchemaError(str(e)) from None
-        if tail:  # torn anywhere, even inside a character: cut before anything is appended
-            os.truncate(self.path, len(data) - len(tail))
         out: dict[str, R] = {}
         for number, line in lines:
             if not line.strip():

@@ -19,8 +19,11 @@ teacher replies, search results), so what a run holds in memory is what it write
 Writes that replace a file (`atomic_write_text`, `atomic_write_lines`, `atomic_write_json`,
 `atomic_path`) go to a temporary file in the same directory, are flushed and fsynced, then
 renamed over the target (`os.replace`) and the directory is fsynced: killed at any moment,
-the target holds either its old content or its new content, never a part. Appends (the
-record logs) stay appends, one line per write.
+the target holds either its old content or its new content, never a part; a directory
+(a checkpoint) is written whole beside its target and renamed into place (`atomic_dir`).
+Appends (the record logs, the teacher cache) stay appends, one line per write, and are read
+back by `read_log`, which cuts the torn last line a killed writer leaves before the next
+append; `split_jsonl` is the line splitting every JSONL reader shares.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -99,6 +103,41 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A fresh temporary directory beside `path` to write a whole directory into (a model
+    checkpoint); when the block ends it takes `path`'s place, so a reader finds the old
+    directory or the new one, never half of one. If the block raises, `path` is untouched."""
+    path = Path(path)
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
+
+
+def read_log(path: str | Path) -> list[tuple[int, str]]:
+    """The complete lines of an append-only JSONL log, as (line number, text), after cutting
+    a torn last line off the file (its writer died mid-line; torn anywhere, even inside a
+    character): the next append must not glue onto it. A complete line that is not UTF-8
+    raises `UnicodeError` naming the file and line."""
+    path = Path(path)
+    data = path.read_bytes()
+    lines, tail = split_jsonl(data, str(path))
+    if tail:
+        os.truncate(path, len(data) - len(tail))
+    return lines
 
 
 def atomic_write_lines(path: str | Path, lines: Iterable[str]) -> int:

@@ -205,3 +205,31 @@ def test_blank_lines_are_skipped(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
     path.write_text("\n" + "\n\n".join(_lines(2)) + "\n\n", encoding="utf-8")
     assert len(read_jsonl(path, Step)) == 2
+
+
+def test_atomic_dir_replaces_a_whole_directory_or_nothing(tmp_path):
+    from score_distill.storage import atomic_dir
+
+    target = tmp_path / "final"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"] and (target / "a").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "b").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in target.iterdir()) == ["a"]  # the old directory, whole
+    with atomic_dir(target) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b"] and sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+def test_read_log_cuts_a_torn_tail_before_the_next_append(tmp_path):
+    from score_distill.storage import read_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_bytes('{"a": 1}\n{"b": "é'.encode()[:-1])
+    assert read_log(log) == [(1, '{"a": 1}')] and log.read_bytes() == b'{"a": 1}\n'
+    log.write_bytes(b'{"a": 1}\n\xff\n')
+    with pytest.raises(UnicodeError, match="log.jsonl:2: not UTF-8"):
+        read_log(log)

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from score_distill.storage import dumps, safe_text, split_jsonl
+from score_distill.storage import dumps, read_log, safe_text
 
 CACHE_SCHEMA = 1
 CACHE_FILE = "teacher_calls.jsonl"
@@ -96,13 +95,8 @@ class TeacherCache:
             self._entries[key] = reply
 
     def _load(self) -> None:
-        raw = self.path.read_bytes()
-        cut = raw.rfind(b"\n") + 1
-        if cut < len(raw):
-            # A torn last line: drop it now, or the next append would glue onto it.
-            os.truncate(self.path, cut)
         try:
-            lines, _ = split_jsonl(raw[:cut], str(self.path))
+            lines = read_log(self.path)
         except UnicodeError as e:
             raise CacheError(str(e)) from None
         for number, line in lines:

@@ -6,12 +6,11 @@ after it, which it redoes."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from score_distill.storage import atomic_write_lines, split_jsonl
+from score_distill.storage import atomic_dir, atomic_write_lines, split_jsonl
 
 
 class RLDir:
@@ -42,15 +41,12 @@ class RLDir:
         """Write a transformers-loadable directory atomically: tmp dir, then rename."""
         import torch
 
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if extra is not None:
-            torch.save(extra["optimizer"], tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": extra["step"]}))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if extra is not None:
+                torch.save(extra["optimizer"], tmp / "optimizer.pt")
+                (tmp / "state.json").write_text(json.dumps({"step": extra["step"]}))
 
 
 def trim_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:

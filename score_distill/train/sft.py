@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Callable
 
 from score_distill.config import option
 from score_distill.precision import Bf16, resolve_bf16
+from score_distill.storage import atomic_dir
 from score_distill.train.render import render_trajectory
 from score_distill.types import Step
 
@@ -208,10 +208,9 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     trained = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
-    tmp = out / "final.tmp"
-    trained.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        trained.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     log.info("saved %s", final)
     return final
 
