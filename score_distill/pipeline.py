@@ -275,12 +275,12 @@ STAGES = (
     Stage("score_sft", ("bc", "split"), score_sft_stage),
     Stage("score_rl", ("score_sft", "split"), lambda s: rl_stage(s, "score_rl", s.models["score_sft"])),
     Stage("bc_full", ("world",), lambda s: bc_stage(s, "bc_full", 1.0)),
-    Stage("grpo", ("bc",), lambda s: rl_stage(s, "grpo", s.models["bc"], outcome_only=True, key_step_reward=False,
+    Stage("grpo", ("bc",), lambda s: rl_stage(s, "grpo", s.models["bc"], outcome_only=True, use_key_step=False,
                                               outcome_only_share=1.0), ablation=True),
     Stage("rl_no_short_horizon", ("score_sft", "split"),
           lambda s: rl_stage(s, "rl_no_short_horizon", s.models["score_sft"], short_horizon=False), ablation=True),
     Stage("rl_no_key_step", ("score_sft", "split"),
-          lambda s: rl_stage(s, "rl_no_key_step", s.models["score_sft"], key_step_reward=False), ablation=True),
+          lambda s: rl_stage(s, "rl_no_key_step", s.models["score_sft"], use_key_step=False), ablation=True),
 )
 BY_NAME = {s.name: s for s in STAGES}
 ABLATIONS = tuple(s.name for s in STAGES if s.ablation)

@@ -43,7 +43,7 @@ class CodeTeacher:
 
 # The table of docs/method.md, stage 3, written out case by case.
 TABLE = [
-    # correct, finished, eq_chosen, eq_rejected, key_step_reward -> reward
+    # correct, finished, eq_chosen, eq_rejected, use_key_step -> reward
     (True, True, None, None, True, 1.0),
     (True, True, True, None, True, 1.0),
     (True, True, False, True, True, 1.0),

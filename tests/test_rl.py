@@ -257,7 +257,7 @@ def plain_world(n: int) -> tuple[list[Task], dict[str, Task]]:
 
 
 SMOKE = options(steps=3, items_per_step=2, group_size=2, max_new_tokens=6, max_turns=2, save_every=1,
-                  outcome_only_share=1.0, key_step_reward=False, micro_batch_size=2, cpu_threads=1)
+                  outcome_only_share=1.0, use_key_step=False, micro_batch_size=2, cpu_threads=1)
 
 
 def test_smoke_run_logs_kl_zero_at_the_start_and_saves_a_loadable_model(tiny_dir, tmp_path, monkeypatch):

@@ -14,13 +14,13 @@ measured and logged every step; its penalty (`kl_coef`) is off by default, as in
                      RLOptions(steps=50))
 
 Ablations and baseline, through the same code:
-- without the key-step reward: `key_step_reward=False` (outcome reward only, 1.0 / 0.0);
+- without the key-step reward: `use_key_step=False` (outcome reward only, 1.0 / 0.0);
 - without the short horizon: `short_horizon=False`: rollouts start from the question; the
   key step is the step at index `len(item.prefix)` of the fresh rollout (when it gets that
   far), judged against chosen/rejected with the item's prefix as the judge's context; the
   loss covers every generated step;
 - GRPO from the question with outcome reward only: `train_rl(..., rl_items.outcome_items(tasks), ...,
-  RLOptions(key_step_reward=False, outcome_only_share=1.0))`.
+  RLOptions(use_key_step=False, outcome_only_share=1.0))`.
 
 Why a compact trainer of our own (on `accelerate`) and not TRL's `GRPOTrainer` with a
 `rollout_func`: our episodes are multi-turn CodeAct rollouts that start from a prefix and
@@ -92,32 +92,30 @@ class RLOptions:
     steps: int = option(0, "optimiser steps; 0 = derived from epochs")
     epochs: float = option(1.0, "passes over the RL items (used when steps is 0)")
     items_per_step: int = option(8, "items (prompts) per step, split across processes")
-    group_size: int = option(4, "rollouts per item (paper: 16; 4 keeps CPU runs affordable)")
+    group_size: int = option(4, "rollouts per item; their rewards are compared with each other (docs/method.md)")
     ppo_epochs: int = option(1, "optimisation passes over each step's rollouts")
     micro_batch_size: int = option(4, "sequences per forward pass")
     activation_checkpointing: bool = option(False, "recompute each layer's activations in the backward pass: "
                                                    "memory for one layer instead of all, for more compute")
-    lr: float = option(2e-5, "AdamW learning rate, constant. Paper: 7e-7 for 7B at 128 prompts x 16; "
-                             "a 135M model with a few dozen small steps needs larger steps, and the "
-                             "clipped objective plus grad-norm clipping keep them safe")
+    lr: float = option(2e-5, "AdamW learning rate, constant (docs/method.md: the paper's, for a 7B student)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient norm clip")
     clip_eps: float = option(0.2, "PPO ratio clip")
     kl_coef: float = option(0.0, "weight of the k3 KL penalty to the starting checkpoint (KL is logged either way)")
     keep_reference: bool = option(False, "hold the reference model in memory between steps; False: it is read "
                                          "from disk for each step's scoring and freed before the update, "
-                                         "whose gradients then have its memory (a 135M model loads in ~0.3 s)")
+                                         "whose gradients then have its memory")
     kl_on_all: bool = option(True, "measure the logged KL on every rollout; False: only on those that carry a "
                                    "gradient, which saves a policy and a reference forward pass on the others")
     scale_advantages: bool = option(True, "divide advantages by the group's reward std")
     max_length: int = option(4096, "rendered sequences are cut to this many tokens")
     outcome_only_share: float = option(0.25, "share of the items WITHOUT an intervention that join the "
                                              "RL pool (from the question, outcome reward only)")
-    key_step_reward: bool = option(True, "False = ablation: outcome reward only for every item")
+    use_key_step: bool = option(True, "the key-step reward (rewards.key_step_reward); False = ablation: outcome reward only")
     short_horizon: bool = option(True, "False = ablation: rollouts from the question instead of the prefix")
     bf16: Bf16 = option("auto", "bf16 autocast for rollouts and loss; auto: where the hardware computes bf16 "
                                 "natively (precision.py). Sampling and scoring then differ by bf16 rounding")
-    cpu_threads: int = option(0, "torch CPU threads; 0 = every core this process may use (1 is faster for tiny models)")
+    cpu_threads: int = option(0, "torch CPU threads; 0 = every core this process may use")
     save_every: int = option(25, "checkpoint every N steps (0 = only at the end)")
     samples_per_step: int = option(2, "trajectories per step written to samples.jsonl for reading")
     rollout: RolloutConfig = dataclasses.field(default_factory=rl_rollout_config, metadata={
@@ -162,7 +160,7 @@ def collect(engine: Any, items: list[KeyStepItem], tasks_by_id: dict[str, Task],
     samples = []
     for ep, traj in zip(episodes, trajs):
         item = items[ep.sample // opts.group_size]
-        result = rollout_reward(traj, item, ep.task, judge, opts.key_step_reward, key_index=len(item.prefix))
+        result = rollout_reward(traj, item, ep.task, judge, opts.use_key_step, key_index=len(item.prefix))
         samples.append(Sample(item, ep.task.question, traj, len(ep.prefix), result))
     advantages = group_advantages([s.result.reward for s in samples], opts.group_size, opts.scale_advantages)
     for s, a in zip(samples, advantages):
@@ -268,9 +266,9 @@ def _check_inputs(pool: list[KeyStepItem], tasks_by_id: dict[str, Task], teacher
     missing = sorted({i.task_id for i in pool} - set(tasks_by_id))
     if missing:
         raise KeyError(f"RL items refer to unknown tasks: {missing[:5]}")
-    if teacher is None and opts.key_step_reward and any(i.chosen is not None for i in pool):
+    if teacher is None and opts.use_key_step and any(i.chosen is not None for i in pool):
         raise ValueError("items with interventions need a teacher to judge key-step equivalence "
-                         "(or key_step_reward=False)")
+                         "(or use_key_step=False)")
 
 
 class _Reference:

@@ -40,12 +40,10 @@ class SFTOptions:
                                 "with AVX-512 BF16 or AMX; elsewhere fp32 is faster: precision.py)")
     packing: bool = option(False, "pack sequences into rows of up to max_length tokens (best-fit decreasing), "
                                   "position ids restarting per sequence and no attention across them: no "
-                                  "padding. batch_size and micro_batch_size then count packed rows. On CPU it "
-                                  "was slower than one sequence per pass (bench/sft_throughput.txt): a packed "
-                                  "row's attention runs with a materialised block mask")
+                                  "padding. batch_size and micro_batch_size then count packed rows")
     lora_r: int = option(0, "LoRA rank; 0 = full fine-tuning")
     activation_checkpointing: bool = option(False, "recompute activations in the backward pass: less memory for "
-                                                   "long sequences, ~30% more compute (TRL turns it on by default)")
+                                                   "long sequences, for more compute")
     checkpoint_every_s: float = option(300.0, "write a resumable checkpoint (weights and optimizer) when this "
                                               "many seconds have passed since the last; 0 = at every epoch end. "
                                               "A short run on a small data set otherwise spends its time "
