@@ -66,7 +66,7 @@ def run_engine(path: str, tasks: list, cfg, mode: str) -> dict:
 
     engine = LocalModel(path, LocalConfig(column_major=mode != "row-major"))
     if mode in ("row-major", "column-major, no shared prefixes"):
-        engine._share_prefixes = lambda rows: None
+        engine.share_prefixes = lambda rows: None
     params = sum(p.numel() for p in engine.model.parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
     if mode == "int8":
@@ -74,7 +74,7 @@ def run_engine(path: str, tasks: list, cfg, mode: str) -> dict:
         engine.model = quantize_int8(engine.model)
         weight_bytes = weight_bytes // 4  # the linear layers hold nearly all of it
     passes: list[tuple[int, int]] = []
-    forward = engine._forward
+    forward = engine.forward
 
     prefilled = [0]
 
@@ -85,7 +85,7 @@ def run_engine(path: str, tasks: list, cfg, mode: str) -> dict:
             prefilled[0] += ids.numel()
         return forward(batch, ids)
 
-    engine._forward = counted
+    engine.forward = counted
     rollout(engine, [Episode(tasks[0])], ToolConfig(), type(cfg)(max_turns=2, max_new_tokens=8))  # warm-up
     passes.clear()
     prefilled[0] = 0

@@ -48,15 +48,15 @@ def main() -> None:
           f"{opts.activation_checkpointing}, bf16 {opts.bf16}; torch threads {torch.get_num_threads()}")
     print("| engine | step s | rollout s | rest s | generated tokens | rollout tok/s | reward |")
     print("|---|---|---|---|---|---|---|")
-    layout, share = LocalModel.decoding_layout, LocalModel._share_prefixes
+    layout, share = LocalModel.decoding_layout, LocalModel.share_prefixes
     rows = {}
     for arm in ("before: row-major, no shared prefixes", "after: the default"):
         if arm.startswith("before"):
-            LocalModel.decoding_layout = LocalModel._share_prefixes = lambda self, *a: None
+            LocalModel.decoding_layout = LocalModel.share_prefixes = lambda self, *a: None
         with tempfile.TemporaryDirectory() as out:
             train_rl(start, items, tasks, load_teacher("reference"), ToolConfig(), Path(out) / "rl", opts)
             [rec] = [json.loads(line) for line in (Path(out) / "rl" / "rl_log.jsonl").read_text().splitlines()]
-        LocalModel.decoding_layout, LocalModel._share_prefixes = layout, share
+        LocalModel.decoding_layout, LocalModel.share_prefixes = layout, share
         rows[arm] = rec
         print(f"| {arm} | {rec['time_s']:.1f} | {rec['rollout_s']:.1f} | {rec['time_s'] - rec['rollout_s']:.1f} | "
               f"{rec['gen_tokens']} | {rec['gen_tok_s']:.1f} | {rec['reward']:.3f} |", flush=True)

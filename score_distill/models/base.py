@@ -5,8 +5,7 @@ Every backend (the local transformers engine, an OpenAI-compatible endpoint) imp
 `cache_key` naming the trajectory: a backend that can reuse work across turns (a KV cache
 kept per trajectory, or a server's prefix cache) uses it, and `release(key)` drops it when
 the trajectory ends. Results carry the generated token ids and their log-probabilities
-where the backend reports them. RL does not read them today: it re-renders each trajectory
-with the chat template (`train/render.py`) and scores it with the policy it trains.
+where the backend reports them (see `Generation`); RL does not train on them.
 
 `open_stream` serves turns as they become ready instead of in lockstep: the rollout adds a
 trajectory's next request as soon as its tool call returns, and `step()` hands back the
@@ -55,6 +54,12 @@ class Generation:
     model ended its message; "length" means max_new_tokens ran out. `prompt_tokens` counts
     the prompt tokens actually processed for this call (cached ones excluded), and
     `cached_tokens` those reused.
+
+    `token_ids` and `logprobs` (the sampled tokens and their log-probabilities) are returned
+    for callers that want them (benchmarks, tests), and left empty by a backend that has
+    none. The rollout only counts `token_ids` (its token accounting); to train, RL currently
+    re-tokenises the rendered text (`train/render.py`) and recomputes log-probs with the
+    policy.
     """
 
     text: str

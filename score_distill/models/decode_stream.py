@@ -1,6 +1,7 @@
 """The local engine's running batch: continuous batching of decoding rows (`DecodeStream`)
 and the state of one row (`Row`). `LocalModel.open_stream` makes a stream; the model itself
-(weights, tokenizer, prefill and forward passes, the KV store) is in `local.py`.
+(weights, tokenizer, prefill and forward passes, the KV store) is in `local.py`, and the
+stream drives it through the public methods listed in `LocalModel`'s docstring.
 """
 
 from __future__ import annotations
@@ -114,16 +115,16 @@ class DecodeStream:
                 break  # it waits, first in line, for rows to leave
             self._waiting.pop(0)
             self._held = None
-            row = engine._start_row(tag, request, self.params, self._admitted, ids)
+            row = engine.start_row(tag, request, self.params, self._admitted, ids)
             self._admitted += 1
             if row.budget <= 0:  # the conversation already fills the context: nothing to run
                 row.finish, row.prompt, row.cached = "length", [], 0
-                done.append((tag, engine._result(row, self.params)))
+                done.append((tag, engine.row_result(row, self.params)))
             else:
                 rows.append(row)
         if not rows:
             return done
-        engine._share_prefixes(rows)
+        engine.share_prefixes(rows)
         for group in prefill_groups(rows):
             self._join(group)
         return done
@@ -134,10 +135,10 @@ class DecodeStream:
         layout = BatchLayout.of([r.known for r in rows], [len(r.suffix) for r in rows])
         capacity = layout.width_cached + layout.width_suffix + max(r.budget for r in rows)
         batch = BatchKV.build([r.kv for r in rows], layout, capacity, engine.n_layers, engine.kv_shape,
-                              engine._kv_dtype(), engine.device)
+                              engine.kv_dtype(), engine.device)
         for row in rows:
             row.kv = None  # the batch holds its own copy now
-        logits = engine._prefill(batch, rows, layout)
+        logits = engine.prefill(batch, rows, layout)
         if self._batch is None:
             self._batch, self._logits = batch, logits
         else:
@@ -168,7 +169,7 @@ class DecodeStream:
         started = time.perf_counter()
         tokens, logprobs = choose_tokens(self._logits, self.params.temperature, self.params.top_p,
                                          [r.generator for r in live])
-        finished = [engine._push(r, t, lp, self.params, self.window) for r, t, lp in
+        finished = [engine.append_token(r, t, lp, self.params, self.window) for r, t, lp in
                     zip(live, tokens.tolist(), logprobs.tolist())]
         charge_time(live, started)
         done = []
@@ -179,7 +180,7 @@ class DecodeStream:
                     # prompt + tokens[:-1].
                     if row.key is not None:
                         engine.store.put(row.key, row.prompt + row.tokens[:-1], batch.row_kv(pos))
-                    done.append((row.tag, engine._result(row, self.params)))
+                    done.append((row.tag, engine.row_result(row, self.params)))
             if all(finished):
                 self._live, self._batch = [], None
                 return done
@@ -187,7 +188,7 @@ class DecodeStream:
         started = time.perf_counter()
         step = torch.tensor([[r.tokens[-1]] for r in live], device=engine.device)
         batch.append_column()
-        self._logits = engine._forward(batch, step)
+        self._logits = engine.forward(batch, step)
         charge_time(live, started)
         return done
 

@@ -80,7 +80,14 @@ class LocalConfig:
 
 
 class LocalModel:
-    """A `ChatModel` over a local Hugging Face causal LM directory."""
+    """A `ChatModel` over a local Hugging Face causal LM directory.
+
+    The running batch (`DecodeStream`) drives decoding through a few public methods, in
+    this order for each row: `start_row` (a request becomes a `Row`, with what the KV store
+    holds for it), `share_prefixes` (rows admitted together), `prefill` (the rows' new
+    prompt tokens), then `append_token` after each sampled token and `forward` for the rows
+    that go on, and `row_result` once a row is finished. `kv_dtype` is the dtype of the
+    keys/values it allocates. The other underscored methods are this class's own."""
 
     def __init__(self, path: str | Path, config: LocalConfig | None = None, name: str | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -99,7 +106,7 @@ class LocalModel:
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
         self.kv_shape = (text_config.num_key_value_heads, head_dim)
         self.kv_bytes_per_token = 2 * self.n_layers * text_config.num_key_value_heads * head_dim * (
-            torch.finfo(self._kv_dtype()).bits // 8)
+            torch.finfo(self.kv_dtype()).bits // 8)
         self.context = text_config.max_position_embeddings
         self.eos_ids = self._eos_ids()
         self.store = KVStore(self.config.cache_budget_mb << 20)
@@ -169,19 +176,23 @@ class LocalModel:
         """New tokens a prompt of `ids` may get: the cap, or what the context leaves."""
         return min(params.max_new_tokens, self.context - len(ids))
 
-    def _start_row(self, tag: Hashable, request: GenRequest, params: SamplingParams, index: int,
-                   ids: list[int]) -> Row:
+    def start_row(self, tag: Hashable, request: GenRequest, params: SamplingParams, index: int,
+                  ids: list[int]) -> Row:
+        """The decoding state of `request`, whose prompt encodes to `ids`: the cached KV of
+        the prefix its trajectory shares with `ids` (taken out of the store), its token
+        budget, and its generator (seeded as `seed_for` says; `index` is its admission order)."""
         cached, kv = self.store.take(request.cache_key, ids)
         seed = seed_for(request.seed, params.seed, index, self._rng.randrange(2**62))
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return Row(tag, request.cache_key, ids, cached, kv, self.budget(ids, params), generator)
 
-    def _kv_dtype(self) -> torch.dtype:
+    def kv_dtype(self) -> torch.dtype:
+        """The dtype of the keys/values the forward passes produce (so of every KV buffer)."""
         if self.config.autocast_bf16:
             return torch.bfloat16  # keys/values come out of autocast linears in bf16
         return self.model.get_input_embeddings().weight.dtype
 
-    def _prefill(self, batch: BatchKV, live: list[Row], layout: BatchLayout) -> torch.Tensor:
+    def prefill(self, batch: BatchKV, live: list[Row], layout: BatchLayout) -> torch.Tensor:
         """Run the right-aligned new prompt tokens through the model in column chunks; return
         the logits of the last column (B, V)."""
         started = time.perf_counter()
@@ -197,10 +208,10 @@ class LocalModel:
         window = window.to(self.device)
         logits = torch.empty(0)
         for lo in range(0, width, self.config.prefill_chunk):
-            logits = self._forward(batch, window[:, lo : lo + self.config.prefill_chunk])
+            logits = self.forward(batch, window[:, lo : lo + self.config.prefill_chunk])
         return logits
 
-    def _share_prefixes(self, rows: list[Row]) -> None:
+    def share_prefixes(self, rows: list[Row]) -> None:
         """Prefill once what rows admitted together share, before their own prefill.
 
         Rows that start with nothing cached often begin alike: every episode's system prompt
@@ -241,11 +252,11 @@ class LocalModel:
         """The KV of each `ids`, whose first `known` tokens' KV is in `kvs`."""
         layout = BatchLayout.of(known, [len(i) - k for i, k in zip(ids, known)])
         batch = BatchKV.build(kvs, layout, layout.width_cached + layout.width_suffix, self.n_layers,
-                              self.kv_shape, self._kv_dtype(), self.device)
+                              self.kv_shape, self.kv_dtype(), self.device)
         self._prefill_ids(batch, [i[k:] for i, k in zip(ids, known)], layout.width_suffix)
         return [batch.row_kv(r) for r in range(len(ids))]
 
-    def _forward(self, batch: BatchKV, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: BatchKV, input_ids: torch.Tensor) -> torch.Tensor:
         """One forward pass over `input_ids` (B, T) appended to the batch cache; (B, V) logits
         of the last column."""
         extra = input_ids.shape[1]
@@ -255,7 +266,7 @@ class LocalModel:
                              logits_to_keep=1)
         return out.logits[:, -1].float()
 
-    def _push(self, row: Row, token: int, logprob: float, params: SamplingParams, window: int) -> bool:
+    def append_token(self, row: Row, token: int, logprob: float, params: SamplingParams, window: int) -> bool:
         """Append a sampled token; return whether the row is finished."""
         row.tokens.append(token)
         row.logprobs.append(logprob)
@@ -270,7 +281,9 @@ class LocalModel:
     def _decode_ids(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    def _result(self, row: Row, params: SamplingParams) -> Generation:
+    def row_result(self, row: Row, params: SamplingParams) -> Generation:
+        """The `Generation` of a finished row: its text (cut at the stop string, without the
+        end-of-message token), token ids, log-probs and accounting."""
         shown = row.tokens[:-1] if row.finish == "eos" else row.tokens
         text = self._decode_ids(shown)
         if row.finish == "stop":
