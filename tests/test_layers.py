@@ -84,3 +84,13 @@ def test_the_checker_sees_a_backward_import(tmp_path: Path) -> None:
                       "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from score_distill.pipeline import RunConfig\n")
     assert imports(source) == {"train.sft"}
     assert layer("train.sft") > layer("stages.split") > layer("stages.bc") > layer("types")
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("```", layout.index("```") + 3)]
+    named = {line.split()[0].rstrip(",") for line in layout.splitlines() if line.startswith("  ") and line.split()}
+    named |= {"cli.py", "__main__.py"} if "cli.py, __main__.py" in layout else set()
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    assert sorted(modules - named) == []

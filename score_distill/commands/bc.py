@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from score_distill.rundir import check_run_dir
     from score_distill.stages.bc import RESUME_FREE, collect_bc
     from score_distill.tasks.load import TaskFileError, load_tasks
+    from score_distill.teachers.llm import LLMTeacherConfig
     from score_distill.teachers.load import load_teacher
 
     overrides = overrides_from_args(args, command)
@@ -46,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         e.report(sys.stderr)
         return 2
     check_run_dir(args.out, cfg, RESUME_FREE)  # a rerun with other settings: refused before anything loads
-    teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache")
+    # The LLM teacher solves within the same turn budget BC keeps solutions under.
+    options = {} if cfg.teacher == "reference" else {"config": LLMTeacherConfig(max_turns=cfg.max_turns)}
+    teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache", **options)
     summary = collect_bc(teacher, tasks, args.out, cfg)
     print(json.dumps(summary, indent=2))
     return 0
