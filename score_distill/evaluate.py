@@ -5,9 +5,9 @@ Writes into the output directory, as it goes:
   so a killed run resumes where it stopped (finished pairs are not run again);
 - `metrics.json`: accuracy with a 95% interval, turns, finish rate, tokens and wall time per
   task, and an error breakdown (see `metrics.summarize`);
-- `config.yaml`: the resolved configuration. A rerun into the same directory resumes only
-  under the same settings (`RESUME_FREE` may differ); otherwise the command refuses, naming
-  the fields that differ (`rundir.check_run_dir`).
+- `config.yaml` (written by the `eval` command): the resolved configuration. A rerun into
+  the same directory resumes only under the same settings; otherwise the command refuses,
+  naming the fields that differ (`rundir.check_run_dir`).
 
     score-distill eval --model smollm2-135m --tasks math:test --n 50 --out runs/eval-math
 """
@@ -15,49 +15,17 @@ Writes into the output directory, as it goes:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from score_distill.agent.rollout import Episode, RolloutConfig, rollout
-from score_distill.config import option
 from score_distill.metrics import summarize
 from score_distill.models.base import ChatModel
-from score_distill.precision import Bf16, weights_dtype
 from score_distill.storage import atomic_write_json
 from score_distill.tasks.scoring import Score
 from score_distill.tools.config import ToolConfig
 from score_distill.types import Task, Trajectory, iter_jsonl, write_jsonl
-
-
-@dataclass
-class EvalConfig:
-    model: str = option("smollm2-135m", "built-in name, local HF directory, or openai:<model>@<base-url>")
-    tasks: str = option("math:test", "SUITE:SPLIT of a built-in suite, or a task JSONL file")
-    n: int | None = option(None, "number of tasks (default: a suite's default size / the whole file)")
-    samples: int = option(1, "samples per task (accuracy is over all samples)")
-    seed: int = option(0, "seed of the task generator and of sampling")
-    bf16: Bf16 = option("auto", "a local model's weights in bf16; auto: where the CPU computes bf16 natively "
-                                "(precision.py), else fp32")
-    rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "agent loop"})
-    tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
-
-
-# Settings that change speed, not results: a run may be resumed with other values.
-RESUME_FREE = ("rollout.batch_size",)
-
-
-def engine_settings(cfg: EvalConfig) -> dict[str, object]:
-    """Keyword arguments of `load_model` for the evaluated model: its weights' dtype when it
-    runs here (an OpenAI-compatible endpoint chooses its own).
-
-    >>> engine_settings(EvalConfig(model="tiny", bf16=True)), engine_settings(EvalConfig(model="openai:m@http://x"))
-    ({'dtype': 'bfloat16'}, {})
-    """
-    if cfg.model.startswith("openai:"):
-        return {}
-    return {"dtype": weights_dtype(cfg.bf16, "cpu")}
 
 
 def score_trajectory(task: Task, traj: Trajectory) -> Score:

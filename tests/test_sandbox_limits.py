@@ -112,7 +112,7 @@ def test_limits_up_to_the_bounds_are_accepted() -> None:
 
 
 def test_config_errors_are_usage_errors(tmp_path: Path) -> None:
-    from score_distill.evaluate import EvalConfig
+    from score_distill.commands.settings import EvalCommand as EvalConfig
 
     for override in ("tools.sandbox.timeout_s=inf", "rollout.temperature=nan", "tools.sandbox={a: [",
                      "tools.nope=1", "n"):

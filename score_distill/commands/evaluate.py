@@ -20,28 +20,29 @@ HELP = "evaluate a model on tasks; writes metrics.json and trajectories.jsonl"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from score_distill.config import add_arguments as add_config
-    from score_distill.evaluate import EvalConfig
+    from score_distill.commands.settings import EvalCommand
 
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--config", default=None, help="YAML file of EvalConfig values (flags override it)")
-    add_config(parser, EvalConfig)
+    parser.add_argument("--config", default=None, help="YAML file of the settings below (flags override it)")
+    add_config(parser, EvalCommand)
 
 
 def run(args: argparse.Namespace) -> int:
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args, save_config
-    from score_distill.evaluate import RESUME_FREE, EvalConfig, engine_settings, evaluate
+    from score_distill.commands.settings import EVAL_RESUME_FREE, EvalCommand, engine_settings
+    from score_distill.evaluate import evaluate
     from score_distill.models.load import load_model
     from score_distill.rundir import check_run_dir
     from score_distill.tasks.load import TaskFileError, load_tasks
 
-    overrides = overrides_from_args(args, EvalConfig)
-    cfg = load_yaml(EvalConfig, args.config, overrides) if args.config else apply_overrides(EvalConfig(), overrides)
+    overrides = overrides_from_args(args, EvalCommand)
+    cfg = load_yaml(EvalCommand, args.config, overrides) if args.config else apply_overrides(EvalCommand(), overrides)
     try:  # the whole task file is checked before anything is written or loaded
         tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())
     except TaskFileError as e:
         e.report(sys.stderr)
         return 2
-    check_run_dir(args.out, cfg, RESUME_FREE)  # before any work: never mix runs of two configs
+    check_run_dir(args.out, cfg, EVAL_RESUME_FREE)  # before any work: never mix runs of two configs
     save_config(cfg, f"{args.out}/config.yaml")
     model = load_model(cfg.model, **engine_settings(cfg))
     metrics = evaluate(model, tasks, args.out, cfg.tools, cfg.rollout, samples=cfg.samples, desc=f"eval {cfg.tasks}")

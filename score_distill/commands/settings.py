@@ -1,19 +1,23 @@
-"""The `bc` and `mentor` commands' settings: what they load (student, teacher, task file),
-then the library's config of their stage, all as flat flags and YAML keys.
+"""The `eval`, `bc` and `mentor` commands' settings: what they load (model, teacher, task
+file), then the library's config of what they run, all as flat flags and YAML keys.
 
-The library configs (`BCConfig`, `MentorConfig`) hold only what their stage reads; what a
-command needs to build its inputs lives here, so the pipeline, which builds those inputs
-itself, never fills a field it does not use. Imported by the commands when they run.
+The library configs (`BCConfig`, `MentorConfig`, `RolloutConfig`) hold only what the library
+reads; what a command needs to build its inputs lives here, so the pipeline, which builds
+those inputs itself, never fills a field it does not use. Imported by the commands when they
+run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import option
+from score_distill.precision import Bf16, weights_dtype
 from score_distill.stages.bc import BCConfig
 from score_distill.stages.mps import MentorConfig
 from score_distill.stages.split import SplitConfig
+from score_distill.tools.config import ToolConfig
 
 TEACHER_HELP = "teacher: reference, or openai:<model>@<base-url>"
 TASKS_HELP = "SUITE:SPLIT of a built-in suite, or a task JSONL file"
@@ -45,3 +49,34 @@ class MentorCommand(MentorConfig):
 
 # What a mentor rerun may change besides MentorConfig's own: the split is rewritten from the records.
 MENTOR_RESUME_FREE = ("split",)
+
+
+@dataclass
+class EvalCommand:
+    """`score-distill eval`: the model and tasks it loads, then the agent loop it runs."""
+
+    model: str = option("smollm2-135m", "built-in name, local HF directory, or openai:<model>@<base-url>")
+    tasks: str = option("math:test", "SUITE:SPLIT of a built-in suite, or a task JSONL file")
+    n: int | None = option(None, "number of tasks (default: a suite's default size / the whole file)")
+    samples: int = option(1, "samples per task (accuracy is over all samples)")
+    seed: int = option(0, "seed of the task generator and of sampling")
+    bf16: Bf16 = option("auto", "a local model's weights in bf16; auto: where the CPU computes bf16 natively "
+                                "(precision.py), else fp32")
+    rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "agent loop"})
+    tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
+
+
+# Settings that change speed, not results: a run may be resumed with other values.
+EVAL_RESUME_FREE = ("rollout.batch_size",)
+
+
+def engine_settings(cfg: EvalCommand) -> dict[str, object]:
+    """Keyword arguments of `load_model` for the evaluated model: its weights' dtype when it
+    runs here (an OpenAI-compatible endpoint chooses its own).
+
+    >>> engine_settings(EvalCommand(model="tiny", bf16=True)), engine_settings(EvalCommand(model="openai:m@http://x"))
+    ({'dtype': 'bfloat16'}, {})
+    """
+    if cfg.model.startswith("openai:"):
+        return {}
+    return {"dtype": weights_dtype(cfg.bf16, "cpu")}
