@@ -14,20 +14,18 @@ output directory and resuming from it, so a killed run picks up where it stopped
     ablations  optional, same code: grpo (outcome reward from the question, from the BC
                model), rl_no_short_horizon, rl_no_key_step (both from the SCoRe-SFT model)
 
-Each stage that makes a model has it evaluated on `eval_splits` of every suite with the same
-rollout and tool settings. `run_state.json` records the stages done, their models and
-evaluations, so a rerun skips them; `--only STAGE` enters one stage and `--from STAGE` that
-stage and every later one (their inputs must be done; a stage entered again finds its work
-on disk: delete its folder to redo it). The report (report.json, report.md, plots) covers
-every stage done so far.
+Each model a stage makes is evaluated on `eval_splits` of every suite, with the same rollout
+and tools. `run_state.json` records the stages done, so a rerun skips them; `--only STAGE`
+enters one stage, `--from STAGE` it and every later one (their inputs must be done; a stage
+entered again finds its work on disk: delete its folder to redo it). The report covers every
+stage done so far.
 
 The resolved config is saved as `config.yaml`; a rerun into the same directory resumes only
 under the same settings (`RESUME_FREE` may differ) and is refused otherwise, naming the
 fields that differ, since every stage would reuse work made under the old ones.
 
     score-distill run --preset demo              # SmolLM2-135M student, reference teacher
-    score-distill run --preset smoke --out runs/smoke   # tiny model, a few minutes
-    score-distill run --preset demo --n-eval 16 --sft.epochs 1 --from bc_full
+    score-distill run --preset smoke --out runs/smoke --n-eval 16 --from bc_full
 """
 
 from __future__ import annotations
@@ -41,6 +39,8 @@ from typing import Any, Callable, Iterator
 
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import UsageError, option
+from score_distill.devices import HELP as DEVICE_HELP
+from score_distill.devices import resolve_device, training_device
 from score_distill.memory import release_memory
 from score_distill.precision import Bf16, weights_dtype
 from score_distill.rundir import open_run_dir
@@ -73,6 +73,7 @@ class RunConfig:
     max_interventions: int = option(3, "teacher fixes per MPS task")
     max_turns: int = option(8, "the run's one turn budget, the plan included: every rollout (evaluation, MPS, RL) "
                                "and the longest teacher solution BC keeps")
+    device: str = option("auto", DEVICE_HELP)
     inference_bf16: Bf16 = option("auto", "load the student in bf16 when it only generates (evaluation, MPS); "
                                           "auto: where the hardware computes bf16 natively (precision.py)")
     ablations: list = option([], "extra stages through the same code: any of grpo, rl_no_short_horizon, rl_no_key_step")
@@ -108,6 +109,7 @@ class RunState:
     done: list[str] = field(default_factory=list)  # stages finished (and evaluated), in order
     models: dict[str, str] = field(default_factory=dict)  # the model each finished stage made
     base: str = ""  # the untrained student's weights
+    device: str = "cpu"  # the run's device, resolved here
     teacher: Any = None
 
     @property
@@ -155,11 +157,10 @@ def world_stage(state: RunState) -> None:
     state.extra["reference_check"] = refs
 
 
-def _inference_dtype(cfg: RunConfig) -> dict[str, object]:
-    """Engine settings for a student that only generates. bf16 weights rather than fp32 weights
-    under bf16 autocast: the matmuls are the same bf16 products either way, but autocast
-    re-casts every weight at every decoding step (8% of a step for SmolLM2 at batch 32 here)."""
-    return {"dtype": weights_dtype(cfg.inference_bf16, "cpu")}
+def _inference_engine(state: RunState) -> dict[str, object]:
+    """A student that only generates: on the run's device, bf16 weights where it computes
+    bf16 natively (not fp32 weights under autocast, which re-casts them at every step)."""
+    return {"dtype": weights_dtype(state.cfg.inference_bf16, state.device), "device": state.device}
 
 
 def evaluate_stage(state: RunState, stage: str, model_path: str) -> None:
@@ -167,7 +168,7 @@ def evaluate_stage(state: RunState, stage: str, model_path: str) -> None:
     from score_distill.evaluate import evaluate_sets
     from score_distill.models.load import load_model
 
-    model = load_model(model_path, **_inference_dtype(state.cfg))
+    model = load_model(model_path, **_inference_engine(state))
     sets = {name: (tasks, state.out / "eval" / stage / name.replace(":", "-")) for name, tasks in state.sets.items()
             if name.split(":")[1] in state.cfg.eval_splits}
     with state.timed(f"eval_{stage}"):
@@ -191,7 +192,7 @@ def bc_stage(state: RunState, name: str, fraction: float) -> str:
     bc_cfg = BCConfig(seed=state.cfg.seed, fraction=fraction, max_turns=state.cfg.max_turns, tools=state.cfg.tools)
     summary = collect_bc(state.teacher, state.train, folder / "data", bc_cfg)
     examples = read_sft_examples(folder / "data" / "bc_trajectories.jsonl")
-    final = train_sft(state.base, examples, folder / "sft", state.cfg.sft)
+    final = train_sft(state.base, examples, folder / "sft", state.cfg.sft, device=state.device)
     state.teacher_tokens[name] = int(summary["teacher_tokens"])
     state.extra[f"{name}_data"] = {k: summary[k]
                                    for k in ("chosen", "kept", "rejected", "teacher_calls", "teacher_tokens")}
@@ -207,7 +208,7 @@ def mps_stage(state: RunState) -> None:
     tasks = [t for t in state.train if t.id not in chosen]
     cfg = MentorConfig(max_interventions=state.cfg.max_interventions, rollout=state.cfg.rollout(state.cfg.mps_rollout),
                        tools=state.cfg.tools)
-    student = load_model(state.models["bc"], **_inference_dtype(state.cfg))
+    student = load_model(state.models["bc"], **_inference_engine(state))
     summary = mentor(student, state.teacher, tasks, state.out / "mps", cfg)
     state.teacher_tokens["mps"] = int(summary["teacher_tokens"])
     state.extra["mps"] = {k: summary[k] for k in ("tasks", "solved_by_interventions", "hard_to_teach",
@@ -229,7 +230,7 @@ def score_sft_stage(state: RunState) -> str:
     from score_distill.train.sft import train_sft
 
     examples = read_sft_examples(state.out / "mps" / "export" / "sft_trajectories.jsonl")
-    return str(train_sft(state.models["bc"], examples, state.out / "score_sft", state.cfg.sft))
+    return str(train_sft(state.models["bc"], examples, state.out / "score_sft", state.cfg.sft, device=state.device))
 
 
 def rl_stage(state: RunState, name: str, base: str, outcome_only: bool = False, **changes: object) -> str:
@@ -245,7 +246,8 @@ def rl_stage(state: RunState, name: str, base: str, outcome_only: bool = False, 
     opts = replace(opts, rollout=state.cfg.rollout(opts.rollout))
     tasks_by_id = {t.id: t for t in state.train}
     before = state.teacher.usage.tokens
-    final = train_rl(base, items, tasks_by_id, state.teacher, state.cfg.tools, state.out / name, opts)
+    final = train_rl(base, items, tasks_by_id, state.teacher, state.cfg.tools, state.out / name, opts,
+                     device=state.device)
     # Equivalence judgements of this process (a resumed run counts only what it spent).
     state.teacher_tokens[name] = state.teacher_tokens.get(name, 0) + state.teacher.usage.tokens - before
     return str(final)
@@ -330,8 +332,7 @@ def plan(cfg: RunConfig, only: str | None = None, start: str | None = None) -> l
 
 
 def _load_state(cfg: RunConfig, out: Path) -> RunState:
-    """The run's state: what earlier invocations recorded in run_state.json (stages done,
-    their models, evaluations, teacher tokens, wall times, data summaries)."""
+    """The run's state as earlier invocations recorded it in run_state.json."""
     path = out / "run_state.json"
     prior = json.loads(path.read_text()) if path.exists() else {}
     models = {k: str(out / v) if not Path(v).is_absolute() else v for k, v in prior.get("models", {}).items()}
@@ -364,9 +365,11 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, only: str | None = None, s
     from score_distill.teachers.load import load_teacher
 
     todo = plan(cfg, only, start)
+    device, _ = resolve_device(cfg.device), training_device(cfg.device)  # absent: refused before any work
     out = Path(out_dir)
     open_run_dir(out, cfg, RESUME_FREE)
     state = _load_state(cfg, out)
+    state.device = device
     state.base = str(builtin_path(cfg.student)) if is_builtin(cfg.student) else cfg.student
     state.teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=out / "teacher_cache",
                                  config=LLMTeacherConfig(max_turns=cfg.max_turns)) \

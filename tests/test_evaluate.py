@@ -78,4 +78,4 @@ def test_eval_loads_a_local_student_in_the_precision_asked_for(tmp_path, monkeyp
     base = ["eval", "--model", "tiny", "--tasks", "math:test", "--n", "1", "--rollout.max-turns", "1"]
     for i, extra in enumerate(([], ["--bf16", "true"])):
         assert main([*base, "--out", str(tmp_path / str(i)), *extra]) == 0
-    assert seen == [{"dtype": "float32"}, {"dtype": "bfloat16"}]  # auto on a CPU without bf16, then forced
+    assert seen == [{"dtype": "float32", "device": "cpu"}, {"dtype": "bfloat16", "device": "cpu"}]  # auto here, then forced

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = overrides_from_args(args, EvalCommand)
     cfg = load_yaml(EvalCommand, args.config, overrides) if args.config else apply_overrides(EvalCommand(), overrides)
+    engine = engine_settings(cfg.model, cfg.device, cfg.bf16)  # a device that is not here: refused first
     try:  # the whole task file is checked before anything is written or loaded
         tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())
     except TaskFileError as e:
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     check_run_dir(args.out, cfg, EVAL_RESUME_FREE)  # before any work: never mix runs of two configs
     save_config(cfg, f"{args.out}/config.yaml")
-    model = load_model(cfg.model, **engine_settings(cfg))
+    model = load_model(cfg.model, **engine)
     metrics = evaluate(model, tasks, args.out, cfg.tools, cfg.rollout, samples=cfg.samples, desc=f"eval {cfg.tasks}")
     print(json.dumps({k: metrics[k] for k in ("accuracy", "ci95", "n") if k in metrics}))
     return 0

@@ -74,7 +74,7 @@ def excluded_ids(spec: str) -> set[str]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from score_distill.commands.settings import MENTOR_RESUME_FREE
+    from score_distill.commands.settings import MENTOR_RESUME_FREE, engine_settings
     from score_distill.commands.settings import MentorCommand as command
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args
     from score_distill.models.load import load_model
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = overrides_from_args(args, command) + seed_overrides(args, ("rollout", "split"))
     cfg = load_yaml(command, args.config, overrides) if args.config else apply_overrides(command(), overrides)
+    student_engine = engine_settings(cfg.student, cfg.device)  # a device that is not here: refused first
     try:  # the whole task file is checked before anything is written or loaded
         tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())
     except TaskFileError as e:
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     check_run_dir(args.out, cfg, resume_free)  # a rerun with other settings: refused before anything loads
     teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache")
     # A teacher that stays down raises TeacherDown: `cli.main` turns it into one line, exit 3.
-    summary = mentor(load_model(cfg.student), teacher, tasks, args.out, cfg, resume_free)
+    summary = mentor(load_model(cfg.student, **student_engine), teacher, tasks, args.out, cfg, resume_free)
     # Stage 2 on what stage 1 recorded.
     summary["export"] = write_split(read_mps_records(args.out), Path(args.out) / "export", cfg.split)
     atomic_write_json(Path(args.out) / "summary.json", summary)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import option
+from score_distill.devices import HELP as DEVICE_HELP
+from score_distill.devices import resolve_device
 from score_distill.precision import Bf16, weights_dtype
 from score_distill.stages.bc import BCConfig
 from score_distill.stages.mps import MentorConfig
@@ -38,6 +40,7 @@ class MentorCommand(MentorConfig):
     """`score-distill mentor`: MPS, then the split of its records into `export/`."""
 
     student: str = option("smollm2-135m", "student: built-in name, local HF directory, or openai:<model>@<base-url>")
+    device: str = option("auto", DEVICE_HELP)
     teacher: str = option("reference", TEACHER_HELP)
     tasks: str = option("math:train", TASKS_HELP)
     n: int | None = option(None, N_HELP)
@@ -60,7 +63,8 @@ class EvalCommand:
     n: int | None = option(None, "number of tasks (default: a suite's default size / the whole file)")
     samples: int = option(1, "samples per task (accuracy is over all samples)")
     seed: int = option(0, "seed of the task generator and of sampling")
-    bf16: Bf16 = option("auto", "a local model's weights in bf16; auto: where the CPU computes bf16 natively "
+    device: str = option("auto", DEVICE_HELP)
+    bf16: Bf16 = option("auto", "a local model's weights in bf16; auto: where the device computes bf16 natively "
                                 "(precision.py), else fp32")
     rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "agent loop"})
     tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
@@ -70,13 +74,15 @@ class EvalCommand:
 EVAL_RESUME_FREE = ("rollout.batch_size",)
 
 
-def engine_settings(cfg: EvalCommand) -> dict[str, object]:
-    """Keyword arguments of `load_model` for the evaluated model: its weights' dtype when it
-    runs here (an OpenAI-compatible endpoint chooses its own).
+def engine_settings(model: str, device: str, bf16: Bf16 = False) -> dict[str, object]:
+    """Keyword arguments of `load_model` for `model`: the device it runs on and its weights'
+    dtype when it runs here (an OpenAI-compatible endpoint chooses its own). A device asked
+    for and absent is a `DeviceError`.
 
-    >>> engine_settings(EvalCommand(model="tiny", bf16=True)), engine_settings(EvalCommand(model="openai:m@http://x"))
-    ({'dtype': 'bfloat16'}, {})
+    >>> engine_settings("tiny", "cpu", bf16=True), engine_settings("openai:m@http://x", "cuda")
+    ({'dtype': 'bfloat16', 'device': 'cpu'}, {})
     """
-    if cfg.model.startswith("openai:"):
+    if model.startswith("openai:"):
         return {}
-    return {"dtype": weights_dtype(cfg.bf16, "cpu")}
+    device = resolve_device(device)
+    return {"dtype": weights_dtype(bf16, device), "device": device}

@@ -50,6 +50,7 @@ from typing import Hashable
 import torch
 
 from score_distill.config import option
+from score_distill.devices import resolve_device
 from score_distill.models.base import Generation, GenRequest, SamplingParams
 from score_distill.models.decode_stream import MIN_SHARED, DecodeStream, Row, charge_time
 from score_distill.models.kv_engine import BatchKV, BatchLayout, KVStore, RowKV, common_prefix
@@ -61,7 +62,7 @@ from score_distill.models.stops import stop_cut
 class LocalConfig:
     """How the local engine runs."""
 
-    device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...)")
+    device: str = option("auto", "torch device: auto (a CUDA GPU when one is visible), cpu, cuda, cuda:1, ...")
     dtype: str = option("float32", "weights dtype: float32, bfloat16 or float16")
     autocast_bf16: bool = option(False, "run forward passes under bfloat16 autocast")
     max_batch_size: int = option(64, "rows decoded together; larger calls run in chunks")
@@ -95,7 +96,7 @@ class LocalModel:
         self.config = config or LocalConfig()
         self.name = name or Path(path).name
         torch.set_num_threads(self.config.num_threads or available_cores())
-        self.device = torch.device(self.config.device)
+        self.device = torch.device(resolve_device(self.config.device))
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if not self.tokenizer.chat_template:
             raise ValueError(f"{path}: the tokenizer has no chat template")

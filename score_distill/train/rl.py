@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option, save_config
+from score_distill.devices import training_device
 from score_distill.memory import release_memory
 from score_distill.precision import Bf16, resolve_bf16
 from score_distill.teachers.base import Teacher
@@ -190,8 +191,10 @@ def format_line(r: dict[str, Any], total: int) -> str:
 
 
 def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[str, Task],
-             teacher: Teacher | None, tools: ToolConfig, out_dir: str | Path, opts: RLOptions) -> Path:
-    """Train the model in `model_dir` with GRPO on `items`; returns `<out_dir>/final`.
+             teacher: Teacher | None, tools: ToolConfig, out_dir: str | Path, opts: RLOptions,
+             device: str = "auto") -> Path:
+    """Train the model in `model_dir` with GRPO on `items` on `device` (devices.py); returns
+    `<out_dir>/final`.
 
     Writes `rl_config.yaml`, `rl_log.jsonl` (one record per step), `samples.jsonl` (a few
     scored trajectories per step) and checkpoints; resumes from the latest checkpoint (and
@@ -210,7 +213,7 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
     if opts.short_horizon:  # a prefix that fills the turn budget leaves nothing to generate
         pool = [i for i in pool if len(i.prefix) < opts.rollout.turn_budget]
     _check_inputs(pool, tasks_by_id, teacher, opts)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=training_device(device) == "cpu")
     opts = dataclasses.replace(opts, bf16=resolve_bf16(opts.bf16, accelerator.device.type))  # saved as used
     if opts.items_per_step % accelerator.num_processes:
         raise ValueError(f"items_per_step={opts.items_per_step} does not split over {accelerator.num_processes} processes")

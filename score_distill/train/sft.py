@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from score_distill.config import option
+from score_distill.devices import training_device
 from score_distill.precision import Bf16, resolve_bf16
 from score_distill.storage import atomic_dir
 from score_distill.train.render import render_trajectory
@@ -157,9 +158,10 @@ def _trainer_class(sft_trainer, use_cpu: bool):
 
 
 def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out_dir: str | Path,
-              opts: SFTOptions, train_on: Callable[[int, Step], bool] | None = None) -> Path:
-    """Fine-tune the model in `model_dir` on `examples`; returns `<out_dir>/final`.
-    Resumes from the latest checkpoint in `out_dir`; returns at once if `final` exists."""
+              opts: SFTOptions, train_on: Callable[[int, Step], bool] | None = None, device: str = "auto") -> Path:
+    """Fine-tune the model in `model_dir` on `examples` on `device` (devices.py); returns
+    `<out_dir>/final`. Resumes from the latest checkpoint in `out_dir`; returns at once if
+    `final` exists."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -181,7 +183,7 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=opts.lora_r, lora_alpha=2 * opts.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
-    use_cpu = not torch.cuda.is_available()
+    use_cpu = training_device(device) == "cpu"
     steps = math.ceil(opts.epochs * math.ceil(len(dataset) / opts.batch_size))
     args = SFTConfig(
         max_steps=opts.min_steps if steps < opts.min_steps else -1,
