@@ -42,6 +42,7 @@ from score_distill.config import UsageError, option
 from score_distill.devices import HELP as DEVICE_HELP
 from score_distill.devices import resolve_device, training_device
 from score_distill.memory import release_memory
+from score_distill.models.load import ENGINE_HELP
 from score_distill.precision import Bf16, weights_dtype
 from score_distill.rundir import open_run_dir
 from score_distill.stages.mps import mps_rollout_config
@@ -74,6 +75,7 @@ class RunConfig:
     max_turns: int = option(8, "the run's one turn budget, the plan included: every rollout (evaluation, MPS, RL) "
                                "and the longest teacher solution BC keeps")
     device: str = option("auto", DEVICE_HELP)
+    engine: str = option("local", ENGINE_HELP + "; for evaluation and MPS (RL samples with ours)")
     inference_bf16: Bf16 = option("auto", "load the student in bf16 when it only generates (evaluation, MPS); "
                                           "auto: where the hardware computes bf16 natively (precision.py)")
     ablations: list = option([], "extra stages through the same code: any of grpo, rl_no_short_horizon, rl_no_key_step")
@@ -158,9 +160,9 @@ def world_stage(state: RunState) -> None:
 
 
 def _inference_engine(state: RunState) -> dict[str, object]:
-    """A student that only generates: on the run's device, bf16 weights where it computes
-    bf16 natively (not fp32 weights under autocast, which re-casts them at every step)."""
-    return {"dtype": weights_dtype(state.cfg.inference_bf16, state.device), "device": state.device}
+    """A student that only generates: bf16 weights where the device computes bf16 natively."""
+    return {"engine": state.cfg.engine, "dtype": weights_dtype(state.cfg.inference_bf16, state.device),
+            "device": state.device}
 
 
 def evaluate_stage(state: RunState, stage: str, model_path: str) -> None:
@@ -214,7 +216,6 @@ def mps_stage(state: RunState) -> None:
     state.extra["mps"] = {k: summary[k] for k in ("tasks", "solved_by_interventions", "hard_to_teach",
                                                 "first_error_step_hist", "teacher_calls", "teacher_tokens",
                                                 "student_tokens") if k in summary}
-    # (the summary's wall_time_s is that of the last call, 0 when resumed; state.wall has the stage's)
 
 
 def split_stage(state: RunState) -> None:
@@ -255,9 +256,8 @@ def rl_stage(state: RunState, name: str, base: str, outcome_only: bool = False, 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of the run: the stages whose outputs it reads, what it does (returning the
-    model it made, or None for data), whether that model is evaluated, and whether it is an
-    ablation (run only when `ablations` names it)."""
+    """One stage: the stages it reads from, its work (returning the model it made, or None),
+    whether that model is evaluated, whether it is an ablation (run when `ablations` names it)."""
 
     name: str
     inputs: tuple[str, ...]

@@ -78,4 +78,5 @@ def test_eval_loads_a_local_student_in_the_precision_asked_for(tmp_path, monkeyp
     base = ["eval", "--model", "tiny", "--tasks", "math:test", "--n", "1", "--rollout.max-turns", "1"]
     for i, extra in enumerate(([], ["--bf16", "true"])):
         assert main([*base, "--out", str(tmp_path / str(i)), *extra]) == 0
-    assert seen == [{"dtype": "float32", "device": "cpu"}, {"dtype": "bfloat16", "device": "cpu"}]  # auto here, then forced
+    assert seen == [{"engine": "local", "dtype": "float32", "device": "cpu"},
+                    {"engine": "local", "dtype": "bfloat16", "device": "cpu"}]  # auto here, then forced

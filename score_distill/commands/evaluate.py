@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = overrides_from_args(args, EvalCommand)
     cfg = load_yaml(EvalCommand, args.config, overrides) if args.config else apply_overrides(EvalCommand(), overrides)
-    engine = engine_settings(cfg.model, cfg.device, cfg.bf16)  # a device that is not here: refused first
+    engine = engine_settings(cfg.model, cfg.device, cfg.bf16, cfg.engine)  # a device that is not here: refused first
     try:  # the whole task file is checked before anything is written or loaded
         tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())
     except TaskFileError as e:

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = overrides_from_args(args, command) + seed_overrides(args, ("rollout", "split"))
     cfg = load_yaml(command, args.config, overrides) if args.config else apply_overrides(command(), overrides)
-    student_engine = engine_settings(cfg.student, cfg.device)  # a device that is not here: refused first
+    student_engine = engine_settings(cfg.student, cfg.device, engine=cfg.engine)  # a device that is not here: refused first
     try:  # the whole task file is checked before anything is written or loaded
         tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())
     except TaskFileError as e:

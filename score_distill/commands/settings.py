@@ -15,6 +15,7 @@ from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import option
 from score_distill.devices import HELP as DEVICE_HELP
 from score_distill.devices import resolve_device
+from score_distill.models.load import ENGINE_HELP
 from score_distill.precision import Bf16, weights_dtype
 from score_distill.stages.bc import BCConfig
 from score_distill.stages.mps import MentorConfig
@@ -41,6 +42,7 @@ class MentorCommand(MentorConfig):
 
     student: str = option("smollm2-135m", "student: built-in name, local HF directory, or openai:<model>@<base-url>")
     device: str = option("auto", DEVICE_HELP)
+    engine: str = option("local", ENGINE_HELP)
     teacher: str = option("reference", TEACHER_HELP)
     tasks: str = option("math:train", TASKS_HELP)
     n: int | None = option(None, N_HELP)
@@ -64,6 +66,7 @@ class EvalCommand:
     samples: int = option(1, "samples per task (accuracy is over all samples)")
     seed: int = option(0, "seed of the task generator and of sampling")
     device: str = option("auto", DEVICE_HELP)
+    engine: str = option("local", ENGINE_HELP)
     bf16: Bf16 = option("auto", "a local model's weights in bf16; auto: where the device computes bf16 natively "
                                 "(precision.py), else fp32")
     rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "agent loop"})
@@ -74,15 +77,15 @@ class EvalCommand:
 EVAL_RESUME_FREE = ("rollout.batch_size",)
 
 
-def engine_settings(model: str, device: str, bf16: Bf16 = False) -> dict[str, object]:
-    """Keyword arguments of `load_model` for `model`: the device it runs on and its weights'
-    dtype when it runs here (an OpenAI-compatible endpoint chooses its own). A device asked
-    for and absent is a `DeviceError`.
+def engine_settings(model: str, device: str, bf16: Bf16 = False, engine: str = "local") -> dict[str, object]:
+    """Keyword arguments of `load_model` for `model`: the engine and device it runs on and
+    its weights' dtype when it runs here (an OpenAI-compatible endpoint chooses its own). A
+    device asked for and absent is a `DeviceError`.
 
     >>> engine_settings("tiny", "cpu", bf16=True), engine_settings("openai:m@http://x", "cuda")
-    ({'dtype': 'bfloat16', 'device': 'cpu'}, {})
+    ({'engine': 'local', 'dtype': 'bfloat16', 'device': 'cpu'}, {})
     """
     if model.startswith("openai:"):
         return {}
     device = resolve_device(device)
-    return {"dtype": weights_dtype(bf16, device), "device": device}
+    return {"engine": engine, "dtype": weights_dtype(bf16, device), "device": device}

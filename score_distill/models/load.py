@@ -4,9 +4,12 @@
     load_model("runs/demo/sft/final", autocast_bf16=True)   # a local Hugging Face directory
     load_model("openai:gpt-4o-mini@https://api.openai.com/v1", concurrency=16)
     load_model("openai:Qwen/Qwen2.5-72B-Instruct@http://127.0.0.1:8000/v1")
+    load_model("runs/demo/bc/sft/final", engine="vllm", dtype="bfloat16")   # on a GPU
 
-Keyword arguments go to the backend: `LocalConfig` fields for local models, `OpenAIModel`
-arguments for endpoints. `openai:<model>` without `@<base-url>` uses `$OPENAI_BASE_URL`,
+A local model runs on one of two engines: "local" (ours, `LocalModel`) or "vllm" (vLLM's
+offline engine, `VLLMModel`, a CUDA GPU only). Keyword arguments go to the backend:
+`LocalConfig` or `VLLMConfig` fields for local models (`device` is checked and, for vLLM, must
+be a GPU), `OpenAIModel` arguments for endpoints. `openai:<model>` without `@<base-url>` uses `$OPENAI_BASE_URL`,
 else the OpenAI API. Importing this module is cheap; torch loads only for local models.
 """
 
@@ -37,22 +40,37 @@ def parse_openai_spec(spec: str) -> tuple[str, str]:
     return model, base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
 
 
-def load_model(spec: str, **kw: Any) -> ChatModel:
+ENGINES = ("local", "vllm")
+ENGINE_HELP = "engine of a local model's generation: local (ours, any device) or vllm (a CUDA GPU; the vllm extra)"
+
+
+def load_model(spec: str, engine: str = "local", **kw: Any) -> ChatModel:
     """The model named by `spec` (see the module docstring for the accepted forms)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if spec.startswith(OPENAI_PREFIX):
         from score_distill.models.openai_compat import OpenAIModel
 
         model, base_url = parse_openai_spec(spec)
         return OpenAIModel(base_url, model, **kw)
     if is_builtin(spec):
-        return _local(builtin_path(spec), spec, kw)
+        return _local(builtin_path(spec), spec, engine, kw)
     if Path(spec).is_dir():
-        return _local(Path(spec), Path(spec).name, kw)
+        return _local(Path(spec), Path(spec).name, engine, kw)
     raise ValueError(f"unknown model {spec!r}: expected a built-in name (smollm2-135m, tiny), "
                      f"a Hugging Face model directory, or {OPENAI_PREFIX}<model>@<base-url>")
 
 
-def _local(path: Path, name: str, kw: dict[str, Any]) -> ChatModel:
+def _local(path: Path, name: str, engine: str, kw: dict[str, Any]) -> ChatModel:
+    if engine == "vllm":
+        from score_distill.config import UsageError
+        from score_distill.devices import resolve_device
+        from score_distill.models.vllm_engine import VLLMConfig, VLLMModel
+
+        device = resolve_device(str(kw.pop("device", "auto")))
+        if not device.startswith("cuda"):
+            raise UsageError(f"the vllm engine runs on a CUDA GPU; the device here is {device} (use --engine local)")
+        return VLLMModel(path, VLLMConfig(**kw), name=name)
     from score_distill.models.local import LocalConfig, LocalModel
 
     return LocalModel(path, LocalConfig(**kw), name=name)
