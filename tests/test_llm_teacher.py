@@ -350,3 +350,44 @@ def test_solve_many_replays_from_the_cache(tmp_path: Path):
 
     again = LLMTeacher(Chat(no_calls), model="m", cache_dir=tmp_path)
     assert again.solve_many(tasks) == solved and again.cache_hits == 6
+
+
+# -- every token a teacher call spends is counted ------------------------------------------
+
+
+def test_a_solution_carries_what_each_of_its_calls_cost_and_bc_records_it(tmp_path: Path):
+    from score_distill.stages.bc import BCConfig, collect_bc
+    from score_distill.tools.config import ToolConfig
+    from score_distill.tools.sandbox import SandboxConfig
+
+    teacher = LLMTeacher(Chat(solver, tokens=17), model="m")
+    steps = teacher.solve(TASK)
+    assert [s.n_tokens for s in steps] == [17, 17, 17]  # prompt + completion of each turn's call
+    tools = ToolConfig(sandbox=SandboxConfig(timeout_s=5.0))
+    summary = collect_bc(LLMTeacher(Chat(solver, tokens=17), model="m"), [TASK], tmp_path, BCConfig(fraction=1.0, tools=tools))
+    assert summary["kept"] == 1 and summary["teacher_tokens"] == 3 * 17
+
+
+def test_a_failing_teacher_still_costs_its_tokens_in_every_record(tmp_path: Path):
+    from score_distill.models.scripted import ScriptedModel
+    from score_distill.stages.bc import BCConfig, collect_bc
+    from score_distill.stages.mps import MentorConfig, mentor
+    from score_distill.tools.config import ToolConfig
+    from score_distill.tools.sandbox import SandboxConfig
+
+    tools = ToolConfig(sandbox=SandboxConfig(timeout_s=5.0))
+    garbage = LLMTeacher(Chat(lambda m: "not json at all", tokens=11), model="m", config=LLMTeacherConfig(retries=2))
+    with pytest.raises(TeacherFailure) as failure:
+        garbage.judge(TASK, STEPS)
+    assert failure.value.tokens == 3 * 11  # three attempts
+    # MPS: the judge fails on a wrong trajectory; the record says what the attempts cost.
+    wrong = "<thought>guess</thought>\n<code>\nfinal_answer(48)\n</code>"
+    student = ScriptedModel(lambda m: "<first_thought>guess</first_thought>" if len(m) == 2 else wrong)
+    summary = mentor(student, LLMTeacher(Chat(lambda m: "not json", tokens=11), model="m"), [TASK],
+                     tmp_path / "mps", MentorConfig(tools=tools))
+    assert summary["teacher_failed"] == 1 and summary["teacher_tokens"] == 3 * 11
+    # BC: a solve whose every turn is cut off spends its calls; a teacher that cannot even
+    # finish a solution is still paid for.
+    bc = collect_bc(LLMTeacher(Chat(lambda m: "no tags here", tokens=5), model="m"), [TASK], tmp_path / "bc",
+                    BCConfig(fraction=1.0, tools=tools, max_turns=3))
+    assert bc["kept"] == 0 and bc["teacher_tokens"] > 0

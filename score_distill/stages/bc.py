@@ -114,9 +114,10 @@ def solve_one(teacher: Teacher, task: Task, cfg: BCConfig, health: TeacherHealth
     teacher's endpoint is down."""
     proposed: list[Step] = []
 
-    def record(status: str, steps: list[Step], reason: str | None = None, answer: str | None = None) -> BCRecord:
+    def record(status: str, steps: list[Step], reason: str | None = None, answer: str | None = None,
+               spent: int | None = None) -> BCRecord:
         score = task.score(answer)
-        tokens = sum(s.n_tokens for s in proposed)
+        tokens = sum(s.n_tokens for s in proposed) if spent is None else spent
         traj = Trajectory(task_id=task.id, steps=steps, final_answer=answer, finished=answer is not None,
                           score=float(score.value), generated_tokens=tokens,
                           meta={"question": task.question, "status": status, "correct": bool(score.correct)})
@@ -126,8 +127,8 @@ def solve_one(teacher: Teacher, task: Task, cfg: BCConfig, health: TeacherHealth
     health = health if health is not None else TeacherHealth(0)
     try:
         proposed = health.call(lambda: teacher.solve(task))
-    except TeacherFailure as e:
-        return record("teacher_failed", [], f"teacher_failed: {e}")
+    except TeacherFailure as e:  # its failed attempts still cost tokens
+        return record("teacher_failed", [], f"teacher_failed: {e}", spent=e.tokens)
     except ModelError as e:  # the server's fault (after its retries): data, the others go on
         return record("teacher_failed", [], f"{UNAVAILABLE}: solve: {e}")
     steps = execute_steps(task, proposed, cfg.tools)

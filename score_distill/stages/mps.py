@@ -143,6 +143,7 @@ def _teach(w: _Work, teacher: Teacher, cfg: MentorConfig, health: TeacherHealth)
         try:
             verdict = health.call(lambda: teacher.judge(w.task, w.steps))
         except TeacherFailure as e:
+            w.teacher_tokens += e.tokens  # failed attempts cost tokens too
             return FAILED, f"judge_failed: {e}"
         except ModelError as e:  # the server's fault (after its retries): data, the others go on
             return FAILED, f"{UNAVAILABLE}: judge: {e}"
@@ -157,6 +158,7 @@ def _teach(w: _Work, teacher: Teacher, cfg: MentorConfig, health: TeacherHealth)
         try:
             proposed = health.call(lambda: teacher.repair(w.task, prefix, mistaken, verdict))
         except TeacherFailure as e:
+            w.teacher_tokens += e.tokens
             return FAILED, f"repair_failed: {e}"
         except ModelError as e:
             return FAILED, f"{UNAVAILABLE}: repair: {e}"

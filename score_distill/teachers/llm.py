@@ -91,10 +91,11 @@ ChatFn = Callable[[list[dict[str, str]], ChatOptions], ChatReply]
 
 class TeacherFailure(RuntimeError):
     """The teacher model kept breaking the reply format (or leaking the answer) after every
-    retry. Callers mark the task with it instead of dropping the task."""
+    retry. Callers mark the task with it instead of dropping the task, and count `tokens`,
+    what the failed attempts cost: a teacher that fails still spends."""
 
-    def __init__(self, op: str, task_id: str, problems: list[str], replies: list[str]):
-        self.op, self.task_id, self.problems, self.replies = op, task_id, problems, replies
+    def __init__(self, op: str, task_id: str, problems: list[str], replies: list[str], tokens: int = 0):
+        self.op, self.task_id, self.problems, self.replies, self.tokens = op, task_id, problems, replies, tokens
         super().__init__(f"teacher {op} failed on task {task_id} after {len(problems)} attempts: "
                          + "; ".join(problems))
 
@@ -169,7 +170,7 @@ class LLMTeacher:
                 replies.append(reply.text)
                 conversation = conversation + [{"role": "assistant", "content": reply.text},
                                                {"role": "user", "content": RETRY_NOTE.format(problem=problem)}]
-        raise TeacherFailure(op, task.id, problems, replies)
+        raise TeacherFailure(op, task.id, problems, replies, tokens)
 
     def _options(self, temperature: float, json_mode: bool) -> ChatOptions:
         return ChatOptions(temperature=temperature, max_tokens=self.config.max_tokens,
@@ -225,9 +226,14 @@ class LLMTeacher:
         config = RolloutConfig(max_turns=self.config.max_turns, max_new_tokens=self.config.solve_max_tokens,
                                temperature=self.config.solve_temperature, batch_size=self.config.concurrency,
                                seed=self.config.seed, stage="teacher-solve")
-        trajectories = rollout(TeacherPolicy(self), [Episode(t, sample=sample) for t in tasks],
-                               self.tools, config)
-        return [[dataclasses.replace(s, author="teacher") for s in traj.steps] for traj in trajectories]
+        policy = TeacherPolicy(self)
+        episodes = [Episode(t, sample=sample) for t in tasks]
+        trajectories = rollout(policy, episodes, self.tools, config)
+        # Each step carries what its chat call cost (prompt + completion; cached replies
+        # count what they cost when made), so a solution's teacher tokens add up.
+        return [[dataclasses.replace(s, author="teacher", n_tokens=cost)
+                 for s, cost in zip(traj.steps, policy.costs(ep.key, len(traj.steps)))]
+                for ep, traj in zip(episodes, trajectories)]
 
 
 class TeacherPolicy:
@@ -237,6 +243,13 @@ class TeacherPolicy:
     def __init__(self, teacher: LLMTeacher):
         self.teacher = teacher
         self.name = teacher.model
+        self._spent: dict[str | None, list[int]] = {}  # per trajectory, each turn's call cost, in order
+        self._lock = threading.Lock()
+
+    def costs(self, key: str, n: int) -> list[int]:
+        """The token cost of each of a trajectory's first `n` turns (0 for a turn not made)."""
+        spent = self._spent.get(key, [])
+        return spent[:n] + [0] * (n - len(spent))
 
     def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[Generation]:
         def one(request: GenRequest) -> Generation:
@@ -244,6 +257,8 @@ class TeacherPolicy:
                                   seed=request.seed, stop=params.stop)
             start = time.perf_counter()
             reply = self.teacher.call("solve", request.messages, options)
+            with self._lock:  # a trajectory has one turn in flight at a time: its list stays in order
+                self._spent.setdefault(request.cache_key, []).append(reply.tokens)
             # Idempotent: a chat function that already ended the text at its stop string is
             # left alone; one whose server ignored or dropped the stop string is fixed here.
             text, finish = restore_stop(reply.text, reply.finish_reason, None, params.stop)
