@@ -41,8 +41,10 @@ def test_judge_repair_equivalence_through_the_client():
     assert (verdict.correct, verdict.first_error, fixed.code, same) == (False, 1, "x = 6 * 7\nprint(x)", False)
     judge, repair, equivalence = server.requests
     assert judge["model"] == "teacher-model" and judge["temperature"] == 0.0
-    assert judge["response_format"] == {"type": "json_object"} and "logprobs" not in judge
-    assert "response_format" not in repair and equivalence["response_format"] == {"type": "json_object"}
+    # The reply's JSON Schema where the endpoint takes one (this fake takes anything).
+    assert judge["response_format"]["type"] == "json_schema" and "logprobs" not in judge
+    assert judge["response_format"]["json_schema"]["schema"]["required"][0] == "is_correct"
+    assert "response_format" not in repair and equivalence["response_format"]["json_schema"]["name"] == "equivalence"
     assert verdict.tokens > 0 and teacher.usage.tokens >= verdict.tokens and teacher.usage.calls == 3
 
 
@@ -159,3 +161,18 @@ def test_a_broken_reply_body_is_retried_by_the_client():
     with FakeServer(script(FakeReply(body="<html>bad gateway</html>"), judge_json(True))) as server:
         assert teacher_for(server).judge(TASK, STEPS).correct
     assert server.hits == 2
+
+
+def test_an_endpoint_that_refuses_a_json_schema_gets_json_objects_from_then_on():
+    def strict(request: dict[str, Any]) -> str | FakeReply:
+        if request.get("response_format", {}).get("type") == "json_schema":
+            return FakeReply("", status=400)  # an older server: response_format json_schema unknown
+        return from_messages(request)
+
+    with FakeServer(strict) as server:
+        teacher = teacher_for(server)
+        verdict = teacher.judge(TASK, STEPS)
+        same = teacher.equivalent(TASK, [PLAN], WRONG, FINAL)
+    assert (verdict.correct, verdict.first_error, same) == (False, 1, False)
+    kinds = [r.get("response_format", {}).get("type") for r in server.requests]
+    assert kinds == ["json_schema", "json_object", "json_object"]  # refused once, remembered

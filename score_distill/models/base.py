@@ -73,7 +73,12 @@ class Generation:
 
 class ModelError(RuntimeError):
     """The backend failed for a reason that is not the model's output (network, server, our
-    bug). Raised after the backend's own retries are exhausted."""
+    bug). Raised after the backend's own retries are exhausted. `status` is the HTTP status
+    of the last reply when there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ChatModel(Protocol):

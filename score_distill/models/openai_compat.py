@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import math
 import os
 import random
@@ -53,6 +54,8 @@ from typing import Any
 from score_distill.models.base import BatchedStream, Generation, GenRequest, ModelError, SamplingParams
 from score_distill.models.http_post import Redirected, ReplyTooLarge, origin, post, redact
 from score_distill.models.stops import restore_stop
+
+log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 300
 MAX_REPLY_BYTES = 8 << 20
@@ -175,6 +178,7 @@ class OpenAIModel:
         self.extra_body = dict(extra_body or {})
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
+        self.takes_json_schema = True  # until the endpoint refuses one (then JSON objects)
 
     # -- the ChatModel interface ---------------------------------------------------------
 
@@ -212,20 +216,36 @@ class OpenAIModel:
 
     def complete(self, messages: list[dict[str, str]], *, temperature: float = 0.0, top_p: float = 1.0,
                  max_tokens: int = 1024, stop: tuple[str, ...] = (), seed: int | None = None,
-                 json_mode: bool = False) -> Completion:
-        """One chat completion, with retries; raises `ModelError` when they run out."""
+                 json_mode: bool = False, json_schema: tuple[str, dict[str, Any]] | None = None) -> Completion:
+        """One chat completion, with retries; raises `ModelError` when they run out.
+
+        `json_schema` (name, JSON Schema) asks for a reply of that shape (`response_format`
+        type "json_schema", which vLLM, llama.cpp's server and OpenAI constrain decoding to);
+        an endpoint that refuses it with HTTP 400 is asked again for a plain JSON object, and
+        from then on only for those."""
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": temperature,
                                 "top_p": top_p, "max_tokens": max_tokens}
         if stop:
             body["stop"] = list(stop)
         if seed is not None:
             body["seed"] = seed
-        if json_mode:
+        schema = json_schema is not None and self.takes_json_schema
+        if schema:
+            name, spec = json_schema
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": spec, "strict": True}}
+        elif json_mode or json_schema is not None:
             body["response_format"] = {"type": "json_object"}
         if self.logprobs:
             body["logprobs"] = True
         body.update(self.extra_body)
-        return self._post(json.dumps(body).encode())
+        try:
+            return self._post(json.dumps(body).encode())
+        except ModelError as err:
+            if not (schema and err.status == 400):
+                raise
+            self.takes_json_schema = False
+            log.warning("%s refused a json_schema response_format (HTTP 400); asking for JSON objects instead", self.url)
+            return self._post(json.dumps({**body, "response_format": {"type": "json_object"}}).encode())
 
     # -- transport ----------------------------------------------------------------------
 
@@ -234,7 +254,7 @@ class OpenAIModel:
         trouble and malformed bodies retry."""
         key = self._key()
         budget_end = time.monotonic() + self.total_timeout_s
-        last, retry_after, attempts = "no attempt made", None, 0
+        last, retry_after, attempts, status = "no attempt made", None, 0, None
         for attempt in range(self.max_retries + 1):
             if attempt:
                 delay = self._delay(attempt - 1, retry_after)
@@ -246,10 +266,10 @@ class OpenAIModel:
             outcome = self._attempt(payload, key, min(time.monotonic() + self.timeout_s, budget_end))
             if isinstance(outcome, Completion):
                 return outcome
-            last, retry_after, retry = outcome
+            last, retry_after, retry, status = outcome
             if not retry:
-                raise self._error(last, key)
-        raise self._error(f"failed after {attempts} attempts; last: {last}", key)
+                raise self._error(last, key, status)
+        raise self._error(f"failed after {attempts} attempts; last: {last}", key, status)
 
     def _key(self) -> str | None:
         """The API key from the environment, without the newline `$(cat key.txt)` leaves; a
@@ -261,32 +281,35 @@ class OpenAIModel:
                              "(a line break or a non-ASCII character); check how it was set")
         return key or None
 
-    def _attempt(self, payload: bytes, key: str | None, deadline: float) -> Completion | tuple[str, float | None, bool]:
-        """One exchange: the completion, or (what went wrong, Retry-After, worth a retry)."""
+    def _attempt(self, payload: bytes, key: str | None,
+                 deadline: float) -> Completion | tuple[str, float | None, bool, int | None]:
+        """One exchange: the completion, or (what went wrong, Retry-After, worth a retry,
+        the HTTP status if a reply came)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
         try:
             reply = post(self.url, payload, headers, deadline, self.max_reply_bytes)
         except Redirected as err:
-            return str(err), None, False
+            return str(err), None, False, None
         except ReplyTooLarge as err:
-            return f"{err} (max_reply_bytes)", None, True
+            return f"{err} (max_reply_bytes)", None, True, None
         except TimeoutError:
-            return f"no complete reply within timeout_s={self.timeout_s:g}", None, True
+            return f"no complete reply within timeout_s={self.timeout_s:g}", None, True, None
         except TRANSIENT as err:
-            return f"{type(err).__name__}: {err}", None, True
+            return f"{type(err).__name__}: {err}", None, True, None
         if reply.status == 200:
             try:
                 return decode_completion(reply.body, self.allow_empty)
             except MalformedReply as err:
-                return f"HTTP 200 with a malformed body ({err}): {_excerpt(reply.body, key)}", None, True
+                return f"HTTP 200 with a malformed body ({err}): {_excerpt(reply.body, key)}", None, True, 200
         retry = reply.status in (408, 429) or reply.status >= 500
-        return f"HTTP {reply.status}: {_excerpt(reply.body, key)}", _seconds(reply.headers.get("Retry-After")), retry
+        return (f"HTTP {reply.status}: {_excerpt(reply.body, key)}", _seconds(reply.headers.get("Retry-After")), retry,
+                reply.status)
 
-    def _error(self, what: str, key: str | None) -> ModelError:
+    def _error(self, what: str, key: str | None, status: int | None = None) -> ModelError:
         """The one place a failure becomes a message: redacted."""
-        return ModelError(redact(f"{self.url} ({self.model}): {what}", [key]))
+        return ModelError(redact(f"{self.url} ({self.model}): {what}", [key]), status)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter in [0.5, 1.5) of the step, capped."""

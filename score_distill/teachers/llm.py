@@ -54,7 +54,7 @@ from score_distill.storage import safe_text
 from score_distill.teachers.base import TeacherUsage, Verdict
 from score_distill.teachers.cache import CachedReply, TeacherCache, call_key
 from score_distill.teachers.leak import leaks_answer, withhold_answer
-from score_distill.teachers.prompts import (PROMPT_VERSION, RETRY_NOTE, ReplyError, equivalence_messages,
+from score_distill.teachers.prompts import (PROMPT_VERSION, REPLY_SCHEMAS, RETRY_NOTE, ReplyError, equivalence_messages,
                                             judge_messages, parse_equivalence_reply, parse_first_error_reply,
                                             parse_repair_reply, render_steps, repair_messages)
 from score_distill.tools.config import ToolConfig
@@ -73,6 +73,7 @@ class ChatOptions:
     json_mode: bool = False
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    schema: str | None = None  # the reply's JSON Schema, a key of prompts.REPLY_SCHEMAS (with json_mode)
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ class LLMTeacherConfig:
     max_turns: int = option(8, "assistant turns per solution, the plan included")
     retries: int = option(2, "extra attempts after an unusable reply; each is told what was wrong")
     max_observation_chars: int = option(2000, "observations shown in prompts are cut to this many characters")
-    json_mode: bool = option(True, "ask the endpoint for a JSON object (judge and equivalence calls)")
+    json_mode: bool = option(True, "ask the endpoint for JSON in judge and equivalence calls: the reply's JSON "
+                                   "schema where it takes one (response_format json_schema), else a JSON object")
     concurrency: int = option(8, "chat calls in flight at once when solving several tasks")
     seed: int = option(0, "seed sent with every call (and base seed of solving)")
 
@@ -172,9 +174,10 @@ class LLMTeacher:
                                                {"role": "user", "content": RETRY_NOTE.format(problem=problem)}]
         raise TeacherFailure(op, task.id, problems, replies, tokens)
 
-    def _options(self, temperature: float, json_mode: bool) -> ChatOptions:
-        return ChatOptions(temperature=temperature, max_tokens=self.config.max_tokens,
-                           json_mode=json_mode and self.config.json_mode, seed=self.config.seed)
+    def _options(self, temperature: float, schema: str | None) -> ChatOptions:
+        json_mode = schema is not None and self.config.json_mode
+        return ChatOptions(temperature=temperature, max_tokens=self.config.max_tokens, json_mode=json_mode,
+                           seed=self.config.seed, schema=schema if json_mode else None)
 
     # -- the Teacher protocol ----------------------------------------------------------
 
@@ -183,7 +186,7 @@ class LLMTeacher:
         if not steps:
             raise ValueError(f"task {task.id}: cannot judge a trajectory with no steps")
         messages = judge_messages(task, steps, self.config.max_observation_chars)
-        verdict, tokens = self._ask("judge", task, messages, self._options(self.config.judge_temperature, True),
+        verdict, tokens = self._ask("judge", task, messages, self._options(self.config.judge_temperature, "judge"),
                                     lambda text: parse_first_error_reply(text, len(steps)))
         verdict.tokens = tokens
         return verdict
@@ -205,7 +208,7 @@ class LLMTeacher:
                                  "compute it or look it up in code and print it instead")
             return step
 
-        step, tokens = self._ask("repair", task, messages, self._options(self.config.repair_temperature, False), parse)
+        step, tokens = self._ask("repair", task, messages, self._options(self.config.repair_temperature, None), parse)
         step.n_tokens = tokens  # what the fix cost, retries included (callers add it up)
         return step
 
@@ -213,7 +216,7 @@ class LLMTeacher:
         """Whether two steps taken right after `prefix` are equivalent (thought, code, result)."""
         messages = equivalence_messages(task, prefix, a, b, self.config.max_observation_chars)
         (same, _reason), _ = self._ask("equivalent", task, messages,
-                                       self._options(self.config.equivalence_temperature, True),
+                                       self._options(self.config.equivalence_temperature, "equivalence"),
                                        parse_equivalence_reply)
         return same
 
@@ -282,8 +285,9 @@ def chat_fn_from_openai(model: OpenAIModel) -> ChatFn:
     The stop string a server dropped is put back, and tokens are prompt + completion."""
 
     def chat(messages: list[dict[str, str]], options: ChatOptions) -> ChatReply:
+        schema = (options.schema, REPLY_SCHEMAS[options.schema]) if options.schema else None
         done = model.complete(messages, temperature=options.temperature, max_tokens=options.max_tokens,
-                              stop=options.stop, seed=options.seed, json_mode=options.json_mode)
+                              stop=options.stop, seed=options.seed, json_mode=options.json_mode, json_schema=schema)
         text, finish = restore_stop(done.text, done.finish_reason, done.stop_reason, options.stop)
         return ChatReply(text, tokens=done.prompt_tokens + done.completion_tokens, finish_reason=finish)
 

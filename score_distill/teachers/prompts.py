@@ -82,6 +82,18 @@ Advice: {suggestion}
 
 Write step {index} now, as {shape}."""
 
+# The JSON the judge and equivalence calls must reply with, as JSON Schemas: sent where the
+# endpoint constrains decoding to one (`response_format` json_schema), and the shape the
+# parsers below check either way.
+REPLY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "judge": {"type": "object", "additionalProperties": False,
+              "required": ["is_correct", "error_analysis", "first_error_step", "suggestion"],
+              "properties": {"is_correct": {"type": "boolean"}, "error_analysis": {"type": "string"},
+                             "first_error_step": {"type": ["integer", "null"]}, "suggestion": {"type": "string"}}},
+    "equivalence": {"type": "object", "additionalProperties": False, "required": ["equivalent", "reason"],
+                    "properties": {"equivalent": {"type": "boolean"}, "reason": {"type": "string"}}},
+}
+
 EQUIVALENCE_SYSTEM = """You compare two candidate next steps of an agent that answers questions by writing Python code. Both steps were taken right after the same earlier steps. They are equivalent when they pursue the same idea and obtain the same useful information (the same values, the same entity, the same answer), so that the rest of the solution would go on in the same way. Wording, variable names, code style and output formatting do not matter. A step whose code failed is equivalent to another only if that one gains nothing either.
 
 Reply with one JSON object and nothing else:
