@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "exec": "exec_cells",
     "tasks": "tasks",
     "eval": "evaluate",
+    "benchmarks": "benchmarks",
     "bc": "bc",
     "mentor": "mentor",
     "run": "run",

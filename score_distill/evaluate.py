@@ -23,14 +23,15 @@ from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.metrics import summarize
 from score_distill.models.base import ChatModel
 from score_distill.storage import atomic_write_json
-from score_distill.tasks.scoring import Score
+from score_distill.tasks.scoring import Score, Scorer
 from score_distill.tools.config import ToolConfig
 from score_distill.types import Task, Trajectory, iter_jsonl, write_jsonl
 
 
-def score_trajectory(task: Task, traj: Trajectory) -> Score:
-    """Score a trajectory's answer, attach the score to it (in place) and return it."""
-    score = task.score(traj.final_answer)
+def score_trajectory(task: Task, traj: Trajectory, scorer: Scorer | None = None) -> Score:
+    """Score a trajectory's answer (the suite's way, or with `scorer`), attach the score to it
+    (in place) and return it."""
+    score = task.score(traj.final_answer, scorer)
     traj.score = float(score.value)
     traj.meta["correct"] = bool(score.correct)
     if score.detail:
@@ -39,14 +40,15 @@ def score_trajectory(task: Task, traj: Trajectory) -> Score:
 
 
 def evaluate(model: ChatModel, tasks: list[Task], out_dir: str | Path, tools: ToolConfig,
-             rollout_config: RolloutConfig, samples: int = 1, desc: str = "eval") -> dict:
+             rollout_config: RolloutConfig, samples: int = 1, desc: str = "eval", scorer: Scorer | None = None) -> dict:
     """Evaluate `model` on `tasks` (resuming from `out_dir/trajectories.jsonl`); returns and
-    writes the metrics."""
-    return evaluate_sets(model, {"": (tasks, Path(out_dir))}, tools, rollout_config, samples, desc)[""]
+    writes the metrics. `scorer` replaces the suites' own (an LLM judge)."""
+    return evaluate_sets(model, {"": (tasks, Path(out_dir))}, tools, rollout_config, samples, desc, scorer)[""]
 
 
 def evaluate_sets(model: ChatModel, sets: dict[str, tuple[list[Task], Path]], tools: ToolConfig,
-                  rollout_config: RolloutConfig, samples: int = 1, desc: str = "eval") -> dict[str, dict]:
+                  rollout_config: RolloutConfig, samples: int = 1, desc: str = "eval",
+                  scorer: Scorer | None = None) -> dict[str, dict]:
     """Evaluate several task sets in ONE rollout, so their episodes share the batches (a set
     of 12 tasks alone leaves most of a batch of 48 idle, and its slowest episode holds the
     batch up); each set keeps its own folder, files, resume and metrics. Task ids must be
@@ -72,7 +74,7 @@ def evaluate_sets(model: ChatModel, sets: dict[str, tuple[list[Task], Path]], to
                     continue  # a trajectory of a task this run gives to another set
                 mine[key] = t
                 if t.task_id in by_id:
-                    scores[key] = score_trajectory(by_id[t.task_id], t)
+                    scores[key] = score_trajectory(by_id[t.task_id], t, scorer)
             done.update(mine)
             # Rewritten (atomically: a kill here keeps the old file) without a torn last line
             # or another set's trajectories, before anything is appended.
@@ -84,7 +86,7 @@ def evaluate_sets(model: ChatModel, sets: dict[str, tuple[list[Task], Path]], to
     with tqdm(total=total, initial=total - len(todo), desc=desc, unit="traj") as bar:
         def on_done(_: int, traj: Trajectory) -> None:
             key = (traj.task_id, int(traj.meta.get("sample", 0)))
-            scores[key] = score_trajectory(by_id[traj.task_id], traj)
+            scores[key] = score_trajectory(by_id[traj.task_id], traj, scorer)
             write_jsonl(paths[owner[traj.task_id]], [traj], append=True)
             done[key] = traj
             bar.update(1)

@@ -150,15 +150,16 @@ class Task(Record):
 
     _nested: ClassVar[dict[str, tuple[type, bool]]] = {"reference": (Step, True)}
 
-    def score(self, pred: str | None) -> Score:
-        """`pred` scored against this task's gold answer, the way its suite scores.
+    def score(self, pred: str | None, scorer: Any = None) -> Score:
+        """`pred` scored against this task's gold answer, the way its suite scores (or with
+        `scorer`, e.g. an LLM judge for the suites that need one).
 
         >>> Task("t", "What is 17/4?", "4.25", "math").score("\\\\frac{17}{4}").correct
         True
         """
         from score_distill.tasks.scoring import score_answer
 
-        return score_answer(self.suite, pred, self.answer, self.question)
+        return score_answer(self.suite, pred, self.answer, self.question, scorer)
 
 
 @dataclass

@@ -29,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args, save_config
-    from score_distill.commands.settings import EVAL_RESUME_FREE, EvalCommand, engine_settings
+    from pathlib import Path
+
+    from score_distill.commands.settings import EVAL_RESUME_FREE, EvalCommand, engine_settings, judge_scorer
+    from score_distill.tasks.benchmarks import read_benchmark
     from score_distill.evaluate import evaluate
     from score_distill.models.load import load_model
     from score_distill.rundir import check_run_dir
@@ -38,14 +41,39 @@ def run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args, EvalCommand)
     cfg = load_yaml(EvalCommand, args.config, overrides) if args.config else apply_overrides(EvalCommand(), overrides)
     engine = engine_settings(cfg.model, cfg.device, cfg.bf16, cfg.engine)  # a device that is not here: refused first
+    scorer, what = None, cfg.tasks
+    if cfg.benchmark is not None:
+        bench, what = benchmark_setup(cfg)
+        scorer = judge_scorer(cfg.judge, Path(args.out) / "judge-cache") if bench.scorer == "llm" else None
     try:  # the whole task file is checked before anything is written or loaded
-        tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())
+        if cfg.benchmark is not None:
+            tasks = read_benchmark(cfg.data, cfg.benchmark)[: cfg.n]
+        else:
+            tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())
     except TaskFileError as e:
         e.report(sys.stderr)
         return 2
     check_run_dir(args.out, cfg, EVAL_RESUME_FREE)  # before any work: never mix runs of two configs
     save_config(cfg, f"{args.out}/config.yaml")
     model = load_model(cfg.model, **engine)
-    metrics = evaluate(model, tasks, args.out, cfg.tools, cfg.rollout, samples=cfg.samples, desc=f"eval {cfg.tasks}")
+    metrics = evaluate(model, tasks, args.out, cfg.tools, cfg.rollout, samples=cfg.samples, desc=f"eval {what}",
+                       scorer=scorer)
     print(json.dumps({k: metrics[k] for k in ("accuracy", "ci95", "n") if k in metrics}))
     return 0
+
+
+def benchmark_setup(cfg) -> tuple[object, str]:
+    """The benchmark `cfg` names, checked with what it needs (a data file; a judge for the
+    judged ones), as a usage error in one line."""
+    from score_distill.config import UsageError
+    from score_distill.tasks.benchmarks import benchmark
+
+    try:
+        bench = benchmark(cfg.benchmark)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if cfg.data is None:
+        raise UsageError(f"--benchmark {bench.name} needs --data FILE (its data is not shipped)")
+    if bench.scorer == "llm" and cfg.judge is None:
+        raise UsageError(f"--benchmark {bench.name} is scored by an LLM judge: give --judge openai:<model>@<base-url>")
+    return bench, bench.name

@@ -10,9 +10,11 @@ run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from score_distill.agent.rollout import RolloutConfig
-from score_distill.config import option
+from score_distill.config import UsageError, option
 from score_distill.devices import HELP as DEVICE_HELP
 from score_distill.devices import resolve_device
 from score_distill.models.load import ENGINE_HELP
@@ -62,6 +64,11 @@ class EvalCommand:
 
     model: str = option("smollm2-135m", "built-in name, local HF directory, or openai:<model>@<base-url>")
     tasks: str = option("math:test", "SUITE:SPLIT of a built-in suite, or a task JSONL file")
+    benchmark: str | None = option(None, "evaluate on this benchmark (score-distill benchmarks) read from --data, "
+                                         "scored as the paper scores it; --tasks is then not used")
+    data: str | None = option(None, "the benchmark's data file, in any format `score-distill benchmarks` lists")
+    judge: str | None = option(None, "the LLM judge of the judged benchmarks: openai:<model>@<base-url> "
+                                     "(calls cached by content in OUT/judge-cache)")
     n: int | None = option(None, "number of tasks (default: a suite's default size / the whole file)")
     samples: int = option(1, "samples per task (accuracy is over all samples)")
     seed: int = option(0, "seed of the task generator and of sampling")
@@ -89,3 +96,30 @@ def engine_settings(model: str, device: str, bf16: Bf16 = False, engine: str = "
         return {}
     device = resolve_device(device)
     return {"engine": engine, "dtype": weights_dtype(bf16, device), "device": device}
+
+
+def judge_scorer(spec: str, cache_dir: Path) -> Any:
+    """An `LLMJudgeScorer` over the OpenAI-compatible judge `spec` (openai:<model>@<base-url>),
+    its calls cached by content in `cache_dir` (a rerun asks nothing again) under the judge
+    prompt's version, so a changed prompt is asked afresh."""
+    from score_distill.models.load import OPENAI_PREFIX, parse_openai_spec
+    from score_distill.models.openai_compat import OpenAIModel
+    from score_distill.tasks.scoring import JUDGE_PROMPT_VERSION, LLMJudgeScorer
+    from score_distill.teachers.cache import CachedReply, TeacherCache, call_key
+
+    if not spec.startswith(OPENAI_PREFIX):
+        raise UsageError(f"--judge {spec!r}: expected {OPENAI_PREFIX}<model>@<base-url>")
+    model, base_url = parse_openai_spec(spec)
+    client = OpenAIModel(base_url, model, logprobs=False, allow_empty=False)
+    cache = TeacherCache(cache_dir)
+
+    def chat(messages: list[dict[str, str]]) -> str:
+        key = call_key(JUDGE_PROMPT_VERSION, model, messages, {"temperature": 0.0, "json_mode": True})
+        hit = cache.get(key)
+        if hit is not None:
+            return hit.text
+        done = client.complete(messages, temperature=0.0, max_tokens=512, json_mode=True)
+        cache.put(key, CachedReply(done.text, done.prompt_tokens + done.completion_tokens, done.finish_reason))
+        return done.text
+
+    return LLMJudgeScorer(chat)

@@ -7,6 +7,7 @@
 Which scorer a suite uses (`correct` is what accuracy counts, `value` is the mean score):
 - "math": `math_equal`, exact mathematical equivalence; value 1.0 or 0.0.
 - "search": `correct` is SQuAD exact match, `value` is token F1 (the multi-hop QA metric).
+- a benchmark's suite (`BENCHMARKS`, e.g. "aime24", "hotpotqa", "gaia"): its scorer;
 - any other suite: exact match, unless `scorer` says otherwise: "math", "em", "f1" (as
   "search"), or a `Scorer` object such as `LLMJudgeScorer` (correct = the judge's verdict).
 A missing answer (None) scores Score(0.0, False, "no final answer") under every scorer.
@@ -205,6 +206,45 @@ SUITE_SCORERS: dict[str, str] = {"math": "math", "search": "f1"}
 DEFAULT_SCORER = "em"
 
 
+@dataclass(frozen=True)
+class Benchmark:
+    """One of the paper's benchmarks: its group and how its answers are scored: exact
+    mathematical equivalence for the math four, SQuAD exact match with token F1 as the value
+    for the factual four (the paper reports F1), an LLM judge for the other four."""
+
+    name: str
+    group: str  # "math" and "factual" make the paper's 8-benchmark average; "judged" the other four
+    scorer: str  # a `tasks.scoring` scorer name: "math", "f1" or "llm"
+    title: str
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("aime24", "math", "math", "AIME 2024"),
+    Benchmark("aime25", "math", "math", "AIME 2025"),
+    Benchmark("math500", "math", "math", "MATH-500"),
+    Benchmark("olymmath", "math", "math", "OlymMATH"),
+    Benchmark("hotpotqa", "factual", "f1", "HotpotQA"),
+    Benchmark("2wikimultihopqa", "factual", "f1", "2WikiMultihopQA"),
+    Benchmark("musique", "factual", "f1", "MuSiQue"),
+    Benchmark("bamboogle", "factual", "f1", "Bamboogle"),
+    Benchmark("gaia", "judged", "llm", "GAIA"),
+    Benchmark("webwalkerqa", "judged", "llm", "WebWalkerQA"),
+    Benchmark("hle", "judged", "llm", "Humanity's Last Exam"),
+    Benchmark("xbench", "judged", "llm", "xBench-DeepSearch"),
+)}
+
+
+def suite_scorer(suite: str) -> str:
+    """The scorer name of a suite: ours, a benchmark's (`tasks/benchmarks.py`), else "em".
+
+    >>> suite_scorer("search"), suite_scorer("aime24"), suite_scorer("gaia"), suite_scorer("mine")
+    ('f1', 'math', 'llm', 'em')
+    """
+    if suite in SUITE_SCORERS:
+        return SUITE_SCORERS[suite]
+    return BENCHMARKS[suite].scorer if suite in BENCHMARKS else DEFAULT_SCORER
+
+
 def score_answer(suite: str, pred: str | None, gold: str, question: str = "",
                  scorer: str | Scorer | None = None) -> Score:
     """Score a final answer the way suite `suite` does (see the module docstring); `scorer`
@@ -220,7 +260,7 @@ def score_answer(suite: str, pred: str | None, gold: str, question: str = "",
     """
     if pred is None:
         return NO_ANSWER
-    chosen = scorer if scorer is not None else SUITE_SCORERS.get(suite, DEFAULT_SCORER)
+    chosen = scorer if scorer is not None else suite_scorer(suite)
     if not isinstance(chosen, str):
         return chosen.score(pred, gold, question)
     if chosen == "math":
@@ -233,5 +273,6 @@ def score_answer(suite: str, pred: str | None, gold: str, question: str = "",
         ok, f1 = exact_match(pred, gold), token_f1(pred, gold)
         return Score(f1, ok, f"exact match {int(ok)}, token f1 {f1:.3f}")
     if chosen == "llm":
-        raise ValueError("scorer 'llm' needs a judge model: pass an LLMJudgeScorer(chat) as `scorer`")
+        raise ValueError(f"suite {suite!r} is scored by an LLM judge: pass an LLMJudgeScorer(chat) as `scorer` "
+                         "(score-distill eval --judge openai:<model>@<base-url>)")
     raise ValueError(f"unknown scorer {chosen!r}; known: {', '.join(SCORER_NAMES)} or a Scorer object")
