@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "tasks": "tasks",
     "eval": "evaluate",
     "benchmarks": "benchmarks",
+    "report": "report",
     "bc": "bc",
     "mentor": "mentor",
     "run": "run",

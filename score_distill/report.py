@@ -153,3 +153,38 @@ def write_report(report: dict, out: Path) -> None:
     parts += [f"Wall time: {sum(wall.values()) / 60:.1f} min in all; per step (s): "
               + ", ".join(f"{k} {v}" for k, v in wall.items()), ""]
     atomic_write_text(out / "report.md", "\n".join(parts))
+
+
+def benchmark_summary(evals: list[dict]) -> str:
+    """The paper's table of benchmark evaluations, in markdown: one row per model, a column
+    per benchmark, the average of the four math and four factual benchmarks (the paper's
+    8-benchmark average) and that of the four judged ones. Each of `evals` holds `model`,
+    `benchmark` and `metrics` (an eval directory's metrics.json). The score is the paper's:
+    accuracy for the math and judged benchmarks, mean token F1 (`mean_score`) for the
+    factual ones, in %; an average over benchmarks a model lacks is left out ("-").
+
+    >>> rows = [{"model": "m", "benchmark": "aime24", "metrics": {"accuracy": 0.5, "mean_score": 0.5, "n": 30}},
+    ...         {"model": "m", "benchmark": "hotpotqa", "metrics": {"accuracy": 0.2, "mean_score": 0.4, "n": 100}}]
+    >>> print(benchmark_summary(rows))
+    | model | aime24 | hotpotqa | average of 8 | average of judged 4 |
+    |---|---|---|---|---|
+    | m | 50.0 | 40.0 | - | - |
+    """
+    from score_distill.tasks.scoring import BENCHMARKS
+
+    names = [b for b in BENCHMARKS if any(e["benchmark"] == b for e in evals)]
+    models = list(dict.fromkeys(e["model"] for e in evals))
+    score = {(e["model"], e["benchmark"]): 100 * (e["metrics"]["mean_score"] if BENCHMARKS[e["benchmark"]].scorer == "f1"
+                                                  else e["metrics"]["accuracy"]) for e in evals}
+
+    def average(model: str, groups: tuple[str, ...]) -> str:
+        wanted = [b.name for b in BENCHMARKS.values() if b.group in groups]
+        got = [score.get((model, b)) for b in wanted]
+        return "-" if any(v is None for v in got) else f"{sum(got) / len(got):.1f}"  # type: ignore[arg-type]
+
+    lines = ["| model | " + " | ".join(names) + " | average of 8 | average of judged 4 |",
+             "|---" * (len(names) + 3) + "|"]
+    for m in models:
+        cells = [f"{score[(m, b)]:.1f}" if (m, b) in score else "-" for b in names]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {average(m, ('math', 'factual'))} | {average(m, ('judged',))} |")
+    return "\n".join(lines)

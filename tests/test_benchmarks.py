@@ -134,3 +134,22 @@ def test_a_benchmark_without_what_it_needs_is_one_line(extra, message, tmp_path,
     assert main(["eval", "--benchmark", "gaia", *extra, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and not (tmp_path / "out").exists()
+
+
+def test_report_prints_the_papers_table_with_both_averages(tmp_path, capsys) -> None:
+    dirs = []
+    for i, b in enumerate(BENCHMARKS.values()):
+        d = tmp_path / b.name
+        d.mkdir()
+        (d / "config.yaml").write_text(f"model: student\nbenchmark: {b.name}\n")
+        # accuracy 10%, F1 20%: the factual four must be read as F1
+        (d / "metrics.json").write_text(json.dumps({"accuracy": 0.1, "mean_score": 0.2, "n": 10}))
+        dirs.append(str(d))
+    assert main(["report", "--evals", *dirs]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].startswith("| model | aime24 |") and len(table) == 3
+    row = table[2].split(" | ")
+    assert row[1] == "10.0" and row[5] == "20.0"  # aime24 accuracy, hotpotqa F1
+    assert row[-2] == "15.0" and row[-1].rstrip(" |") == "10.0"  # (4 x 10 + 4 x 20) / 8, the judged four
+    assert main(["report", "--evals", str(tmp_path / "nope")]) == 2
+    assert "not a finished eval directory" in capsys.readouterr().err
