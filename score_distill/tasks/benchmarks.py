@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from score_distill.tasks.scoring import BENCHMARKS, Benchmark
-from score_distill.tasks.strict_jsonl import Problems, key_name, open_checked, parse_object, read_lines, show
+from score_distill.tasks.strict_jsonl import Problems, key_name, records, show
 from score_distill.tasks.validate import LIMITS, TaskFileError, task_problems
 from score_distill.types import Task
 
@@ -85,34 +85,26 @@ def read_benchmark(path: str | Path, name: str) -> list[Task]:
     path = Path(path)
     problems = Problems()
     tasks: list[Task] = []
-    opened = open_checked(path, LIMITS.file_bytes, "benchmark file")
-    if isinstance(opened, str):
-        raise TaskFileError([f"{path}: {opened}"], 1)
     fmt: str | None = None
     seen: dict[str, int] = {}
-    with opened as f:
-        for n, text in read_lines(f, path, LIMITS.line_bytes, problems):
-            where = f"{path}:{n}"
-            record = parse_object(text, where, problems)
-            if record is None:
-                continue
-            fmt = fmt or detect_format(record)
-            if fmt is None:
-                problems.append(f"{where}: no answer field: expected answer (ours, ARPO), true_answer (the SCoRe "
-                                f"release) or 'Final answer' (GAIA); the record has {', '.join(map(key_name, record))}")
-                continue
-            data, source = _task_record(record, fmt, bench.name, n)
-            if fmt != "ours" and isinstance(data["id"], int):
-                data["id"] = str(data["id"])  # community files number their records
-            found = [(source.get(field, field), message) for field, message in task_problems(data)]
-            if isinstance(data.get("id"), str) and data["id"] in seen:
-                found.append((source.get("id", "id"), f"duplicate {show(data['id'])} (first on line {seen[data['id']]})"))
-            elif isinstance(data.get("id"), str):
-                seen[data["id"]] = n
-            problems.extend(f"{where}: {field}: {message}" for field, message in found)
-            if not found:
-                tasks.append(Task(id=data["id"], question=data["question"], answer=str(data["answer"]),
-                                  suite=bench.name, meta=data.get("meta", {})))
+    for n, where, record in records(path, LIMITS.file_bytes, LIMITS.line_bytes, "benchmark file", problems):
+        fmt = fmt or detect_format(record)
+        if fmt is None:
+            problems.append(f"{where}: no answer field: expected answer (ours, ARPO), true_answer (the SCoRe "
+                            f"release) or 'Final answer' (GAIA); the record has {', '.join(map(key_name, record))}")
+            continue
+        data, source = _task_record(record, fmt, bench.name, n)
+        if fmt != "ours" and isinstance(data["id"], int):
+            data["id"] = str(data["id"])  # community files number their records
+        found = [(source.get(field, field), message) for field, message in task_problems(data)]
+        if isinstance(data.get("id"), str) and data["id"] in seen:
+            found.append((source.get("id", "id"), f"duplicate {show(data['id'])} (first on line {seen[data['id']]})"))
+        elif isinstance(data.get("id"), str):
+            seen[data["id"]] = n
+        problems.extend(f"{where}: {field}: {message}" for field, message in found)
+        if not found:
+            tasks.append(Task(id=data["id"], question=data["question"], answer=str(data["answer"]),
+                              suite=bench.name, meta=data.get("meta", {})))
     if not tasks and not problems.total:
         problems.append(f"{path}: no records (the file is empty or holds only blank lines)")
     if problems.total:

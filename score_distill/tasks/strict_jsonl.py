@@ -171,3 +171,20 @@ def show(value: Any, width: int = 60) -> str:
 def key_name(key: str) -> str:
     """A field name as shown in a message: as it is when it is short and printable."""
     return key if key.isprintable() and len(key) <= 40 and key else show(key, 40)
+
+
+def records(path: Path, file_bytes: int, line_bytes: int, what: str,
+            problems: Problems) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line number, "FILE:LINE", object) of every line of a JSONL file that is a JSON
+    object; an unusable file, an unreadable line or a line that is not an object becomes a
+    problem instead (`what` names the file's kind in a message)."""
+    opened = open_checked(path, file_bytes, what)
+    if isinstance(opened, str):
+        problems.append(f"{path}: {opened}")
+        return
+    with opened as f:
+        for n, text in read_lines(f, path, line_bytes, problems):
+            where = f"{path}:{n}"
+            data = parse_object(text, where, problems)
+            if data is not None:
+                yield n, where, data

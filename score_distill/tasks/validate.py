@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from score_distill.tasks.strict_jsonl import (MiB, Problems, json_kind, key_name, open_checked, parse_object,
-                                              read_lines, show)
+                                              read_lines, records, show)
 from score_distill.types import AUTHORS, SCHEMA_VERSION, STEP_KINDS, SchemaError, Step, Task
 
 SHOWN_PROBLEMS = 20  # lines printed; the rest are counted
@@ -111,32 +111,23 @@ def check_corpus(spec: str, named_at: str, limits: Limits = LIMITS) -> list[str]
 
 def _read(path: Path, limits: Limits) -> tuple[list[Task], Problems]:
     problems = Problems()
-    opened = open_checked(path, limits.file_bytes, "task file")
-    if isinstance(opened, str):
-        problems.append(f"{path}: {opened}")
-        return [], problems
     tasks: list[Task] = []
     first_line: dict[str, int] = {}  # task id -> line
     corpora: dict[str, int] = {}  # corpus spec -> first line naming it
-    with opened as f:
-        for n, text in read_lines(f, path, limits.line_bytes, problems):
-            where = f"{path}:{n}"
-            data = parse_object(text, where, problems)
-            if data is None:
-                continue
-            found = task_problems(data, limits)
-            task_id = data.get("id")
-            if isinstance(task_id, str) and task_id.strip():
-                if task_id in first_line:
-                    found.append(("id", f"duplicate {show(task_id)} (first on line {first_line[task_id]})"))
-                else:
-                    first_line[task_id] = n
-            problems.extend(f"{where}: {field}: {message}" for field, message in found)
-            corpus = data.get("meta", {}).get("corpus") if isinstance(data.get("meta"), dict) else None
-            if isinstance(corpus, str) and corpus.strip():
-                corpora.setdefault(corpus, n)
-            if not found:
-                tasks.append(_task(data))
+    for n, where, data in records(path, limits.file_bytes, limits.line_bytes, "task file", problems):
+        found = task_problems(data, limits)
+        task_id = data.get("id")
+        if isinstance(task_id, str) and task_id.strip():
+            if task_id in first_line:
+                found.append(("id", f"duplicate {show(task_id)} (first on line {first_line[task_id]})"))
+            else:
+                first_line[task_id] = n
+        problems.extend(f"{where}: {field}: {message}" for field, message in found)
+        corpus = data.get("meta", {}).get("corpus") if isinstance(data.get("meta"), dict) else None
+        if isinstance(corpus, str) and corpus.strip():
+            corpora.setdefault(corpus, n)
+        if not found:
+            tasks.append(_task(data))
     if not tasks and not problems.total:
         problems.append(f"{path}: no tasks (the file is empty or holds only blank lines)")
     for spec, n in corpora.items():
