@@ -318,7 +318,7 @@ def plan(cfg: RunConfig, only: str | None = None, start: str | None = None) -> l
     """
     unknown = [a for a in cfg.ablations if a not in ABLATIONS]
     if unknown:
-        raise ValueError(f"unknown ablations {unknown}; known: {', '.join(ABLATIONS)}")
+        raise UsageError(f"unknown ablations {unknown}; known: {', '.join(ABLATIONS)}")
     names = [s.name for s in STAGES if not s.ablation or s.name in cfg.ablations]
     for flag, value in (("--only", only), ("--from", start)):
         if value is not None and value not in names:

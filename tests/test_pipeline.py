@@ -137,6 +137,8 @@ def test_the_stage_table_drives_resume_only_and_from(stub_stages, tmp_path: Path
         run(cfg, tmp_path, only="grpo")
     with pytest.raises(UsageError, match="--from nope: not a stage"):
         run(cfg, tmp_path, start="nope")
+    with pytest.raises(UsageError, match=r"unknown ablations \['foo'\]"):
+        run(dataclasses.replace(cfg, ablations=["foo"]), tmp_path)
     # An ablation added later runs alone; the others are done.
     calls.clear()
     with_grpo = dataclasses.replace(cfg, ablations=["grpo"])
