@@ -42,8 +42,8 @@ from score_distill.config import UsageError, option
 from score_distill.devices import HELP as DEVICE_HELP
 from score_distill.devices import resolve_device, training_device
 from score_distill.memory import release_memory
-from score_distill.models.load import ENGINE_HELP
-from score_distill.precision import Bf16, weights_dtype
+from score_distill.models.load import ENGINE_HELP, engine_settings
+from score_distill.precision import Bf16
 from score_distill.rundir import open_run_dir
 from score_distill.stages.mps import mps_rollout_config
 from score_distill.storage import atomic_write_json
@@ -159,10 +159,9 @@ def world_stage(state: RunState) -> None:
     state.extra["reference_check"] = refs
 
 
-def _inference_engine(state: RunState) -> dict[str, object]:
+def _inference_engine(state: RunState, model: str) -> dict[str, object]:
     """A student that only generates: bf16 weights where the device computes bf16 natively."""
-    return {"engine": state.cfg.engine, "dtype": weights_dtype(state.cfg.inference_bf16, state.device),
-            "device": state.device}
+    return engine_settings(model, state.device, state.cfg.inference_bf16, state.cfg.engine)
 
 
 def evaluate_stage(state: RunState, stage: str, model_path: str) -> None:
@@ -170,7 +169,7 @@ def evaluate_stage(state: RunState, stage: str, model_path: str) -> None:
     from score_distill.evaluate import evaluate_sets
     from score_distill.models.load import load_model
 
-    model = load_model(model_path, **_inference_engine(state))
+    model = load_model(model_path, **_inference_engine(state, model_path))
     sets = {name: (tasks, state.out / "eval" / stage / name.replace(":", "-")) for name, tasks in state.sets.items()
             if name.split(":")[1] in state.cfg.eval_splits}
     with state.timed(f"eval_{stage}"):
@@ -210,7 +209,7 @@ def mps_stage(state: RunState) -> None:
     tasks = [t for t in state.train if t.id not in chosen]
     cfg = MentorConfig(max_interventions=state.cfg.max_interventions, rollout=state.cfg.rollout(state.cfg.mps_rollout),
                        tools=state.cfg.tools)
-    student = load_model(state.models["bc"], **_inference_engine(state))
+    student = load_model(state.models["bc"], **_inference_engine(state, state.models["bc"]))
     summary = mentor(student, state.teacher, tasks, state.out / "mps", cfg)
     state.teacher_tokens["mps"] = int(summary["teacher_tokens"])
     state.extra["mps"] = {k: summary[k] for k in ("tasks", "solved_by_interventions", "hard_to_teach",

@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args, save_config
     from pathlib import Path
 
-    from score_distill.commands.settings import EVAL_RESUME_FREE, EvalCommand, engine_settings, judge_scorer
+    from score_distill.commands.settings import EVAL_RESUME_FREE, EvalCommand, judge_scorer
     from score_distill.tasks.benchmarks import read_benchmark
     from score_distill.evaluate import evaluate
-    from score_distill.models.load import load_model
+    from score_distill.models.load import engine_settings, load_model
     from score_distill.rundir import check_run_dir
     from score_distill.tasks.load import TaskFileError, load_tasks
 

@@ -74,10 +74,10 @@ def excluded_ids(spec: str) -> set[str]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from score_distill.commands.settings import MENTOR_RESUME_FREE, engine_settings
+    from score_distill.commands.settings import MENTOR_RESUME_FREE
     from score_distill.commands.settings import MentorCommand as command
     from score_distill.config import apply_overrides, load_yaml, overrides_from_args
-    from score_distill.models.load import load_model
+    from score_distill.models.load import engine_settings, load_model
     from score_distill.rundir import check_run_dir
     from score_distill.stages.mps import RESUME_FREE, mentor
     from score_distill.stages.split import read_mps_records, write_split

@@ -16,9 +16,8 @@ from typing import Any
 from score_distill.agent.rollout import RolloutConfig
 from score_distill.config import UsageError, option
 from score_distill.devices import HELP as DEVICE_HELP
-from score_distill.devices import resolve_device
 from score_distill.models.load import ENGINE_HELP
-from score_distill.precision import Bf16, weights_dtype
+from score_distill.precision import Bf16
 from score_distill.stages.bc import BCConfig
 from score_distill.stages.mps import MentorConfig
 from score_distill.stages.split import SplitConfig
@@ -82,20 +81,6 @@ class EvalCommand:
 
 # Settings that change speed, not results: a run may be resumed with other values.
 EVAL_RESUME_FREE = ("rollout.batch_size",)
-
-
-def engine_settings(model: str, device: str, bf16: Bf16 = False, engine: str = "local") -> dict[str, object]:
-    """Keyword arguments of `load_model` for `model`: the engine and device it runs on and
-    its weights' dtype when it runs here (an OpenAI-compatible endpoint chooses its own). A
-    device asked for and absent is a `DeviceError`.
-
-    >>> engine_settings("tiny", "cpu", bf16=True), engine_settings("openai:m@http://x", "cuda")
-    ({'engine': 'local', 'dtype': 'bfloat16', 'device': 'cpu'}, {})
-    """
-    if model.startswith("openai:"):
-        return {}
-    device = resolve_device(device)
-    return {"engine": engine, "dtype": weights_dtype(bf16, device), "device": device}
 
 
 def judge_scorer(spec: str, cache_dir: Path) -> Any:

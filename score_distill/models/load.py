@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from score_distill.models.base import ChatModel
 from score_distill.models.builtin import builtin_path, is_builtin
+
+if TYPE_CHECKING:
+    from score_distill.precision import Bf16
 
 OPENAI_PREFIX = "openai:"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -59,6 +62,23 @@ def load_model(spec: str, engine: str = "local", **kw: Any) -> ChatModel:
         return _local(Path(spec), Path(spec).name, engine, kw)
     raise ValueError(f"unknown model {spec!r}: expected a built-in name (smollm2-135m, tiny), "
                      f"a Hugging Face model directory, or {OPENAI_PREFIX}<model>@<base-url>")
+
+
+def engine_settings(model: str, device: str, bf16: Bf16 = False, engine: str = "local") -> dict[str, object]:
+    """Keyword arguments of `load_model` for `model`: the engine and device it runs on and
+    its weights' dtype when it runs here (an OpenAI-compatible endpoint chooses its own). A
+    device asked for and absent is a `DeviceError`.
+
+    >>> engine_settings("tiny", "cpu", bf16=True), engine_settings("openai:m@http://x", "cuda")
+    ({'engine': 'local', 'dtype': 'bfloat16', 'device': 'cpu'}, {})
+    """
+    from score_distill.devices import resolve_device
+    from score_distill.precision import weights_dtype
+
+    if model.startswith(OPENAI_PREFIX):
+        return {}
+    device = resolve_device(device)
+    return {"engine": engine, "dtype": weights_dtype(bf16, device), "device": device}
 
 
 def _local(path: Path, name: str, engine: str, kw: dict[str, Any]) -> ChatModel:
