@@ -139,3 +139,22 @@ class BatchedStream:
         if len(gens) != len(batch):
             raise RuntimeError(f"{self.model.name} returned {len(gens)} generations for {len(batch)} requests")
         return [(tag, g) for (tag, _), g in zip(batch, gens)]
+
+
+def chat_tokenizer(path: object, tokenizer: object = None) -> object:
+    """The tokenizer of the model directory `path` (or `tokenizer`, already loaded), checked
+    to have a chat template: every local engine renders prompts with it."""
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{path}: the tokenizer has no chat template")
+    return tokenizer
+
+
+def prompt_ids(tokenizer: object, messages: list[dict[str, str]]) -> list[int]:
+    """A conversation's prompt token ids under the tokenizer's chat template, the generation
+    prompt added: what the local engines (ours and vLLM) feed the model, so both see the
+    same tokens."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))  # type: ignore[attr-defined]

@@ -51,7 +51,7 @@ import torch
 
 from score_distill.config import option
 from score_distill.devices import resolve_device
-from score_distill.models.base import Generation, GenRequest, SamplingParams
+from score_distill.models.base import Generation, GenRequest, SamplingParams, chat_tokenizer, prompt_ids
 from score_distill.models.decode_stream import MIN_SHARED, DecodeStream, Row, charge_time
 from score_distill.models.kv_engine import BatchKV, BatchLayout, KVStore, RowKV, common_prefix
 from score_distill.models.sampling import seed_for
@@ -91,15 +91,13 @@ class LocalModel:
     keys/values it allocates. The other underscored methods are this class's own."""
 
     def __init__(self, path: str | Path, config: LocalConfig | None = None, name: str | None = None) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         self.config = config or LocalConfig()
         self.name = name or Path(path).name
         torch.set_num_threads(self.config.num_threads or available_cores())
         self.device = torch.device(resolve_device(self.config.device))
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if not self.tokenizer.chat_template:
-            raise ValueError(f"{path}: the tokenizer has no chat template")
+        self.tokenizer = chat_tokenizer(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.config.dtype))
         self.model.to(self.device).eval()
         text_config = self.model.config.get_text_config(decoder=True)
@@ -144,7 +142,7 @@ class LocalModel:
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the conversation rendered by the chat template, ready for a reply."""
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))
+        return prompt_ids(self.tokenizer, messages)
 
     def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[Generation]:
         stream = self.open_stream(params, self.config.max_batch_size)

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from score_distill.config import UsageError, option
-from score_distill.models.base import BatchedStream, Generation, GenRequest, ModelError, SamplingParams
+from score_distill.models.base import (BatchedStream, Generation, GenRequest, ModelError, SamplingParams,
+                                       chat_tokenizer, prompt_ids)
 from score_distill.models.sampling import seed_for
 
 
@@ -70,13 +71,7 @@ class VLLMModel:
                  llm: Any = None, sampling_params: Any = None, tokenizer: Any = None) -> None:
         self.config = config or VLLMConfig()
         self.name = name or Path(path).name
-        if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        if not tokenizer.chat_template:
-            raise ValueError(f"{path}: the tokenizer has no chat template")
-        self.tokenizer = tokenizer
+        self.tokenizer = chat_tokenizer(path, tokenizer)
         if llm is None:
             llm, sampling_params = build_llm(path, self.config)
         self.llm, self._sampling = llm, sampling_params
@@ -84,7 +79,7 @@ class VLLMModel:
 
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
         """A conversation's prompt token ids, the generation prompt added (as `LocalModel`)."""
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))
+        return prompt_ids(self.tokenizer, messages)
 
     def sampling(self, request: GenRequest, params: SamplingParams, row: int) -> Any:
         """vLLM's sampling parameters for one row of a call."""
