@@ -84,27 +84,16 @@ EVAL_RESUME_FREE = ("rollout.batch_size",)
 
 
 def judge_scorer(spec: str, cache_dir: Path) -> Any:
-    """An `LLMJudgeScorer` over the OpenAI-compatible judge `spec` (openai:<model>@<base-url>),
-    its calls cached by content in `cache_dir` (a rerun asks nothing again) under the judge
-    prompt's version, so a changed prompt is asked afresh."""
-    from score_distill.models.load import OPENAI_PREFIX, parse_openai_spec
-    from score_distill.models.openai_compat import OpenAIModel
+    """An `LLMJudgeScorer` over the OpenAI-compatible judge `spec` (openai:<model>@<base-url>).
+    Its calls go through the LLM teacher's cached call (`LLMTeacher.call`): cached by content
+    in `cache_dir` under the judge prompt's version, so a rerun asks nothing again and a
+    changed prompt is asked afresh, and a first run reads the same text as its replay."""
     from score_distill.tasks.scoring import JUDGE_PROMPT_VERSION, LLMJudgeScorer
-    from score_distill.teachers.cache import CachedReply, TeacherCache, call_key
+    from score_distill.teachers.llm import ChatOptions
+    from score_distill.teachers.load import load_teacher
 
-    if not spec.startswith(OPENAI_PREFIX):
-        raise UsageError(f"--judge {spec!r}: expected {OPENAI_PREFIX}<model>@<base-url>")
-    model, base_url = parse_openai_spec(spec)
-    client = OpenAIModel(base_url, model, logprobs=False, allow_empty=False)
-    cache = TeacherCache(cache_dir)
-
-    def chat(messages: list[dict[str, str]]) -> str:
-        key = call_key(JUDGE_PROMPT_VERSION, model, messages, {"temperature": 0.0, "json_mode": True})
-        hit = cache.get(key)
-        if hit is not None:
-            return hit.text
-        done = client.complete(messages, temperature=0.0, max_tokens=512, json_mode=True)
-        cache.put(key, CachedReply(done.text, done.prompt_tokens + done.completion_tokens, done.finish_reason))
-        return done.text
-
-    return LLMJudgeScorer(chat)
+    if not spec.startswith("openai:"):
+        raise UsageError(f"--judge {spec!r}: expected openai:<model>@<base-url>")
+    judge = load_teacher(spec, cache_dir=cache_dir)
+    options = ChatOptions(temperature=0.0, max_tokens=512, json_mode=True)
+    return LLMJudgeScorer(lambda messages: judge.call("answer-judge", messages, options, JUDGE_PROMPT_VERSION).text)

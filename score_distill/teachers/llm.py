@@ -134,9 +134,11 @@ class LLMTeacher:
 
     # -- one chat call, cached ---------------------------------------------------------
 
-    def call(self, op: str, messages: list[dict[str, str]], options: ChatOptions) -> ChatReply:
-        """One chat call for operation `op`, answered from the cache when it was made before."""
-        key = call_key(PROMPT_VERSION, self.model, messages, dataclasses.asdict(options))
+    def call(self, op: str, messages: list[dict[str, str]], options: ChatOptions,
+             version: str = PROMPT_VERSION) -> ChatReply:
+        """One chat call for operation `op`, answered from the cache when it was made before
+        under the same prompt `version` (the teacher's prompts' by default)."""
+        key = call_key(version, self.model, messages, dataclasses.asdict(options))
         cached = self.cache.get(key) if self.cache is not None else None
         if cached is not None:
             with self._lock:
