@@ -12,6 +12,7 @@ that differ. Every field of the config can be set as a flag (e.g. `--rollout.max
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import json
 import sys
 
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     engine = engine_settings(cfg.model, cfg.device, cfg.bf16, cfg.engine)  # a device that is not here: refused first
     scorer, what = None, cfg.tasks
     if cfg.benchmark is not None:
-        bench, what = benchmark_setup(cfg)
+        bench = benchmark_setup(cfg)
+        what = bench.name
         scorer = judge_scorer(cfg.judge, Path(args.out) / "judge-cache") if bench.scorer == "llm" else None
     try:  # the whole task file is checked before anything is written or loaded
         if cfg.benchmark is not None:
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def benchmark_setup(cfg) -> tuple[object, str]:
+def benchmark_setup(cfg) -> Any:
     """The benchmark `cfg` names, checked with what it needs (a data file; a judge for the
     judged ones), as a usage error in one line."""
     from score_distill.config import UsageError
@@ -76,4 +78,4 @@ def benchmark_setup(cfg) -> tuple[object, str]:
         raise UsageError(f"--benchmark {bench.name} needs --data FILE (its data is not shipped)")
     if bench.scorer == "llm" and cfg.judge is None:
         raise UsageError(f"--benchmark {bench.name} is scored by an LLM judge: give --judge openai:<model>@<base-url>")
-    return bench, bench.name
+    return bench
