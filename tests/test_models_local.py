@@ -331,9 +331,10 @@ def test_a_kv_bound_holds_rows_back_without_changing_them(tiny_dir: Path) -> Non
 def test_the_decoding_layout_keeps_the_model_and_its_outputs(tiny_dir: Path) -> None:
     """Column-major weights while decoding: same tokens and log-probs as the ordinary layout,
     tied weights still tied, and `training_layout` gives back contiguous weights with the
-    same values (what the optimizer and `save_pretrained` need)."""
-    plain = LocalModel(tiny_dir, LocalConfig(column_major=False))
-    fast = LocalModel(tiny_dir)
+    same values (what the optimizer and `save_pretrained` need). (The layout of the
+    transformers decoding step: the lean step keeps copies of its own, test_lean_decode.py.)"""
+    plain = LocalModel(tiny_dir, LocalConfig(column_major=False, lean_decode=False))
+    fast = LocalModel(tiny_dir, LocalConfig(lean_decode=False))
     before = {k: v.clone() for k, v in fast.model.state_dict().items()}
     requests = [GenRequest(convo(q)) for q in QUESTIONS]
     want, got = plain.generate(requests, greedy()), fast.generate(requests, greedy())

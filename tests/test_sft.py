@@ -165,6 +165,7 @@ def test_a_packed_row_scores_each_sequence_as_if_alone(tiny_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from score_distill.train.packed_attention import register_packed_attention
     from score_distill.train.sft import pack_rows
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
@@ -176,7 +177,8 @@ def test_a_packed_row_scores_each_sequence_as_if_alone(tiny_dir, tmp_path):
     assert sorted(map(tuple, ds["labels"])) == sorted(  # the masks travel with their tokens, unchanged
         tuple(packed[0]["labels"][lo : lo + n]) for lo, n in
         zip([sum(packed[0]["seq_lengths"][:i]) for i in range(3)], packed[0]["seq_lengths"]))
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32,  # as train_sft loads it to pack
+                                                 attn_implementation=register_packed_attention()).eval()
     cls = _trainer_class(SFTTrainer, use_cpu=True)
     n_items = sum(sum(t != -100 for t in row[1:]) for row in ds["labels"])
     losses = []
@@ -212,3 +214,58 @@ def test_packing_trains_the_same_model_as_one_padded_batch(tiny_dir, tmp_path):
         # Adam moves each weight by ~lr (3e-3) per step whatever its gradient's size, so the
         # rounding of near-zero gradients (summed in another order) shows: 1e-5 seen, 1% of a step.
         assert torch.allclose(a[k], b[k], atol=3e-5), (k, float((a[k] - b[k]).abs().max()))
+
+
+def packed_and_reference_models(tiny_dir):
+    """The tiny model twice: with PACKED_ATTENTION, and with transformers' own causal sdpa."""
+    from transformers import AutoModelForCausalLM
+
+    from score_distill.train.packed_attention import register_packed_attention
+
+    name = register_packed_attention()
+    return tuple(AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, attn_implementation=impl).eval()
+                 .get_decoder() for impl in (name, "sdpa"))
+
+
+def test_packed_attention_equals_each_sequence_run_alone(tiny_dir):
+    """Three sequences of different lengths in one row give the hidden states each gives
+    alone (boundaries passed in, or found from the restarting position ids), and changing a
+    token of the first changes nothing in the others."""
+    from score_distill.train.packed_attention import sequence_bounds
+
+    packed_model, reference = packed_and_reference_models(tiny_dir)
+    assert packed_model.config._attn_implementation == "score_packed"  # GQA: 4 query heads, 2 key/value heads
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, packed_model.config.vocab_size, (n,), generator=gen) for n in (9, 23, 5)]
+    row, positions = torch.cat(seqs)[None], torch.cat([torch.arange(len(s)) for s in seqs])[None]  # (1, 37)
+    bounds = sequence_bounds(positions)
+    assert bounds.tolist() == [0, 9, 32, 37]
+    with torch.no_grad():
+        alone = torch.cat([reference(input_ids=s[None]).last_hidden_state for s in seqs], dim=1)
+        given = packed_model(input_ids=row, position_ids=positions, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds)
+        found = packed_model(input_ids=row, position_ids=positions)
+        changed = row.clone()
+        changed[0, 4] = (changed[0, 4] + 1) % packed_model.config.vocab_size
+        after = packed_model(input_ids=changed, position_ids=positions, cu_seq_lens_q=bounds, cu_seq_lens_k=bounds)
+        leaky = packed_model(input_ids=row).last_hidden_state  # plain causal: sequence 1 seen by 2 and 3
+    for out in (given, found):
+        assert torch.allclose(out.last_hidden_state, alone, atol=1e-5), (out.last_hidden_state - alone).abs().max()
+    assert not torch.allclose(after.last_hidden_state[:, 4:9], given.last_hidden_state[:, 4:9], atol=1e-3)
+    assert torch.allclose(after.last_hidden_state[:, 9:], given.last_hidden_state[:, 9:], atol=1e-6)
+    assert not torch.allclose(leaky[:, 9:], alone[:, 9:], atol=1e-3)  # so the comparison above can fail
+
+
+def test_packed_attention_builds_no_mask_and_refuses_padding(tiny_dir):
+    # transformers' own mask step returns no mask for a packed row (sdpa would build the
+    # (1, 1, T, T) block-diagonal one), and a padding mask is refused rather than dropped.
+    from transformers.masking_utils import create_causal_mask
+
+    packed_model, reference = packed_and_reference_models(tiny_dir)
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+    embeds = torch.zeros(1, 7, packed_model.config.hidden_size)
+    block = create_causal_mask(reference.config, embeds, None, None, position_ids=positions)
+    assert block is not None and block.shape == (1, 1, 7, 7)  # what the default attention would build
+    assert create_causal_mask(packed_model.config, embeds, None, None, position_ids=positions) is None
+    padded = torch.tensor([[1, 1, 1, 1, 1, 0, 0]])
+    with pytest.raises(ValueError, match="does not mask padding"):
+        packed_model(input_ids=torch.ones(1, 7, dtype=torch.long), attention_mask=padded)

@@ -2,8 +2,9 @@
 
 Trajectories are tokenised by `train.render.render_trajectory`, the single place that
 decides loss masks; the resulting `input_ids` + `labels` (-100 off the student's turns) go
-to TRL's `SFTTrainer`, which then trains on exactly those labels. The checkpoint written to
-`<out>/final` is a plain transformers model directory (plus tokenizer).
+to TRL's `SFTTrainer`, which then trains on exactly those labels. With `packing`, whole
+sequences share rows and each attends to itself alone (`train.packed_attention`). The
+checkpoint written to `<out>/final` is a plain transformers model directory (plus tokenizer).
 
     from score_distill.train.sft import SFTOptions, train_sft
     train_sft("path/to/student", [(question, steps), ...], "runs/x/bc", SFTOptions(epochs=2))
@@ -20,6 +21,7 @@ from typing import Callable
 
 from score_distill.config import option
 from score_distill.devices import training_device
+from score_distill.memory import reuse_freed_blocks
 from score_distill.precision import Bf16, resolve_bf16
 from score_distill.storage import atomic_dir
 from score_distill.train.render import render_trajectory
@@ -141,11 +143,18 @@ def _trainer_class(sft_trainer, use_cpu: bool):
     if not use_cpu:
         return sft_trainer
 
+    from score_distill.train.packed_attention import sequence_bounds
+
     class CPUSFTTrainer(sft_trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs["labels"]
-            hidden = model.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                                         position_ids=inputs.get("position_ids"), use_cache=False).last_hidden_state
+            labels, mask, positions = inputs["labels"], inputs.get("attention_mask"), inputs.get("position_ids")
+            # A packed batch (TRL's padding-free collator: one row, position ids restarting at
+            # each sequence, no mask) carries its boundaries to the attention, found once here
+            # rather than in every layer; the model was loaded with PACKED_ATTENTION (train_sft).
+            bounds = sequence_bounds(positions) if positions is not None and mask is None else None
+            packed = {} if bounds is None else {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds}
+            hidden = model.get_decoder()(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions,
+                                         use_cache=False, **packed).last_hidden_state
             targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
             keep = targets != -100
             loss = chunked_cross_entropy(model.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
@@ -166,6 +175,8 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from score_distill.train.packed_attention import register_packed_attention
+
     out, final = Path(out_dir), Path(out_dir) / "final"
     if (final / "config.json").exists():
         return final
@@ -177,13 +188,22 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         raise ValueError("no trainable tokens in the SFT examples")
     if opts.packing:
         dataset = pack_rows(dataset, opts.max_length)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    # Packed rows attend per sequence, without a (T, T) mask (train.packed_attention). The
+    # attention is chosen once, at load, not switched on around each forward pass: activation
+    # checkpointing re-runs the forward pass inside backward(), after compute_loss has
+    # returned, and must run the same attention. On a GPU, TRL's own compute_loss passes the
+    # collator's cu_seq_lens_q/k to it. Its name is not saved in config.json, so the
+    # checkpoint loads with the default attention.
+    attention = register_packed_attention() if opts.packing else None
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attention)
     peft_config = None
     if opts.lora_r > 0:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=opts.lora_r, lora_alpha=2 * opts.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
     use_cpu = training_device(device) == "cpu"
+    if use_cpu:
+        reuse_freed_blocks()  # activations made and freed at every step stay on the heap (memory.py)
     steps = math.ceil(opts.epochs * math.ceil(len(dataset) / opts.batch_size))
     args = SFTConfig(
         max_steps=opts.min_steps if steps < opts.min_steps else -1,
