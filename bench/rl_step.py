@@ -1,5 +1,6 @@
-"""One RL step (8 items x 4 samples) before and after the engine's decoding layout and shared
-prefixes, side by side in one run, split into rollout and the rest (scoring and update).
+"""One RL step (8 items x 4 samples) with the engine's transformers decoding step and with
+its lean step (the default), side by side in one run, split into rollout and the rest
+(scoring and update).
 
     python bench/rl_step.py --run runs/demo > bench/rl_step.txt
 
@@ -8,8 +9,10 @@ the training tasks (`tasks/*-train.jsonl`) and the SCoRe-SFT student (`score_sft
 and trains one step from that student with the demo's RL settings (`score_rl/rl_config.yaml`)
 except `items_per_step: 8` and `group_size: 4`, judged by the reference teacher. Each arm
 trains into its own fresh directory from the same start, with the same seed, so both see the
-same items. The "before" arm turns the decoding layout (column-major weights while sampling)
-and the shared-prefix prefill off: the engine as it was before either existed.
+same items. The first arm decodes through the transformers forward (`LocalConfig.lean_decode`
+off); both run with the process's other settings as they are now (glibc's heap settings,
+`memory.reuse_freed_blocks`, are process-wide), so the step of the code before these changes
+is measured by running this script's earlier version at that commit (see the output's notes).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def main() -> None:
     import torch
 
     from score_distill.config import load_yaml
-    from score_distill.models.local import LocalModel
+    from score_distill.models import local
     from score_distill.teachers.load import load_teacher
     from score_distill.tools.config import ToolConfig
     from score_distill.train.rl import RLOptions, train_rl
@@ -48,20 +51,26 @@ def main() -> None:
           f"{opts.activation_checkpointing}, bf16 {opts.bf16}; torch threads {torch.get_num_threads()}")
     print("| engine | step s | rollout s | rest s | generated tokens | rollout tok/s | reward |")
     print("|---|---|---|---|---|---|---|")
-    layout, share = LocalModel.decoding_layout, LocalModel.share_prefixes
+
+    @dataclasses.dataclass
+    class TransformersStep(local.LocalConfig):
+        lean_decode: bool = False
+
+    plain = local.LocalConfig
     rows = {}
-    for arm in ("before: row-major, no shared prefixes", "after: the default"):
-        if arm.startswith("before"):
-            LocalModel.decoding_layout = LocalModel.share_prefixes = lambda self, *a: None
-        with tempfile.TemporaryDirectory() as out:
-            train_rl(start, items, tasks, load_teacher("reference"), ToolConfig(), Path(out) / "rl", opts)
-            [rec] = [json.loads(line) for line in (Path(out) / "rl" / "rl_log.jsonl").read_text().splitlines()]
-        LocalModel.decoding_layout, LocalModel.share_prefixes = layout, share
+    for arm, config in (("transformers decoding step", TransformersStep), ("lean step (default)", plain)):
+        local.LocalConfig = config  # train_rl imports it when it builds its engine
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                train_rl(start, items, tasks, load_teacher("reference"), ToolConfig(), Path(out) / "rl", opts)
+                [rec] = [json.loads(line) for line in (Path(out) / "rl" / "rl_log.jsonl").read_text().splitlines()]
+        finally:
+            local.LocalConfig = plain
         rows[arm] = rec
         print(f"| {arm} | {rec['time_s']:.1f} | {rec['rollout_s']:.1f} | {rec['time_s'] - rec['rollout_s']:.1f} | "
               f"{rec['gen_tokens']} | {rec['gen_tok_s']:.1f} | {rec['reward']:.3f} |", flush=True)
     a, b = rows.values()
-    print(f"\nstep time before / after: {a['time_s'] / b['time_s']:.2f} "
+    print(f"\nstep time, transformers step / lean step: {a['time_s'] / b['time_s']:.2f} "
           f"(rollout {a['rollout_s'] / b['rollout_s']:.2f})")
 
 

@@ -14,9 +14,9 @@ threshold (128 KiB, raised as such blocks are freed) with a fresh `mmap` and unm
 contiguous keys, its logits) faults in every page of it again each time. On this project's
 2-core CPU machine a decoding step of SmolLM2-135M at 20 rows x 1,300 columns took 286 ms
 that way and 121 ms with those blocks kept on the heap for reuse (`bench/decode_speed.txt`).
-`reuse_freed_blocks()` sets glibc's thresholds so that blocks up to 256 MiB come from the
-heap and freed memory stays there until `release_memory()` trims it (the pipeline calls it
-between stages, RL between its phases).
+`reuse_freed_blocks()` sets glibc's thresholds so that blocks up to 64 MiB come from the heap
+and up to 256 MiB of freed memory at its top stays there until `release_memory()` trims it
+(the pipeline calls it between stages, RL between its phases).
 
     >>> isinstance(release_memory(), bool), isinstance(reuse_freed_blocks(), bool)
     (True, True)
@@ -32,8 +32,8 @@ import functools
 
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-HEAP_BLOCKS_UP_TO = 256 << 20  # larger blocks still get their own mapping, returned at free
-KEEP_FREED_UP_TO = 1 << 30  # free memory at the heap's top kept for reuse before glibc trims it
+HEAP_BLOCKS_UP_TO = 64 << 20  # larger blocks still get their own mapping, returned at free
+KEEP_FREED_UP_TO = 256 << 20  # free memory at the heap's top kept for reuse before glibc trims it
 
 
 @functools.cache
@@ -47,7 +47,7 @@ def _libc_function(name: str):  # noqa: ANN202 (a ctypes function, or None)
 
 @functools.cache
 def reuse_freed_blocks() -> bool:
-    """Keep freed blocks of up to 256 MiB on the heap for reuse (see the module docstring);
+    """Keep freed blocks of up to 64 MiB on the heap for reuse (see the module docstring);
     True if glibc took the setting. Process-wide and idempotent."""
     mallopt = _libc_function("mallopt")
     if mallopt is None:

@@ -17,11 +17,11 @@ def _generate(model: LocalModel, n: int = 24) -> list:
     return model.generate([GenRequest(m, cache_key=f"k{i}") for i, m in enumerate(MESSAGES)], params)
 
 
-def _step_logits(config: LocalConfig, steps: int = 3) -> torch.Tensor:
+def _step_logits(config: LocalConfig, steps: int = 3, messages: list = MESSAGES) -> torch.Tensor:
     """Logits (steps, B, V) of decoding steps fed the same tokens, after prefilling prompts of
     different lengths (so rows carry padding) through the transformers forward."""
     model = LocalModel(builtin_path("tiny"), config)
-    prompts = [model.encode(m) for m in MESSAGES]
+    prompts = [model.encode(m) for m in messages]
     layout = BatchLayout.of([0] * len(prompts), [len(p) for p in prompts])
     batch = BatchKV.build([None] * len(prompts), layout, layout.width_suffix + steps, model.n_layers,
                           model.kv_shape, model.kv_dtype(), model.device)
@@ -45,6 +45,19 @@ def test_a_lean_step_computes_the_transformers_step():
         plain_err = (_step_logits(LocalConfig(lean_decode=False, **bf16)) - reference).abs().max()
         lean_err = (_step_logits(LocalConfig(**bf16)) - reference).abs().max()
         assert lean_err <= 2 * plain_err + 1e-3, (bf16, float(lean_err), float(plain_err))
+
+
+def test_rows_of_very_different_widths_attend_in_groups_with_the_same_result(monkeypatch):
+    long = [[{"role": "user", "content": "Tell me more." * 150}]]
+    messages = long + MESSAGES[:2] + long + MESSAGES[2:]  # two rows ~600 tokens wider than the others
+    split = []
+    real = lean_decode.width_groups
+    monkeypatch.setattr(lean_decode, "width_groups", lambda starts: split.append(real(starts)) or split[-1])
+    reference = _step_logits(LocalConfig(dtype="float32", lean_decode=False), messages=messages)
+    lean = _step_logits(LocalConfig(dtype="float32"), messages=messages)
+    assert split and all(sorted(r for rows, _ in g for r in rows) == list(range(7)) for g in split)
+    assert all(len(g) == 2 and sorted(g[0][0]) == [0, 3] for g in split), split  # the wide rows apart
+    assert torch.allclose(lean, reference, atol=1e-4)
 
 
 def test_lean_steps_give_the_transformers_tokens_in_fp32(monkeypatch):

@@ -14,7 +14,10 @@ dispatch. `LeanDecoder` runs the same maths with the model's own tensors:
   key/value head are that head's query rows (`(B, kv_heads, group, dim)`), scored by two
   batched matmuls over contiguous copies of the keys and values (`attention`: faster here
   than the CPU's fused attention kernel for one query token), the padding mask an additive
-  `(B, 1, 1, T)` bias made once per step, not once per layer.
+  `(B, 1, 1, T)` bias made once per step, not once per layer;
+- rows of very different widths (a search trajectory of 1,300 tokens beside math ones of
+  500) attend in separate groups, each over its own columns (`width_groups`), not all over
+  the widest row's.
 
 The residual stream stays in the embedding's dtype, as it does under autocast (fp32 weights,
 bf16 matmuls). The prompt prefill keeps the transformers forward (its cost is in its
@@ -117,6 +120,69 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: t
     return torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
 
 
+# Masked key columns a group of rows may read before its rows are split in two: a group costs
+# a few small ops per layer, about what copying and scoring ~400 row-columns costs here.
+GROUP_WASTE = 512
+
+
+def width_groups(starts: list[int], waste: int = GROUP_WASTE) -> list[tuple[list[int], int]]:
+    """Rows to attend together, each group with the first column it reads: rows by their first
+    real column, a new group whenever the columns the group's rows would read before their
+    own first one (all masked) add up to more than `waste`. Search rows 1,300 tokens wide and
+    math rows 500 wide then attend apart instead of every row over the widest row's width.
+
+    >>> width_groups([0, 800, 790, 5, 3])
+    [([0, 4, 3], 0), ([2, 1], 790)]
+    >>> width_groups([0, 800, 790, 5], waste=10_000)
+    [([0, 3, 2, 1], 0)]
+    """
+    groups: list[tuple[list[int], int]] = []
+    spent = 0
+    for r in sorted(range(len(starts)), key=lambda r: starts[r]):
+        if groups and spent + starts[r] - groups[-1][1] <= waste:
+            groups[-1][0].append(r)
+            spent += starts[r] - groups[-1][1]
+        else:
+            groups.append(([r], starts[r]))
+            spent = 0
+    return groups
+
+
+@dataclass
+class _Group:
+    rows: torch.Tensor | None  # (n,) row indices; None: every row, in order
+    lo: int  # the first key column the group reads
+    bias: torch.Tensor  # (n, 1, 1, T - lo)
+
+
+def _groups(mask: torch.Tensor, bias: torch.Tensor) -> list[_Group]:
+    """The attention groups of a step (`width_groups` over each row's first real column)."""
+    starts = (mask != 0).int().argmax(-1).tolist()
+    found = width_groups(starts)
+    if len(found) == 1:
+        lo = found[0][1]
+        return [_Group(None, lo, bias[..., lo:])]
+    out = []
+    for rows, lo in found:
+        index = torch.tensor(rows, device=mask.device)
+        out.append(_Group(index, lo, bias.index_select(0, index)[..., lo:]))
+    return out
+
+
+def attend_groups(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, groups: list[_Group]) -> torch.Tensor:
+    """`attention` of every row, each group over its own columns only; (B, kv_heads, group, D)."""
+    if len(groups) == 1 and groups[0].rows is None:
+        g = groups[0]
+        return attention(q, keys[:, :, g.lo :], values[:, :, g.lo :], g.bias)
+    out = q.new_empty(q.shape, dtype=values.dtype)
+    for g in groups:
+        assert g.rows is not None
+        k = keys[:, :, g.lo :].index_select(0, g.rows)  # contiguous copies of the group's window only
+        v = values[:, :, g.lo :].index_select(0, g.rows)
+        out.index_copy_(0, g.rows, attention(q.index_select(0, g.rows), k, v, g.bias))
+    return out
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding with the halves convention of Llama (`rotate_half`)."""
     half = x.shape[-1] // 2
@@ -174,6 +240,7 @@ class LeanDecoder:
         qk_width = self.q_width + self.kv_width  # queries and keys: rotated together, (B, heads + kv_heads, D)
         bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
         bias = bias.masked_fill_(mask == 0, float("-inf"))[:, None, None, :]  # (B, 1, 1, T): padding never attended
+        groups = _groups(mask, bias)  # rows of similar widths, each group over its own columns
         for layer, cache in zip(self.layers, cache_layers):
             x = rms_norm(h, layer.norm_in, layer.eps_in).to(cd)
             qkv = F.linear(x, layer.qkv, layer.qkv_bias)
@@ -182,7 +249,7 @@ class LeanDecoder:
             k = qk[:, self.heads :].view(b, self.kv_heads, 1, self.head_dim)
             v = qkv[:, qk_width:].view(b, self.kv_heads, 1, self.head_dim)
             keys, values = cache.update(k, v)  # the buffer casts to its dtype
-            out = attention(q.to(keys.dtype) * self.scale, keys, values, bias)
+            out = attend_groups(q.to(keys.dtype) * self.scale, keys, values, groups)
             h = h + F.linear(out.reshape(b, self.q_width), layer.o, layer.o_bias)
             x = rms_norm(h, layer.norm_post, layer.eps_post).to(cd)
             gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
