@@ -126,6 +126,7 @@ def main() -> None:
     lc_out, lc_prefill, lc_decode = llamacpp_decode(str(smollm2_gguf_path()), prompts, args.new_tokens, threads)
     rows.append((f"llama.cpp Q4_1, batch API (prefill {lc_prefill:.1f} s included)", sum(map(len, lc_out)),
                  lc_prefill + lc_decode, lc_out))
+    rows.append(("llama.cpp Q4_1, its decoding steps alone", sum(map(len, lc_out)) - len(lc_out), lc_decode, None))
     made, spent = plain_generate(path, messages, args.rows, args.new_tokens, getattr(torch, dtype))
     rows.append((f"plain HF generate, {dtype}", made, spent, None))
     for name, tokens, seconds, out in rows:

@@ -52,7 +52,7 @@ def test_rows_of_very_different_widths_attend_in_groups_with_the_same_result(mon
     messages = long + MESSAGES[:2] + long + MESSAGES[2:]  # two rows ~600 tokens wider than the others
     split = []
     real = lean_decode.width_groups
-    monkeypatch.setattr(lean_decode, "width_groups", lambda starts: split.append(real(starts)) or split[-1])
+    monkeypatch.setattr(lean_decode, "width_groups", lambda starts, width: split.append(real(starts, width)) or split[-1])
     reference = _step_logits(LocalConfig(dtype="float32", lean_decode=False), messages=messages)
     lean = _step_logits(LocalConfig(dtype="float32"), messages=messages)
     assert split and all(sorted(r for rows, _ in g for r in rows) == list(range(7)) for g in split)

@@ -80,7 +80,7 @@ class LocalConfig:
     seed: int = option(0, "seeds rows whose request and params carry no seed")
     column_major: bool = option(True, "on CPU, hold the linear layers' weights column-major while decoding: "
                                       "the same values, faster matmuls for a few rows")
-    lean_decode: bool = option(True, "decode Llama-family models (llama, qwen2, mistral) through our lean "
+    lean_decode: bool = option(True, "on CPU, decode Llama-family models (llama, qwen2, mistral) through our lean "
                                      "step (models/lean_decode.py): fused q/k/v and gate/up weight copies "
                                      "while sampling (about half the weights' memory; all of it when the "
                                      "matmuls run in another dtype than the weights), grouped attention "
@@ -137,7 +137,8 @@ class LocalModel:
         undoes both: the optimizer's state and `save_pretrained` expect the ordinary layout,
         so the RL trainer calls it before each update."""
         column_major = self.config.column_major and self.device.type == "cpu"
-        if self.config.lean_decode and lean_unsupported(self.model) is None:
+        # CPU only: measured here, not on a GPU (where vLLM is the engine for generation)
+        if self.config.lean_decode and self.device.type == "cpu" and lean_unsupported(self.model) is None:
             signature = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
             if self._lean is None or signature != self._lean_signature:
                 self._lean = None  # free the old copies before making new ones
