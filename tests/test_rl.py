@@ -30,7 +30,11 @@ ROLLOUT_FIELDS = ("max_new_tokens", "max_turns", "temperature", "top_p", "max_fo
 
 
 def options(**kw) -> RLOptions:
-    """RLOptions with the rollout's fields given flat (`max_turns=3` is `rollout.max_turns`)."""
+    """RLOptions with the rollout's fields given flat (`max_turns=3` is `rollout.max_turns`).
+    fp32 unless a test asks for bf16: `bf16: auto` would pick bf16 on a CPU with AVX-512 BF16,
+    where the reference (held in bf16) differs from the policy at the start by weight rounding
+    and the KL checks below are no longer exact."""
+    kw.setdefault("bf16", False)
     rollout = dataclasses.replace(rl_rollout_config(), **{k: kw.pop(k) for k in ROLLOUT_FIELDS if k in kw})
     return RLOptions(rollout=rollout, **kw)
 PLAN = Step(kind="plan", thought="recall the secret, then add one")

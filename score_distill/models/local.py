@@ -126,10 +126,11 @@ class LocalModel:
     def decoding_layout(self) -> None:
         """Get the weights ready for decoding steps (called before every step; cheap when ready).
 
-        With `config.lean_decode` and a supported model, that is a `LeanDecoder` over fused
-        copies of the weights, in the dtype the matmuls run in, column-major on CPU with
-        `config.column_major` in fp32 (bf16 copies stay row-major: faster here); it is rebuilt when any parameter changed since (its tensor or
-        its in-place version counter), so a sample never comes from stale copies. Otherwise,
+        With `config.lean_decode`, on CPU and a supported model, that is a `LeanDecoder` over
+        fused copies of the weights in the dtype the matmuls run in (column-major with
+        `config.column_major` in fp32; bf16 copies stay row-major, faster here); it is
+        rebuilt when any parameter changed since (its tensor or its in-place version
+        counter), so a sample never comes from stale copies. Otherwise,
         with `config.column_major` on CPU, every linear layer's weight is held column-major:
         a decoding step multiplies a few rows by each weight matrix, and some CPU BLAS
         builds run that product faster with the matrix stored column-major; the values,
