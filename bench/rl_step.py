@@ -10,9 +10,8 @@ and trains one step from that student with the demo's RL settings (`score_rl/rl_
 except `items_per_step: 8` and `group_size: 4`, judged by the reference teacher. Each arm
 trains into its own fresh directory from the same start, with the same seed, so both see the
 same items. The first arm decodes through the transformers forward (`LocalConfig.lean_decode`
-off); both run with the process's other settings as they are now (glibc's heap settings,
-`memory.reuse_freed_blocks`, are process-wide), so the step of the code before these changes
-is measured by running this script's earlier version at that commit (see the output's notes).
+off); the step of the code before the lean step is measured by running this script's earlier
+version at that commit (see the output's notes).
 """
 
 from __future__ import annotations

@@ -51,7 +51,6 @@ import torch
 
 from score_distill.config import option
 from score_distill.devices import resolve_device
-from score_distill.memory import reuse_freed_blocks
 from score_distill.models.base import Generation, GenRequest, SamplingParams, chat_tokenizer, prompt_ids
 from score_distill.models.decode_stream import MIN_SHARED, DecodeStream, Row, charge_time
 from score_distill.models.kv_engine import BatchKV, BatchLayout, KVStore, RowKV, common_prefix
@@ -104,8 +103,6 @@ class LocalModel:
         self.name = name or Path(path).name
         torch.set_num_threads(self.config.num_threads or available_cores())
         self.device = torch.device(resolve_device(self.config.device))
-        if self.device.type == "cpu":
-            reuse_freed_blocks()  # a decoding step's transient tensors would otherwise be mapped anew each time
         self.tokenizer = chat_tokenizer(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.config.dtype))
         self.model.to(self.device).eval()

@@ -21,7 +21,6 @@ from typing import Callable
 
 from score_distill.config import option
 from score_distill.devices import training_device
-from score_distill.memory import reuse_freed_blocks
 from score_distill.precision import Bf16, resolve_bf16
 from score_distill.storage import atomic_dir
 from score_distill.train.render import render_trajectory
@@ -202,8 +201,6 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
 
         peft_config = LoraConfig(r=opts.lora_r, lora_alpha=2 * opts.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
     use_cpu = training_device(device) == "cpu"
-    if use_cpu:
-        reuse_freed_blocks()  # activations made and freed at every step stay on the heap (memory.py)
     steps = math.ceil(opts.epochs * math.ceil(len(dataset) / opts.batch_size))
     args = SFTConfig(
         max_steps=opts.min_steps if steps < opts.min_steps else -1,
