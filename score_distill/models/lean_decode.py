@@ -100,8 +100,9 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: t
     """One query token's attention over the cached keys/values, grouped-query style.
 
     `q` (B, kv_heads, group, D), already scaled; `keys`/`values` (B, kv_heads, T, D), views
-    of the batch's buffer; `bias` (B, 1, 1, T) float32, -inf where a row has no token. Scores
-    and softmax are float32 (whatever the KV dtype), the weighted sum in the KV dtype.
+    of the batch's buffer; `bias` (B, 1, 1, T) float32, -inf where a row has no token. The
+    scores come out of a matmul in the KV dtype (so bf16-rounded in bf16), then the bias and
+    softmax are applied in float32, and the weighted sum is taken in the KV dtype.
 
     The keys and values are copied to contiguous tensors first: a view of the preallocated
     buffer (its capacity wider than the used columns) sends a bf16 batched matmul on the
@@ -179,7 +180,7 @@ def _groups(mask: torch.Tensor, bias: torch.Tensor) -> list[_Group]:
 
 def attend_groups(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, groups: list[_Group]) -> torch.Tensor:
     """`attention` of every row, each group over its own columns only; (B, kv_heads, group, D)."""
-    if len(groups) == 1 and groups[0].rows is None:
+    if groups[0].rows is None:  # one group of every row (`_groups`): no gather, no scatter
         g = groups[0]
         return attention(q, keys[:, :, g.lo :], values[:, :, g.lo :], g.bias)
     out = q.new_empty(q.shape, dtype=values.dtype)

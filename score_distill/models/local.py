@@ -82,7 +82,8 @@ class LocalConfig:
     lean_decode: bool = option(True, "on CPU, decode Llama-family models (llama, qwen2, mistral) through our lean "
                                      "step (models/lean_decode.py): fused q/k/v and gate/up weight copies "
                                      "while sampling (about half the weights' memory; all of it when the "
-                                     "matmuls run in another dtype than the weights), grouped attention "
+                                     "matmuls run in another dtype than the weights, or in fp32 with "
+                                     "column_major), grouped attention "
                                      "without repeated keys; other models decode through transformers")
 
 
