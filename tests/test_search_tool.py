@@ -197,11 +197,11 @@ def test_http_malformed_replies_are_error_texts(api: tuple[_Api, str], tmp_path:
 def test_http_api_key_from_the_environment(api: tuple[_Api, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state, url = api
     monkeypatch.delenv("SD_TEST_SEARCH_KEY", raising=False)
-    config = _http(url, tmp_path, api_key_env="SD_TEST_SEARCH_KEY")
-    assert "SD_TEST_SEARCH_KEY is not set" in make_search(config)("x")
+    with pytest.raises(ValueError, match="SD_TEST_SEARCH_KEY is not set"):  # when the config is made, not mid-run
+        _http(url, tmp_path, api_key_env="SD_TEST_SEARCH_KEY")
     assert state.hits == []
     monkeypatch.setenv("SD_TEST_SEARCH_KEY", "s3cret")
-    make_search(config)("x")
+    make_search(_http(url, tmp_path, api_key_env="SD_TEST_SEARCH_KEY"))("x")
     assert state.hits[-1]["auth"] == "Bearer s3cret"
 
 

@@ -1,4 +1,4 @@
-"""The `web_search(query)` tool: BM25 over a local corpus, or an HTTP search API.
+"""The `web_search(query)` tool: BM25 over a local corpus, a retrieval server, or a web search API.
 
 One `SearchConfig` and one formatting function serve every stage, so collection, training
 and evaluation see the same observation for the same query:
@@ -12,13 +12,27 @@ Backends:
 - "bm25": `corpus` is a JSONL file of {"id", "title", "text"} or "embedded:<seed>" (the
   generated world of `score_distill.tasks.world`). Indexes are built once per corpus and
   process, because rollouts open many sandboxes.
-- "http": GET `url?q=<query>&k=<top_k>` with the key from the environment variable
-  `api_key_env` (sent as `Authorization: Bearer <key>`); the reply is JSON
+- "http": our own protocol, GET `url?q=<query>&k=<top_k>`, reply JSON
   `{"results": [{"title": ..., "snippet": ...}, ...]}` ("text" may stand for "snippet").
-  Successful replies are cached on disk under `cache_dir`, keyed by (url, query, k), so a
-  rerun or an evaluation sees exactly the same results and does not hit the API. Failures
-  are retried a bounded number of times, then come back as an error text that becomes the
-  tool's output: a dead API is the agent's bad luck, never a crash of ours.
+- "retriever": the retrieval server of Search-R1 (e5 + FAISS over Wikipedia, the setup
+  agent-search papers report), POST `/retrieve`; `url` defaults to http://127.0.0.1:8000/retrieve.
+- "serper", "tavily", "brave": those web search APIs at their public endpoints, keys from
+  SERPER_API_KEY, TAVILY_API_KEY, BRAVE_API_KEY. "searxng": a SearXNG instance at `url`.
+  The wire format of each is in `search_apis.py`.
+
+Every backend but bm25 shares one `HttpSearch`: `url` overrides the default endpoint, the key
+is read from the environment variable `api_key_env` (or the API's own default), and a missing
+key is a one-line error when the config is made (flags, YAML), before a model is loaded.
+Successful replies are cached on disk under `cache_dir`, keyed by (backend, url, query, k),
+so a rerun or an evaluation sees exactly the same results and does not hit the API.
+Failures are retried a bounded number of times (5xx, 408, 429, timeouts, dropped
+connections; not 4xx such as a refused key or a bad request), then come back as an error
+text that becomes the tool's output: a dead API is the agent's bad luck, never a crash of ours.
+
+The key is sent only to the configured endpoint (redirects are not followed, since urllib
+would carry the key's header to wherever a redirect points), and it is never written to the
+cache, a log line or an error text. Search runs in our process: the sandboxed model code
+calls `web_search` over its pipe and gets result text back, never the key or our environment.
 """
 
 from __future__ import annotations
@@ -31,7 +45,6 @@ import logging
 import os
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,49 +52,57 @@ from typing import Callable
 
 from score_distill.config import option
 from score_distill.storage import atomic_write_json, safe_text
+from score_distill.tools.search_apis import APIS, Api, Pairs, SearchError
 
 EMBEDDED = "embedded:"
 MAX_QUERY_CHARS = 1000  # longer "queries" are model mistakes (a pasted document), not searches
+BACKENDS = ("bm25", *APIS)
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class SearchConfig:
-    backend: str = option("bm25", "search backend: bm25 (local corpus) or http (a search API)")
+    backend: str = option("bm25", "search backend: bm25 (local corpus), http (our GET protocol), retriever "
+                                  "(a Search-R1 retrieval server), serper, tavily, brave (web search APIs) or searxng")
     corpus: str = option("", "bm25 corpus: a JSONL file of {id, title, text}, or embedded:<seed> for the generated world")
     top_k: int = option(3, "number of results returned per query")
     snippet_chars: int = option(300, "characters of each result's text shown (longer text is cut at a word)")
-    url: str = option("", "http backend: the search endpoint (GET url?q=QUERY&k=K, JSON reply)")
-    api_key_env: str = option("", "http backend: name of the environment variable holding the API key (empty: no key)")
-    cache_dir: str = option(".cache/search", "http backend: directory of cached replies, keyed by (url, query, k)")
-    timeout_s: float = option(10.0, "http backend: timeout of one request in seconds")
-    retries: int = option(2, "http backend: extra attempts after a failed request")
+    url: str = option("", "other backends: the endpoint; empty: the backend's default (retriever "
+                          "http://127.0.0.1:8000/retrieve; serper, tavily, brave their public APIs); required for "
+                          "http (GET url?q=QUERY&k=K) and searxng (the instance's base URL)")
+    api_key_env: str = option("", "other backends: the environment variable holding the API key; empty: the "
+                                  "backend's default (SERPER_API_KEY, TAVILY_API_KEY, BRAVE_API_KEY; none for http, "
+                                  "retriever and searxng, which then send a Bearer key only when this names one)")
+    cache_dir: str = option(".cache/search", "other backends: directory of cached replies, keyed by (backend, url, "
+                                             "query, k); the key is never written there")
+    timeout_s: float = option(10.0, "other backends: timeout of one request in seconds")
+    retries: int = option(2, "other backends: extra attempts after a failed request (5xx, 408, 429, timeouts; "
+                             "never a refused key or another 4xx)")
 
     def __post_init__(self) -> None:
-        if self.backend not in ("bm25", "http"):
-            raise ValueError(f"SearchConfig.backend must be 'bm25' or 'http', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"SearchConfig.backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
         if self.top_k < 1:
             raise ValueError(f"SearchConfig.top_k must be at least 1, got {self.top_k}")
         if self.retries < 0 or self.timeout_s <= 0:
             raise ValueError("SearchConfig.retries must be >= 0 and timeout_s > 0")
+        if self.backend != "bm25":
+            # Checked when the config is made (flags, YAML), so a command stops in one line
+            # before it loads a model; HttpSearch reads the key again where it is used.
+            api = APIS[self.backend]
+            if not (self.url or api.default_url):
+                raise ValueError(f"SearchConfig.url is required for the {self.backend} backend")
+            if self.api_key_env or api.key_env:
+                read_key(self.api_key_env or api.key_env, self.backend)
 
     def local_corpus(self) -> str:
         """The configured corpus the bm25 backend reads ("" when none or another backend);
         checked with the task files before a run starts.
 
-        >>> SearchConfig(corpus="docs.jsonl").local_corpus(), SearchConfig(backend="http").local_corpus()
+        >>> SearchConfig(corpus="docs.jsonl").local_corpus(), SearchConfig(backend="retriever").local_corpus()
         ('docs.jsonl', '')
         """
         return self.corpus if self.backend == "bm25" else ""
-
-
-class SearchError(RuntimeError):
-    """The search API failed; the message becomes the tool's output. `retry` says whether
-    another attempt may help (not for a refused key or a bad request)."""
-
-    def __init__(self, message: str, retry: bool = True) -> None:
-        super().__init__(message)
-        self.retry = retry
 
 
 def format_results(query: str, results: list[tuple[str, str]], snippet_chars: int) -> str:
@@ -102,7 +123,7 @@ def format_results(query: str, results: list[tuple[str, str]], snippet_chars: in
         text = " ".join(text.split())
         if len(text) > snippet_chars:
             text = text[:snippet_chars].rsplit(" ", 1)[0] + " ..."
-        blocks.append(f"[{i}] {title}\n{text}")
+        blocks.append(f"[{i}] {title}".rstrip() + f"\n{text}")  # a passage may have no title
     return "\n".join(blocks)
 
 
@@ -162,21 +183,50 @@ def bm25_index(spec: str) -> Bm25Index:
     return _index_for(spec, stamp)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would resend the key's header to wherever one points. A 3xx
+    then comes back as an HTTP error, which names the status."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def read_key(env: str, backend: str) -> str:
+    """The API key in the environment variable `env`; a missing or unsendable key raises
+    one line that names the variable, never the key."""
+    key = os.environ.get(env, "").strip()
+    if not key:
+        raise ValueError(f"{env} is not set: the {backend} search backend reads its API key there "
+                         "(tools.search.api_key_env names another variable)")
+    if not (key.isascii() and key.isprintable()):
+        raise ValueError(f"${env} holds characters an HTTP header cannot carry")
+    return key
+
+
 class HttpSearch:
-    """A search API behind a GET endpoint, with a disk cache, a timeout and bounded retries."""
+    """A search service over HTTP (any backend but bm25), with a disk cache, a timeout and
+    bounded retries. The wire format is the backend's `Api`; the policy is the same for all."""
 
     def __init__(self, config: SearchConfig, sleep: Callable[[float], None] = time.sleep) -> None:
-        if not config.url:
-            raise ValueError("SearchConfig.url is required for the http backend")
+        self.api: Api = APIS[config.backend]
+        self.url = config.url or self.api.default_url  # SearchConfig made sure there is one
+        self.key_env = config.api_key_env or self.api.key_env
+        self._key = read_key(self.key_env, config.backend) if self.key_env else ""
         self.config = config
         self.sleep = sleep
         self.requests = 0  # requests actually sent (cache hits excluded)
 
     def _cache_path(self, query: str, k: int) -> Path:
-        key = json.dumps([self.config.url, query, k], ensure_ascii=False)
-        return Path(self.config.cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+        # "http" keeps the key it always had, so caches written before other backends existed
+        # still answer; every other key names its backend, so two backends never share an entry.
+        parts = [self.url, query, k] if self.config.backend == "http" else [self.config.backend, self.url, query, k]
+        ident = json.dumps(parts, ensure_ascii=False)
+        return Path(self.config.cache_dir) / f"{hashlib.sha256(ident.encode()).hexdigest()}.json"
 
-    def search(self, query: str, k: int) -> list[tuple[str, str]]:
+    def search(self, query: str, k: int) -> Pairs:
         """Results for `query`, from the cache when present. Raises SearchError."""
         path = self._cache_path(query, k)
         if path.is_file():
@@ -199,60 +249,47 @@ class HttpSearch:
             return results
         raise SearchError(f"search failed after {attempt + 1} attempt(s): {last}", retry=False)
 
-    def _request(self, query: str, k: int) -> list[tuple[str, str]]:
-        url = f"{self.config.url}?{urllib.parse.urlencode({'q': query, 'k': k})}"
-        headers = {"Accept": "application/json"}
-        if self.config.api_key_env:
-            key = os.environ.get(self.config.api_key_env)
-            if not key:
-                raise SearchError(f"the API key variable {self.config.api_key_env} is not set", retry=False)
-            headers["Authorization"] = f"Bearer {key}"
+    def _request(self, query: str, k: int) -> Pairs:
+        request = self.api.request(self.url, query, k, self._key)
         self.requests += 1
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.config.timeout_s) as r:
+            with _OPENER.open(request, timeout=self.config.timeout_s) as r:
                 body = r.read()
         except urllib.error.HTTPError as e:
             # Client errors other than "too many requests" / "timeout" will not get better.
-            raise SearchError(f"HTTP {e.code} from the search API", retry=e.code >= 500 or e.code in (408, 429)) from None
+            raise SearchError(f"HTTP {e.code} from the search API{self._hint(e.code)}",
+                              retry=e.code >= 500 or e.code in (408, 429)) from None
         except urllib.error.URLError as e:
             raise SearchError(f"cannot reach the search API ({e.reason})") from None
         except (TimeoutError, OSError, http.client.HTTPException) as e:
             raise SearchError(f"the search API did not answer in time or broke off ({type(e).__name__})") from None
-        return _parse_reply(body, k)
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SearchError("the search API replied with malformed JSON") from None
+        return self.api.reply(data, k)
 
-
-def _parse_reply(body: bytes, k: int) -> list[tuple[str, str]]:
-    """(title, snippet) pairs from a JSON reply; malformed replies raise SearchError.
-
-    >>> _parse_reply(b'{"results": [{"title": "A", "snippet": "a"}, {"title": "B", "text": "b"}]}', 5)
-    [('A', 'a'), ('B', 'b')]
-    """
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SearchError("the search API replied with malformed JSON") from None
-    results = data.get("results") if isinstance(data, dict) else None
-    if not isinstance(results, list):
-        raise SearchError("the search API reply has no 'results' list")
-    out = []
-    for r in results[:k]:
-        if not isinstance(r, dict) or not isinstance(r.get("title"), str):
-            raise SearchError("a search API result has no 'title'")
-        snippet = r.get("snippet", r.get("text", ""))
-        # A server's text is data: stored and shown under the rule of storage.safe_text.
-        out.append((safe_text(r["title"]), safe_text(snippet) if isinstance(snippet, str) else ""))
-    return out
+    def _hint(self, status: int) -> str:
+        """What a refusal most likely means, naming the key's variable (never the key)."""
+        if status in (401, 403) and self.key_env:
+            return f" (was the key in ${self.key_env} refused?)"
+        if status == 403 and self.api.hint_403:
+            return f" ({self.api.hint_403})"
+        if 300 <= status < 400:
+            return " (a redirect, not followed: give the final URL)"
+        return ""
 
 
 def make_search(config: SearchConfig) -> Callable[[str], str]:
     """The `web_search(query) -> str` callable for `config`. Bad queries and API failures
-    come back as text (the model's mistake or bad luck); a missing corpus raises at once."""
+    come back as text (the model's mistake or bad luck); a missing corpus, URL or API key
+    raises at once."""
     if config.backend == "bm25":
         if not config.corpus:
             raise ValueError("SearchConfig.corpus is required for the bm25 backend")
         index = bm25_index(config.corpus)
 
-        def lookup(query: str, k: int) -> list[tuple[str, str]]:
+        def lookup(query: str, k: int) -> Pairs:
             return [(d["title"], d["text"]) for d in index.search(query, k)]
     else:
         lookup = HttpSearch(config).search
