@@ -1,6 +1,8 @@
 """The run report: `report.json` (machine-readable), `report.md` (the table a person reads)
 and two plots: `accuracy.png` (accuracy per stage and task set, with 95% intervals) and
-`rl_reward.png` (the SCoRe-RL reward curve and the share of groups that carry a gradient)."""
+`rl_reward.png` (each RL stage's reward curve and the share of groups that carry a gradient).
+`report.md` also says how each stage's students fail and what each RL stage had to learn
+from (`diagnostics`): the numbers to read when a stage does not beat another."""
 
 from __future__ import annotations
 
@@ -107,27 +109,34 @@ def plot_accuracy(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_rl(log_path: Path, path: Path) -> bool:
-    """The RL reward curve from an `rl_log.jsonl`; False when there is no log."""
-    if not log_path.exists():
-        return False
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    if not rows:
+def read_rl_log(path: Path) -> list[dict]:
+    """The records of an `rl_log.jsonl` ([] when absent)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_rl(logs: dict[str, list[dict]], path: Path) -> bool:
+    """One panel per RL stage: mean reward, share of groups with a gradient, share of reward
+    1.0, per step; False when no stage has a log."""
+    logs = {name: rows for name, rows in logs.items() if rows}
+    if not logs:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [r["reward"] for r in rows], label="mean reward")
-    ax.plot(steps, [r["signal"] for r in rows], label="groups with a gradient", linestyle="--")
-    ax.plot(steps, [r["r1.0"] for r in rows], label="share of reward 1.0", linestyle=":")
-    ax.set_xlabel("RL step")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
-    ax.set_title("SCoRe-RL")
+    fig, axes = plt.subplots(1, len(logs), figsize=(5 * len(logs), 3.5), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], logs.items()):
+        steps = [r["step"] for r in rows]
+        ax.plot(steps, [r["reward"] for r in rows], label="mean reward")
+        ax.plot(steps, [r["signal"] for r in rows], label="groups with a gradient", linestyle="--")
+        ax.plot(steps, [r["r1.0"] for r in rows], label="share of reward 1.0", linestyle=":")
+        ax.set_xlabel("RL step")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8)
+        ax.set_title(name)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -135,17 +144,99 @@ def plot_rl(log_path: Path, path: Path) -> bool:
     return True
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def failure_table(evals: dict[str, dict[str, dict]]) -> str:
+    """How each stage's students end, over all its evaluation sets (the sets' metrics.json
+    summed): solved, wrong answer, no answer (the turn budget ran out, or the episode was cut
+    for format errors or repeats), the share that ever wrote an unparseable step, turns and
+    generated tokens per task.
+
+    >>> m = {"n": 10, "accuracy": 0.3, "mean_turns": 3.0, "tokens_per_task": {"generated": 100.0},
+    ...      "errors": {"wrong_answer": 3, "no_final_answer": 4, "trajectories_with_parse_error": 2}}
+    >>> print(failure_table({"bc": {"math:test": m, "math:ood": m}}))
+    | stage | tasks | solved | wrong answer | no answer | any unparseable step | turns | generated tokens |
+    |---|---|---|---|---|---|---|---|
+    | bc | 20 | 30% | 30% | 40% | 20% | 3.0 | 100 |
+    """
+    lines = ["| stage | tasks | solved | wrong answer | no answer | any unparseable step | turns | generated tokens |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, sets in evals.items():
+        n = sum(m["n"] for m in sets.values())
+        if not n:
+            continue
+
+        def share(key: str) -> str:
+            return f"{100 * sum(m.get('errors', {}).get(key, 0) for m in sets.values()) / n:.0f}%"
+
+        def per_task(get) -> float:
+            return sum(get(m) * m["n"] for m in sets.values()) / n
+
+        solved = per_task(lambda m: m["accuracy"])
+        lines.append(f"| {name} | {n} | {100 * solved:.0f}% | {share('wrong_answer')} | {share('no_final_answer')} | "
+                     f"{share('trajectories_with_parse_error')} | {per_task(lambda m: m.get('mean_turns', 0)):.1f} | "
+                     f"{per_task(lambda m: m.get('tokens_per_task', {}).get('generated', 0)):.0f} |")
+    return "\n".join(lines)
+
+
+def rl_table(logs: dict[str, list[dict]]) -> str:
+    """What each RL stage had to learn from: its steps, the mean reward over the first and
+    the last quarter of them, the share of groups whose rollouts earned different rewards
+    (only those carry a gradient), the reward shares over all rollouts, the KL to the start
+    at the last step and the sequences trained on.
+
+    >>> rows = [{"step": i, "reward": r, "signal": g, "r1.0": r, "r0.5": 0.0, "r0.1": 0.0, "r0": 1 - r,
+    ...          "kl": 0.01 * i, "trained_seqs": 4} for i, (r, g) in enumerate([(0.0, 0.0), (0.5, 0.5)], 1)]
+    >>> print(rl_table({"score_rl": rows}))
+    | stage | steps | reward, first quarter | reward, last quarter | groups with a gradient | rewards 1 / .5 / .1 / 0 | KL at the end | sequences trained |
+    |---|---|---|---|---|---|---|---|
+    | score_rl | 2 | 0.00 | 0.50 | 25% | 25% / 0% / 0% / 75% | 0.0200 | 8 |
+    """
+    lines = ["| stage | steps | reward, first quarter | reward, last quarter | groups with a gradient | "
+             "rewards 1 / .5 / .1 / 0 | KL at the end | sequences trained |", "|---|---|---|---|---|---|---|---|"]
+    for name, rows in logs.items():
+        if not rows:
+            continue
+        q = max(1, len(rows) // 4)
+        shares = " / ".join(f"{100 * _mean([r[k] for r in rows]):.0f}%" for k in ("r1.0", "r0.5", "r0.1", "r0"))
+        lines.append(f"| {name} | {len(rows)} | {_mean([r['reward'] for r in rows[:q]]):.2f} | "
+                     f"{_mean([r['reward'] for r in rows[-q:]]):.2f} | {100 * _mean([r['signal'] for r in rows]):.0f}% | "
+                     f"{shares} | {rows[-1].get('kl', 0.0):.4f} | {sum(r.get('trained_seqs', 0) for r in rows)} |")
+    return "\n".join(lines)
+
+
+def read_evals(out: Path, stages: list[str]) -> dict[str, dict[str, dict]]:
+    """Each stage's evaluation metrics by set, read from `out/eval/<stage>/<set>/metrics.json`."""
+    evals: dict[str, dict[str, dict]] = {}
+    for name in stages:
+        for path in sorted((out / "eval" / name).glob("*/metrics.json")):
+            evals.setdefault(name, {})[path.parent.name.replace("-", ":", 1)] = json.loads(path.read_text())
+    return evals
+
+
 def write_report(report: dict, out: Path) -> None:
     atomic_write_json(out / "report.json", report)
     plot_accuracy(report, out / "accuracy.png")
-    has_rl = plot_rl(out / "score_rl" / "rl_log.jsonl", out / "rl_reward.png")
+    logs = {name: read_rl_log(out / name / "rl_log.jsonl") for name in report["stages"]}
+    logs = {name: rows for name, rows in logs.items() if rows}
+    has_rl = plot_rl(logs, out / "rl_reward.png")
     parts = [f"# score-distill run: {out.name}", "",
              f"Student `{report.get('student', '?')}`, teacher `{report.get('teacher', '?')}`.", "",
              "Accuracy in % with its 95% Wilson interval. Teacher tokens: spent to produce the stage's "
              "model (SCoRe stages cumulative: BC data + MPS + RL judging). Wall time: the stage plus "
              "its evaluation.", "", markdown_table(report), "", "![accuracy](accuracy.png)", ""]
     if has_rl:
-        parts += ["![SCoRe-RL reward](rl_reward.png)", ""]
+        parts += ["![RL reward](rl_reward.png)", ""]
+    evals = read_evals(out, list(report["stages"]))
+    if evals:
+        parts += ["How the students end (every evaluation set of the stage together; no answer: the turn "
+                  "budget ran out or the episode was cut for format errors or repeated actions):", "",
+                  failure_table(evals), ""]
+    if logs:
+        parts += ["What RL learnt from (a group's rollouts carry a gradient only when their rewards differ):", "",
+                  rl_table(logs), ""]
     if "mps" in report:
         parts += ["MPS summary: `" + json.dumps(report["mps"]) + "`", ""]
     parts += [sandbox_line(report), ""]
