@@ -12,8 +12,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "score_distill"
 
 # The method's stages in order; every other module is below them all. A module may import
 # modules of its own layer or an earlier one, never a later one.
-LAYERS = [("stages.bc",), ("stages.mps",), ("stages.split",), ("train",), ("evaluate", "metrics"), ("report",),
-          ("pipeline",), ("commands", "cli", "__main__")]
+# The teacher audit's report is an evaluation (of the teacher): it reads the metrics.
+LAYERS = [("stages.bc",), ("stages.mps",), ("stages.split",), ("train",),
+          ("evaluate", "metrics", "teachers.audit_report"), ("report",), ("pipeline",), ("commands", "cli", "__main__")]
 
 
 def module_name(path: Path) -> str:

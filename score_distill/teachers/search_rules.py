@@ -100,6 +100,11 @@ def _established(p: _Path, observation: str) -> set[int]:
     return {i for i, f in enumerate(p.facts) if f in obs}
 
 
+def shown_hops(task: Task, observation: str) -> set[int]:
+    """The hops of `task`'s path whose fact `observation` shows (what a step established)."""
+    return _established(_path(task), observation)
+
+
 def _names_read(code: str) -> tuple[list[str], dict[str, str]] | None:
     """Variable names the code reads and the literal assignments it makes; None if it
     does not parse."""
