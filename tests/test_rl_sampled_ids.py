@@ -238,3 +238,19 @@ def test_vllm_needs_a_gpu_and_one_process(tmp_path):
         rl_models.build_sampler("vllm", tmp_path, torch.device("cpu"), RLOptions())
     with pytest.raises(ValueError, match="engine 'vlm'"):
         rl_models.build_sampler("vlm", tmp_path, torch.device("cpu"), RLOptions())
+
+
+def test_our_engine_syncs_only_the_module_it_samples_with(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    from score_distill.models.base import GenRequest, SamplingParams
+    from score_distill.models.local import LocalConfig, LocalModel
+
+    engine = LocalModel(tiny_dir, LocalConfig(device="cpu", num_threads=1))
+    engine.generate([GenRequest([{"role": "user", "content": "q"}], cache_key="t", seed=0)],
+                    SamplingParams(temperature=1.0, max_new_tokens=2))
+    assert len(engine.store) == 1
+    with pytest.raises(ValueError, match="samples with the module being trained"):
+        engine.sync_weights(AutoModelForCausalLM.from_pretrained(tiny_dir))
+    engine.sync_weights(engine.model)
+    assert len(engine.store) == 0  # no key/value of the old weights survives
