@@ -75,7 +75,8 @@ class RunConfig:
     max_turns: int = option(8, "the run's one turn budget, the plan included: every rollout (evaluation, MPS, RL) "
                                "and the longest teacher solution BC keeps")
     device: str = option("auto", DEVICE_HELP)
-    engine: str = option("local", ENGINE_HELP + "; for evaluation and MPS (RL samples with ours)")
+    engine: str = option("local", ENGINE_HELP + "; for evaluation, MPS and RL (vllm: RL on one GPU, "
+                                  "vLLM colocated with the trainer)")
     inference_bf16: Bf16 = option("auto", "load the student in bf16 when it only generates (evaluation, MPS); "
                                           "auto: where the hardware computes bf16 natively (precision.py)")
     ablations: list = option([], "extra stages through the same code: any of grpo, rl_no_short_horizon, rl_no_key_step")
@@ -247,7 +248,7 @@ def rl_stage(state: RunState, name: str, base: str, outcome_only: bool = False, 
     tasks_by_id = {t.id: t for t in state.train}
     before = state.teacher.usage.tokens
     final = train_rl(base, items, tasks_by_id, state.teacher, state.cfg.tools, state.out / name, opts,
-                     device=state.device)
+                     device=state.device, engine=state.cfg.engine)
     # Equivalence judgements of this process (a resumed run counts only what it spent).
     state.teacher_tokens[name] = state.teacher_tokens.get(name, 0) + state.teacher.usage.tokens - before
     return str(final)

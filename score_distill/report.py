@@ -185,7 +185,8 @@ def rl_table(logs: dict[str, list[dict]]) -> str:
     """What each RL stage had to learn from: its steps, the mean reward over the first and
     the last quarter of them, the share of groups whose rollouts earned different rewards
     (only those carry a gradient), the reward shares over all rollouts, the KL to the start
-    at the last step and the sequences trained on.
+    at the last step ("-" without a KL penalty, which loads no reference) and the sequences
+    trained on.
 
     >>> rows = [{"step": i, "reward": r, "signal": g, "r1.0": r, "r0.5": 0.0, "r0.1": 0.0, "r0": 1 - r,
     ...          "kl": 0.01 * i, "trained_seqs": 4} for i, (r, g) in enumerate([(0.0, 0.0), (0.5, 0.5)], 1)]
@@ -203,8 +204,18 @@ def rl_table(logs: dict[str, list[dict]]) -> str:
         shares = " / ".join(f"{100 * _mean([r[k] for r in rows]):.0f}%" for k in ("r1.0", "r0.5", "r0.1", "r0"))
         lines.append(f"| {name} | {len(rows)} | {_mean([r['reward'] for r in rows[:q]]):.2f} | "
                      f"{_mean([r['reward'] for r in rows[-q:]]):.2f} | {100 * _mean([r['signal'] for r in rows]):.0f}% | "
-                     f"{shares} | {rows[-1].get('kl', 0.0):.4f} | {sum(r.get('trained_seqs', 0) for r in rows)} |")
+                     f"{shares} | {_kl(rows[-1])} | {sum(r.get('trained_seqs', 0) for r in rows)} |")
     return "\n".join(lines)
+
+
+def _kl(row: dict) -> str:
+    """The logged KL to the start, or "-" where it was not measured (no KL penalty, so no
+    reference model).
+
+    >>> _kl({"kl": 0.00123}), _kl({"kl": None}), _kl({})
+    ('0.0012', '-', '-')
+    """
+    return "-" if row.get("kl") is None else f"{row['kl']:.4f}"
 
 
 def read_evals(out: Path, stages: list[str]) -> dict[str, dict[str, dict]]:

@@ -52,11 +52,16 @@ class Record:
 
     # Fields that hold nested records: name -> (class, is_list).
     _nested: ClassVar[dict[str, tuple[type, bool]]] = {}
+    # Fields left out of the JSON while they are None (read back as their default, None), so
+    # records that never set them are written as before the field existed.
+    _omit_none: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schema": SCHEMA_VERSION}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
+            if value is None and f.name in self._omit_none:
+                continue
             if f.name in self._nested and value is not None:
                 value = [v.to_dict() for v in value] if self._nested[f.name][1] else value.to_dict()
             out[f.name] = value
@@ -107,6 +112,12 @@ class Step(Record):
     `agent.format.format_observation`). `raw` keeps the exact model text when it could not be
     parsed (then `parse_error` says why, and the thought/code fields hold what was salvaged).
     `final_answer` is set when the step's code called `final_answer(...)`.
+
+    `sampled_ids` and `sampled_logprobs` are the token ids the engine sampled for this turn
+    and their log-probabilities under its untempered distribution, kept when the rollout is
+    asked to (RL trains on them, `train/render.py`'s `render_sampled`); None otherwise, and
+    then absent from the record on disk. The ids may differ from the tokenisation of the
+    rendered step: the text is cut at the stop string and re-rendered from its parse.
     """
 
     kind: str
@@ -120,6 +131,10 @@ class Step(Record):
     timed_out: bool = False
     final_answer: str | None = None
     n_tokens: int = 0
+    sampled_ids: list[int] | None = None
+    sampled_logprobs: list[float] | None = None
+
+    _omit_none: ClassVar[frozenset[str]] = frozenset({"sampled_ids", "sampled_logprobs"})
 
     def __post_init__(self) -> None:
         if self.kind not in STEP_KINDS:

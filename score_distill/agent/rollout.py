@@ -105,10 +105,13 @@ def _start(ep: Episode, tools: ToolConfig) -> _Live:
     return _Live(ep, traj, sandbox)
 
 
-def _step_from_generation(gen: Generation, kind: str) -> Step:
+def _step_from_generation(gen: Generation, kind: str, keep_sampled: bool) -> Step:
     text = safe_text(gen.text)  # model text is data: kept as it will be stored
     parsed = parse_turn(text, kind)
     step = Step(kind=kind, thought=parsed.thought, code=parsed.code, author="student", n_tokens=len(gen.token_ids))
+    if keep_sampled and gen.token_ids:
+        step.sampled_ids = list(gen.token_ids)
+        step.sampled_logprobs = list(gen.logprobs) if len(gen.logprobs) == len(gen.token_ids) else None
     if parsed.error is not None:
         step.parse_error = parsed.error
         step.raw = text
@@ -164,22 +167,23 @@ def _finish(live: _Live, model: ChatModel) -> Trajectory:
 
 
 def rollout(model: ChatModel, episodes: list[Episode], tools: ToolConfig, config: RolloutConfig,
-            on_done: Callable[[int, Trajectory], None] | None = None) -> list[Trajectory]:
+            on_done: Callable[[int, Trajectory], None] | None = None, keep_sampled: bool = False) -> list[Trajectory]:
     """Run every episode to its end; returns trajectories in the order of `episodes`.
     `on_done(index, trajectory)` is called as each one finishes (for progress and for
-    writing results as they come)."""
+    writing results as they come). `keep_sampled` keeps each generated step's sampled token
+    ids and log-probs on the step (`Step.sampled_ids`), for RL to train on."""
     if config.batch_size < 1 or config.turn_budget < 1:
         raise ValueError(f"batch_size and max_turns must be >= 1, got {config.batch_size} and {config.turn_budget}")
     results: list[Trajectory | None] = [None] * len(episodes)
-    for i, traj in _run(model, episodes, tools, config):
+    for i, traj in _run(model, episodes, tools, config, keep_sampled):
         results[i] = traj
         if on_done is not None:
             on_done(i, traj)
     return [r for r in results if r is not None]
 
 
-def _run(model: ChatModel, episodes: list[Episode], tools: ToolConfig,
-         config: RolloutConfig) -> Iterator[tuple[int, Trajectory]]:
+def _run(model: ChatModel, episodes: list[Episode], tools: ToolConfig, config: RolloutConfig,
+         keep_sampled: bool) -> Iterator[tuple[int, Trajectory]]:
     """Keep up to `batch_size` episodes alive. Each moves on its own: its sandbox opens, its
     turn is requested from the model's stream, its action runs in a thread, its next turn is
     requested, and so on; no episode waits for another's turn to end."""
@@ -214,7 +218,7 @@ def _run(model: ChatModel, episodes: list[Episode], tools: ToolConfig,
                     yield from next_turn(i, live[i])
                 for i, gen in stream.step() if stream.busy else []:
                     s = live[i]
-                    step = _absorb(s, gen)
+                    step = _absorb(s, gen, keep_sampled)
                     if step.kind == "action" and step.parse_error is None:
                         work[pool.submit(_execute, s, step, tools)] = ("tool", i)
                     else:
@@ -249,9 +253,9 @@ def _request(s: _Live, turn: int, config: RolloutConfig) -> GenRequest:
     return GenRequest(to_messages(ep.task.question, s.traj.steps), cache_key=ep.key, seed=seed)
 
 
-def _absorb(s: _Live, gen: Generation) -> Step:
+def _absorb(s: _Live, gen: Generation, keep_sampled: bool) -> Step:
     """Append the generated turn to the trajectory, with its accounting."""
-    step = _step_from_generation(gen, next_kind(s.traj.steps))
+    step = _step_from_generation(gen, next_kind(s.traj.steps), keep_sampled)
     s.traj.steps.append(step)
     s.traj.generated_tokens += len(gen.token_ids)
     s.traj.prompt_tokens += gen.prompt_tokens

@@ -5,7 +5,7 @@ Every backend (the local transformers engine, an OpenAI-compatible endpoint) imp
 `cache_key` naming the trajectory: a backend that can reuse work across turns (a KV cache
 kept per trajectory, or a server's prefix cache) uses it, and `release(key)` drops it when
 the trajectory ends. Results carry the generated token ids and their log-probabilities
-where the backend reports them (see `Generation`); RL does not train on them.
+where the backend reports them (see `Generation`); RL trains on them.
 
 `open_stream` serves turns as they become ready instead of in lockstep: the rollout adds a
 trajectory's next request as soon as its tool call returns, and `step()` hands back the
@@ -22,7 +22,7 @@ waiting through `generate` in one call.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable, Protocol
+from typing import Any, Hashable, Protocol
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -55,11 +55,11 @@ class Generation:
     the prompt tokens actually processed for this call (cached ones excluded), and
     `cached_tokens` those reused.
 
-    `token_ids` and `logprobs` (the sampled tokens and their log-probabilities) are returned
-    for callers that want them (benchmarks, tests), and left empty by a backend that has
-    none. The rollout only counts `token_ids` (its token accounting); to train, RL currently
-    re-tokenises the rendered text (`train/render.py`) and recomputes log-probs with the
-    policy.
+    `token_ids` and `logprobs` (the sampled tokens and their log-probabilities under the
+    untempered distribution, `log_softmax(logits)`) are left empty by a backend that has
+    none. The rollout counts `token_ids` (its token accounting) and, for RL, keeps both on the
+    step: the trainer scores exactly the sampled ids (`train/render.py`, `render_sampled`) and
+    corrects for the sampler's log-probs differing from its own (`train/grpo.py`).
     """
 
     text: str
@@ -94,6 +94,24 @@ class ChatModel(Protocol):
 
     def open_stream(self, params: SamplingParams, max_rows: int) -> TurnStream:
         """A stream of turns sampled with `params`, at most `max_rows` generated together."""
+        ...
+
+
+class PolicySampler(ChatModel, Protocol):
+    """A backend that samples RL's rollouts from the policy being trained (the local engine,
+    vLLM in this process). The trainer calls `pause_sampling` when a step's rollouts are
+    done and before it scores and updates, and `sync_weights(model)` after every optimiser
+    step, so the next samples come from the new weights."""
+
+    tokenizer: Any
+
+    def pause_sampling(self) -> None:
+        """Sampling is over until the next update: give back what only sampling needs."""
+        ...
+
+    def sync_weights(self, model: Any) -> None:
+        """The optimiser changed `model` (a torch module): sample from its weights from now on,
+        with no cached keys/values computed by the old ones."""
         ...
 
 

@@ -194,6 +194,18 @@ class LocalModel:
         for key in self.store.keys():
             self.store.release(key)
 
+    def pause_sampling(self) -> None:
+        """RL's rollouts are done: the weights go back to the layout the optimiser expects."""
+        self.training_layout()
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """After an RL update of `model`, which must be this engine's own module: it samples
+        from the live weights already (the lean copies are rebuilt when a parameter changes),
+        so only the cached keys/values, computed by the old weights, are dropped."""
+        if model is not self.model:
+            raise ValueError("the local engine samples with the module being trained: sync_weights got another one")
+        self.clear_cache()
+
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.config.autocast_bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)

@@ -2,7 +2,9 @@
 
 Used by tests (drive the rollout through parse errors, timeouts, the turn budget) and handy
 for checking a task file or a tool set-up without any model. Token ids are one per
-whitespace-separated word, so accounting is checkable by hand.
+whitespace-separated word, so accounting is checkable by hand; given a `tokenizer`, they are
+that tokenizer's ids of the text instead (an engine that sampled exactly those tokens, each
+with log-probability 0), which RL's token-in/token-out renderer can use.
 
     >>> m = ScriptedModel(lambda messages: "<first_thought>plan</first_thought>")
     >>> m.generate([GenRequest([{"role": "user", "content": "q"}])], SamplingParams())[0].text
@@ -11,7 +13,7 @@ whitespace-separated word, so accounting is checkable by hand.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from score_distill.models.base import BatchedStream, Generation, GenRequest, SamplingParams
 
@@ -21,8 +23,9 @@ class ScriptedModel:
 
     name = "scripted"
 
-    def __init__(self, policy: Callable[[list[dict[str, str]]], str]):
+    def __init__(self, policy: Callable[[list[dict[str, str]]], str], tokenizer: Any = None):
         self.policy = policy
+        self.tokenizer = tokenizer
         self.batch_sizes: list[int] = []
         self.released: list[str] = []
 
@@ -32,8 +35,9 @@ class ScriptedModel:
         for r in requests:
             text = self.policy(r.messages)
             n_prompt = sum(len(m["content"].split()) for m in r.messages)
-            out.append(Generation(text=text, token_ids=list(range(len(text.split()))),
-                                  logprobs=[0.0] * len(text.split()), prompt_tokens=n_prompt))
+            ids = list(range(len(text.split()))) if self.tokenizer is None else \
+                self.tokenizer.encode(text, add_special_tokens=False)
+            out.append(Generation(text=text, token_ids=ids, logprobs=[0.0] * len(ids), prompt_tokens=n_prompt))
         return out
 
     def open_stream(self, params: SamplingParams, max_rows: int) -> BatchedStream:

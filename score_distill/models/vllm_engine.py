@@ -17,6 +17,12 @@ vLLM's prefix cache (on by default) keeps the KV of a trajectory's earlier turns
 prefix an RL group shares, so `cache_key` and `release` need nothing here. vLLM schedules
 its own batch; `open_stream` sends every waiting turn in one call (`BatchedStream`).
 
+RL (colocated, as TRL's `vllm_mode="colocate"`): the trainer holds the policy as a torch
+module on the same GPU and, after every optimiser step, `sync_weights(policy)` loads its
+weights into vLLM's model and drops vLLM's prefix cache. That needs vLLM's engine in this
+process (`in_process`), not in the engine-core process vLLM starts by default. Not yet run
+on a GPU: built against vLLM's source (see `sync_weights`) and tested with a fake engine.
+
 vLLM is optional: `pip install -e '.[vllm]'` (README, "On a GPU"); importing this module
 does not import it, and a missing vLLM is one line naming the extra.
 
@@ -26,6 +32,7 @@ does not import it, and a missing vLLM is one line naming the extra.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +56,8 @@ class VLLMConfig:
                                                "an RL group's shared prefix)")
     enforce_eager: bool = option(False, "no CUDA graphs: slower decoding, a faster start")
     seed: int = option(0, "seeds rows whose request and params carry no seed")
+    in_process: bool = option(False, "run vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), "
+                                     "so RL can load updated weights into its model (`sync_weights`)")
 
 
 def build_llm(path: str | Path, config: VLLMConfig) -> tuple[Any, Any]:
@@ -57,6 +66,8 @@ def build_llm(path: str | Path, config: VLLMConfig) -> tuple[Any, Any]:
         import vllm
     except ImportError:
         raise UsageError("the vllm engine needs vLLM: pip install -e '.[vllm]' (README, \"On a GPU\")") from None
+    if config.in_process:  # read by vLLM when it builds the engine; it stays set for this process
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     llm = vllm.LLM(model=str(path), dtype=config.dtype, gpu_memory_utilization=config.gpu_memory_utilization,
                    max_model_len=config.max_model_len, enable_prefix_caching=config.enable_prefix_caching,
                    enforce_eager=config.enforce_eager, seed=config.seed)
@@ -106,6 +117,27 @@ class VLLMModel:
 
     def release(self, cache_key: str) -> None:
         """Nothing to drop: vLLM's prefix cache evicts by itself."""
+
+    def pause_sampling(self) -> None:
+        """Nothing to give back: vLLM keeps its share of the GPU through the update (its sleep
+        mode, which would free it meanwhile, is not used)."""
+
+    def sync_weights(self, model: Any) -> None:
+        """Load the trained module's weights into vLLM's model, then drop vLLM's prefix cache
+        (its keys/values were computed by the old weights).
+
+        As TRL's colocate mode does it (TRL 1.10.0.dev0, `trl/generation/vllm_generation.py`,
+        `sync_weights`): every parameter under its Hugging Face name goes to the vLLM model's
+        `load_weights`, which maps those names onto vLLM's own (fused) layers, as when it reads
+        a checkpoint, and casts to vLLM's dtype. TRL reaches the model through
+        `llm.llm_engine.model_executor.driver_worker.model_runner.model`; we use vLLM's public
+        `LLM.apply_model(fn)` (`vllm/entrypoints/llm.py`, which runs `fn(worker.get_model())`
+        through `collective_rpc`, `vllm/v1/worker/worker_base.py`), read in vLLM's source of
+        its v1 engine as of late 2026. It runs in this process only when the engine was built
+        `in_process`; otherwise vLLM would have to pickle the weights to its engine process."""
+        weights = [(name, p.detach()) for name, p in model.named_parameters()]
+        self.llm.apply_model(lambda vllm_model: vllm_model.load_weights(weights))
+        self.llm.reset_prefix_cache()
 
 
 def generation(output: Any, time_s: float) -> Generation:

@@ -1,5 +1,6 @@
 """The tensor maths of GRPO: batching rendered sequences, token log-probabilities, the KL
-estimate and the clipped policy-gradient loss. Used by `train.rl`; no I/O, no state.
+estimate, the importance weights that correct for the sampler, and the clipped
+policy-gradient loss. Used by `train.rl`; no I/O, no state.
 
 Sequences are LEFT-padded, so every row's generated tokens sit at the end of the batch and
 the model only has to project the last `keep` positions onto the vocabulary
@@ -10,14 +11,16 @@ part, and the (B, T, V) logits of the prefix would be most of the memory.
     logp = token_logprobs(model, batch)          # (B, keep) log-probs of batch.targets
     loss, stats = clipped_loss(logp, old_logp, advantages, batch.loss_mask, clip_eps=0.2)
 
-`reference_logprobs` measures the reference log-probs of a step's micro-batches (and, for
-those that are only measured, the policy's and the KL); `update` runs the optimiser passes, taking the
-pre-update log-probs from its own first forward pass, before any weight has moved.
+`reference_logprobs` measures the reference log-probs of a step's micro-batches (only with
+a KL penalty); `update` runs the optimiser passes, taking the pre-update log-probs from its
+own first forward pass, before any weight has moved, and from them the truncated importance
+weights against the sampler's log-probs (`truncated_is_weights`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -26,14 +29,16 @@ import torch
 @dataclass
 class Batch:
     """Left-padded sequences. `input_ids`/`attention_mask`/`position_ids` are (B, T);
-    `targets` and `loss_mask` are (B, keep): the last `keep` tokens of each row and whether
-    each is a generated token the loss applies to."""
+    `targets`, `loss_mask` and `sampler_logp` are (B, keep): the last `keep` tokens of each
+    row, whether each is a generated token the loss applies to, and its log-probability as the
+    sampling engine reported it (NaN where there is none)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     targets: torch.Tensor
     loss_mask: torch.Tensor
+    sampler_logp: torch.Tensor
 
     @property
     def keep(self) -> int:
@@ -41,11 +46,13 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
-                                              self.targets, self.loss_mask)))
+                                              self.targets, self.loss_mask, self.sampler_logp)))
 
 
-def pad_left(ids: list[list[int]], masks: list[list[int]], pad_id: int) -> Batch:
-    """Left-pad sequences into a `Batch`; `keep` covers every row's first masked token.
+def pad_left(ids: list[list[int]], masks: list[list[int]], pad_id: int,
+             sampler_logps: list[list[float]] | None = None) -> Batch:
+    """Left-pad sequences (and, aligned with them, the sampler's log-probs) into a `Batch`;
+    `keep` covers every row's first masked token.
 
     >>> b = pad_left([[5, 6, 7, 8], [9, 10]], [[0, 0, 1, 1], [0, 1]], pad_id=0)
     >>> b.input_ids.tolist(), b.position_ids.tolist()
@@ -65,23 +72,44 @@ def pad_left(ids: list[list[int]], masks: list[list[int]], pad_id: int) -> Batch
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(ids), width), dtype=torch.long)
     loss_mask = torch.zeros((len(ids), width), dtype=torch.float32)
+    sampler = torch.full((len(ids), width), math.nan, dtype=torch.float32)
     for r, (row, m) in enumerate(zip(ids, masks)):
         input_ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
         attention[r, width - len(row) :] = 1
         loss_mask[r, width - len(row) :] = torch.tensor(m, dtype=torch.float32)
+        if sampler_logps is not None:
+            if len(sampler_logps[r]) != len(row):
+                raise ValueError("sampler log-probs must be aligned with the ids")
+            sampler[r, width - len(row) :] = torch.tensor(sampler_logps[r], dtype=torch.float32)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    return Batch(input_ids, attention, positions, input_ids[:, -keep:], loss_mask[:, -keep:])
+    return Batch(input_ids, attention, positions, input_ids[:, -keep:], loss_mask[:, -keep:], sampler[:, -keep:])
 
 
 def token_logprobs(model: torch.nn.Module, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
     """Log-probabilities (B, keep) of `batch.targets` under `model`, computed in float32.
     Logits are divided by `temperature` so the probabilities are those of the sampling
     distribution (with top-p 1) the rollouts were drawn from."""
+    return _TargetLogprobs.apply(_logits(model, batch), batch.targets, temperature)
+
+
+def token_logprobs_and_untempered(model: torch.nn.Module, batch: Batch,
+                                  temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs` (with its graph) and, detached, the same tokens' log-probs at
+    temperature 1: what the engines report (`Generation.logprobs`), so what the sampler's
+    log-probs are compared with. One forward pass; the second softmax only where T != 1."""
+    logits = _logits(model, batch)
+    logp = _TargetLogprobs.apply(logits, batch.targets, temperature)
+    if temperature == 1.0:
+        return logp, logp.detach()
+    with torch.no_grad():
+        return logp, _TargetLogprobs.apply(logits.detach(), batch.targets, 1.0)
+
+
+def _logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """(B, keep, V) logits; position t predicts token t + 1."""
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, logits_to_keep=batch.keep + 1, use_cache=False)
-    logits = out.logits[:, :-1]  # (B, keep, V): position t predicts token t + 1
-    del out
-    return _TargetLogprobs.apply(logits, batch.targets, temperature)
+    return out.logits[:, :-1]
 
 
 LOGPROB_CHUNK = 128  # positions whose float32 softmax is materialised at once
@@ -133,6 +161,58 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class ISStats:
+    """Sums over the masked tokens that have a sampler log-prob (divide by `tokens`)."""
+
+    tokens: float = 0.0
+    abs_diff: float = 0.0  # |logp_trainer - logp_sampler|
+    truncated: float = 0.0  # tokens whose weight hit the cap
+    weight: float = 0.0
+
+    def __iadd__(self, other: ISStats) -> ISStats:
+        self.tokens += other.tokens
+        self.abs_diff += other.abs_diff
+        self.truncated += other.truncated
+        self.weight += other.weight
+        return self
+
+
+def truncated_is_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
+                         cap: float) -> tuple[torch.Tensor, ISStats]:
+    """Truncated importance weights (TIS) per token: w = min(exp(old_logp - sampler_logp), cap),
+    with `old_logp` the trainer's log-prob of the sampled token before the update and
+    `sampler_logp` the one the sampling engine reported. The engine and the trainer compute
+    the same distribution with different kernels (and, with vLLM, from their own copy of the
+    weights), so the rollouts are slightly off-policy for the trainer; the weight corrects the
+    policy gradient for it, and the cap bounds its variance. 1 where there is no sampler
+    log-prob (and everywhere when `cap` is 0: no correction, the statistics still measured).
+
+    Following the note "Your efficient RL framework secretly brings you off-policy RL
+    training" (Yao, Liu et al., 2025, fengyao.notion.site) as verl applies it (token level,
+    `algorithm.rollout_correction.rollout_is="token"`, `rollout_is_threshold` 2.0, weights
+    detached and multiplied into the policy loss; verl 0.8.0.dev,
+    `verl/trainer/ppo/rollout_corr_helper.py`) and TRL's
+    `vllm_importance_sampling_correction` with `vllm_importance_sampling_mode="token_truncate"`
+    (TRL 1.10.0.dev0, `trl/trainer/grpo_trainer.py`, its cap default 3.0).
+
+    >>> w, st = truncated_is_weights(torch.tensor([[-1.0, -1.0, -1.0, -2.0]]),
+    ...                              torch.tensor([[-1.0, -2.0, float("nan"), -1.0]]), torch.ones(1, 4), 2.0)
+    >>> [round(x, 4) for x in w[0].tolist()], (st.tokens, st.abs_diff, st.truncated)
+    ([1.0, 2.0, 1.0, 0.3679], (3.0, 2.0, 1.0))
+    """
+    have = (mask > 0) & ~torch.isnan(sampler_logp)
+    diff = torch.where(have, old_logp - sampler_logp, torch.zeros_like(old_logp))
+    if cap > 0:  # exp of the log ratio capped at log(cap): min(exp(d), cap) without overflow
+        weights = torch.where(have, torch.exp(diff.clamp(max=math.log(cap))), torch.ones_like(diff))
+        truncated = float((have & (diff > math.log(cap))).sum())
+    else:
+        weights, truncated = torch.ones_like(diff), 0.0
+    stats = ISStats(tokens=float(have.sum()), abs_diff=float(diff.abs().sum()), truncated=truncated,
+                    weight=float(weights[have].sum()))
+    return weights.detach(), stats
+
+
+@dataclass
 class LossStats:
     """Sums over the tokens of one micro-batch (divide by `tokens` for means)."""
 
@@ -142,13 +222,15 @@ class LossStats:
 
 def clipped_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                  clip_eps: float, ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0,
-                 ) -> tuple[torch.Tensor, LossStats]:
+                 is_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, LossStats]:
     """The PPO-clipped GRPO objective, SUMMED over masked tokens (the caller divides by the
     step's token count, so micro-batches of any size weigh each token equally).
 
-    Per token: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + kl_coef * k3, with
-    ratio = exp(logp - old_logp) and A the sequence's advantage. At the first pass over a
-    batch the ratio is 1 and the gradient is the plain policy gradient -A * grad(logp).
+    Per token: -w * min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + kl_coef * k3, with
+    ratio = exp(logp - old_logp), A the sequence's advantage and w the token's truncated
+    importance weight against the sampler (`truncated_is_weights`; 1 without one; the KL term
+    is not weighted, as in TRL). At the first pass over a batch the ratio is 1 and the
+    gradient is the plain policy gradient -w * A * grad(logp).
 
     >>> lp = torch.zeros(1, 2, requires_grad=True)
     >>> loss, st = clipped_loss(lp, torch.zeros(1, 2), torch.tensor([2.0]), torch.tensor([[1.0, 0.0]]), 0.2)
@@ -160,7 +242,7 @@ def clipped_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.T
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]  # (B, 1) broadcast over tokens
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv)
-    per_token = -surrogate
+    per_token = -surrogate if is_weight is None else -surrogate * is_weight
     if ref_logp is not None and kl_coef:
         per_token = per_token + kl_coef * kl_k3(logp, ref_logp)
     loss = (per_token * mask).sum()
@@ -172,19 +254,21 @@ def clipped_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.T
 
 @dataclass
 class Scored:
-    """A micro-batch ready for the update: inputs, advantages (B,), and the log-probs (B, keep)
-    of the reference and of the policy before the update (None until measured: `update`
-    fills it in at its first pass)."""
+    """A micro-batch ready for the update: inputs, advantages (B,), the reference's log-probs
+    (B, keep) when a KL penalty needs them, and the policy's log-probs before the update and
+    the importance weights (None until `update` fills them in at its first pass)."""
 
     batch: Batch
     advantages: torch.Tensor
-    old_logp: torch.Tensor | None
-    ref_logp: torch.Tensor
+    ref_logp: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None
+    is_weight: torch.Tensor | None = None
 
 
 def micro_batches(seqs: list[tuple[list[int], list[int]]], advantages: list[float], size: int,
-                  pad_id: int) -> list[tuple[Batch, torch.Tensor]]:
-    """Sequences sorted by length (less padding) and cut into micro-batches of `size`.
+                  pad_id: int, sampler_logps: list[list[float]] | None = None) -> list[tuple[Batch, torch.Tensor]]:
+    """Sequences (with the sampler's log-probs, aligned, when given) sorted by length (less
+    padding) and cut into micro-batches of `size`.
 
     >>> mbs = micro_batches([([1, 2, 3], [0, 1, 1]), ([4, 5], [0, 1])], [0.5, -0.5], 1, 0)
     >>> [b.input_ids.tolist() for b, _ in mbs], [a.tolist() for _, a in mbs]
@@ -194,32 +278,24 @@ def micro_batches(seqs: list[tuple[list[int], list[int]]], advantages: list[floa
     out = []
     for lo in range(0, len(order), size):
         chunk = order[lo : lo + size]
-        batch = pad_left([seqs[i][0] for i in chunk], [seqs[i][1] for i in chunk], pad_id)
+        batch = pad_left([seqs[i][0] for i in chunk], [seqs[i][1] for i in chunk], pad_id,
+                         None if sampler_logps is None else [sampler_logps[i] for i in chunk])
         out.append((batch, torch.tensor([advantages[i] for i in chunk], dtype=torch.float32)))
     return out
 
 
 @torch.no_grad()
-def reference_logprobs(policy: torch.nn.Module, ref: torch.nn.Module, mbs: list[tuple[Batch, torch.Tensor]],
-                       device: torch.device, temperature: float, bf16: bool, trained: int = 0,
-                       ) -> tuple[list[Scored], float, float]:
-    """Reference log-probs of every micro-batch. The first `trained` micro-batches go to
-    `update`, whose first forward pass gives their pre-update log-probs and KL, so the policy
-    is not run on them here (a forward pass saved per step); the others are only measured:
-    the policy's log-probs and their summed k3 KL and token count are returned."""
-    scored, kl, tokens = [], 0.0, 0.0
-    for k, (batch, adv) in enumerate(mbs):
+def reference_logprobs(ref: torch.nn.Module, mbs: list[tuple[Batch, torch.Tensor]], device: torch.device,
+                       temperature: float, bf16: bool) -> list[Scored]:
+    """Every micro-batch on `device` with the reference model's log-probs, for the KL penalty.
+    The policy's own log-probs, and so the KL, come from `update`'s first forward pass."""
+    scored = []
+    for batch, adv in mbs:
         b = batch.to(device)
-        old = None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             ref_lp = token_logprobs(ref, b, temperature)
-            if k >= trained:
-                old = token_logprobs(policy, b, temperature)
-        if old is not None:
-            kl += float((kl_k3(old, ref_lp) * b.loss_mask).sum())
-            tokens += float(b.loss_mask.sum())
-        scored.append(Scored(b, adv.to(device), old, ref_lp))
-    return scored, kl, tokens
+        scored.append(Scored(b, adv.to(device), ref_lp))
+    return scored
 
 
 @dataclass
@@ -233,16 +309,18 @@ class UpdateStats:
     passes: int = 0
     kl: float = 0.0  # summed k3 KL of the pre-update policy (first pass), and its token count
     kl_tokens: float = 0.0
+    sampler: ISStats = field(default_factory=ISStats)  # the pre-update policy against the sampler
 
 
 def update(model: torch.nn.Module, optimizer: Any, backward: Callable[[torch.Tensor], None],
            clip_grad: Callable[[float], torch.Tensor], scored: list[Scored], *, clip_eps: float,
            kl_coef: float, ppo_epochs: int, max_grad_norm: float, temperature: float, bf16: bool,
-           ) -> UpdateStats:
+           is_cap: float = 0.0) -> UpdateStats:
     """`ppo_epochs` optimiser steps over `scored`, each a pass over all its micro-batches
     with gradients accumulated and the loss normalised by the pass's token count.
     The first pass runs before any optimiser step, so its log-probs are the old policy's:
-    they become `old_logp` where it is missing (the ratio there is exactly 1).
+    they become `old_logp` (the ratio there is exactly 1), and their untempered values
+    against the sampler's give the importance weights, capped at `is_cap`, of every pass.
     `backward` and `clip_grad` come from the accelerator (they handle DDP and scaling)."""
     stats = UpdateStats()
     n_tokens = sum(float(s.batch.loss_mask.sum()) for s in scored)
@@ -253,13 +331,19 @@ def update(model: torch.nn.Module, optimizer: Any, backward: Callable[[torch.Ten
         for s in scored:
             device_type = s.batch.input_ids.device.type
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                logp = token_logprobs(model, s.batch, temperature)
+                if s.old_logp is None:
+                    logp, untempered = token_logprobs_and_untempered(model, s.batch, temperature)
+                else:
+                    logp = token_logprobs(model, s.batch, temperature)
             if s.old_logp is None:
                 s.old_logp = logp.detach()
-                stats.kl += float((kl_k3(s.old_logp, s.ref_logp) * s.batch.loss_mask).sum())
-                stats.kl_tokens += float(s.batch.loss_mask.sum())
+                s.is_weight, st_is = truncated_is_weights(untempered, s.batch.sampler_logp, s.batch.loss_mask, is_cap)
+                stats.sampler += st_is
+                if s.ref_logp is not None:
+                    stats.kl += float((kl_k3(s.old_logp, s.ref_logp) * s.batch.loss_mask).sum())
+                    stats.kl_tokens += float(s.batch.loss_mask.sum())
             loss, st = clipped_loss(logp, s.old_logp, s.advantages, s.batch.loss_mask, clip_eps,
-                                    s.ref_logp, kl_coef)
+                                    s.ref_logp, kl_coef, s.is_weight)
             backward(loss / n_tokens)
             stats.loss += float(loss.detach())
             stats.tokens += st.tokens

@@ -5,13 +5,15 @@ the item's verified prefix (the rollout rebuilds the sandbox state by replaying 
 code), the student writes the key step and goes on to the end within the turn budget
 (prefix turns count). Rewards come from `train.rewards`, advantages are group-relative,
 and the loss is the PPO-clipped objective on the tokens generated in this rollout only
-(`render_trajectory` with `train_on` = steps at index >= len(prefix): not the prefix, not
-the observations). The k3 estimate of KL(policy || reference) on the generated tokens is
-measured and logged every step; its penalty (`kl_coef`) is off by default, as in the paper.
+(`render_sampled` with `train_on` = steps at index >= len(prefix): not the prefix, not the
+observations), on the token ids the engine sampled, each weighted by its truncated importance
+weight against the sampler's log-prob. A KL penalty to the starting checkpoint (`kl_coef`)
+is off by default, as in the paper; only with it is the reference model loaded and the k3
+KL logged.
 
     from score_distill.train.rl import RLOptions, train_rl
     final = train_rl("runs/x/sft/final", items, tasks_by_id, teacher, ToolConfig(), "runs/x/rl",
-                     RLOptions(steps=50))
+                     RLOptions(steps=50))                # engine="vllm" on a GPU
 
 Ablations and baseline, through the same code:
 - without the key-step reward: `use_key_step=False` (outcome reward only, 1.0 / 0.0);
@@ -24,22 +26,34 @@ Ablations and baseline, through the same code:
 
 Why a compact trainer of our own (on `accelerate`) and not TRL's `GRPOTrainer` with a
 `rollout_func`: our episodes are multi-turn CodeAct rollouts that start from a prefix and
-interleave sandbox observations; they must be sampled by our engine (`LocalModel`, the one
-rollout loop) and rendered by our one loss-mask renderer. TRL's hook is marked experimental,
-wants prompt/completion token ids that we would have to re-derive from the renderer anyway,
-and it only loads a reference model when the KL penalty is on, whereas we log the KL with
-the penalty off. Ours is a few hundred lines, and `accelerate launch` runs it on several GPUs.
+interleave sandbox observations; they must go through the one rollout loop and be rendered
+by our one loss-mask renderer. TRL's hook is marked experimental and wants prompt/completion
+token ids that we would have to re-derive from the renderer anyway. Ours is a few hundred
+lines, and `accelerate launch` runs it on several GPUs (the local engine only).
 
 Design notes:
-- Sampling uses the CURRENT weights: the engine is built around the very module being
-  trained (`engine.model` is the policy), and its KV caches are cleared after every update.
+- Sampling uses the CURRENT weights, through `PolicySampler.sync_weights` after every
+  update. The local engine (`engine="local"`) is built around the very module being trained
+  and only drops its KV caches; vLLM (`engine="vllm"`, one CUDA GPU, colocated in this
+  process as TRL's `vllm_mode="colocate"`) gets the weights loaded into its own model.
+- Token-in/token-out: each generated turn is trained on the ids the engine sampled, with
+  the renderer's masks (`render.render_sampled`); the turns whose ids or context differ from
+  the re-tokenised text are counted and logged (`token_mismatch`), never silently dropped.
 - Default temperature 1.0, top-p 1.0: GRPO needs diverse groups, and then the sampling
-  distribution is the policy itself, so ratios and the KL are exact. With another
-  temperature the log-probs are taken from logits / T (top-p is not modelled).
-- Old log-probs are recomputed by a forward pass on the rendered sequence before the update,
-  not taken from the sampler: the renderer re-tokenises text, and the end-of-turn token that
-  the renderer adds after a stop string was not sampled.
+  distribution is the policy itself, so ratios and importance weights are exact. With
+  another temperature the ratios use logits / T and the importance weights compare
+  untempered log-probs, as the engines report them (top-p is not modelled).
+- Old log-probs come from the trainer's forward pass before the update, and the sampler's
+  log-probs only enter through the truncated importance weight
+  w = min(exp(logp_old - logp_sampler), is_cap) on each sampled token (TIS; `grpo.
+  truncated_is_weights` says whose method): the engine's kernels, precision and, for vLLM,
+  its own copy of the weights make its distribution differ slightly from the trainer's.
+  Logged per step: mean |logp_old - logp_sampler|, the share of tokens capped, mean weight.
 - The policy stays in eval mode (no dropout), so the first pass has ratio exactly 1.
+- Precision: on a CUDA device with bf16, the policy is held in bf16 and the optimiser keeps
+  fp32 master weights and moments (`master_adamw.MasterAdamW`, `bf16_policy`); elsewhere
+  the weights are fp32 (bf16 autocast where `bf16` says). No reference model at all when
+  `kl_coef` is 0: the KL to the start is then not logged (`kl` is null).
 - Loss = sum of per-token losses / tokens of the sequences trained this step (token-level
   mean, so long rollouts are not down-weighted per token). Groups whose rewards are all
   equal have zero advantage; on one process they are skipped (no compute), on several all
@@ -48,7 +62,6 @@ Design notes:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -56,25 +69,27 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from score_distill.agent.rollout import Episode, RolloutConfig, rollout
-from score_distill.config import option, save_config
+from score_distill.config import UsageError, option, save_config
 from score_distill.devices import training_device
 from score_distill.memory import release_memory
 from score_distill.precision import Bf16, resolve_bf16
 from score_distill.teachers.base import Teacher
 from score_distill.tools.config import ToolConfig
 from score_distill.train.rl_dir import RLDir, save_checkpoint
+from score_distill.train.rl_models import Reference, build_optimizer, build_sampler
 from score_distill.train.rl_items import items_for_step, select_pool
-from score_distill.train.render import render_trajectory
+from score_distill.train.render import SampledRender, render_sampled
 from score_distill.train.rewards import (KeyStepJudge, RewardResult, group_advantages, reward_summary,
                                          rollout_reward)
 from score_distill.types import KeyStepItem, Task, Trajectory, write_jsonl
 
 if TYPE_CHECKING:  # grpo imports torch; this module stays light for the command line
+    from score_distill.models.base import PolicySampler
     from score_distill.train.grpo import UpdateStats
 
 log = logging.getLogger(__name__)
@@ -102,12 +117,17 @@ class RLOptions:
     weight_decay: float = option(0.0, "AdamW weight decay")
     max_grad_norm: float = option(1.0, "gradient norm clip")
     clip_eps: float = option(0.2, "PPO ratio clip")
-    kl_coef: float = option(0.0, "weight of the k3 KL penalty to the starting checkpoint (KL is logged either way)")
-    keep_reference: bool = option(False, "hold the reference model in memory between steps; False: it is read "
-                                         "from disk for each step's scoring and freed before the update, "
-                                         "whose gradients then have its memory")
-    kl_on_all: bool = option(True, "measure the logged KL on every rollout; False: only on those that carry a "
-                                   "gradient, which saves a policy and a reference forward pass on the others")
+    kl_coef: float = option(0.0, "weight of the k3 KL penalty to the starting checkpoint; 0 (the paper's): no "
+                                 "reference model is loaded and no KL is logged")
+    keep_reference: bool = option(False, "with a KL penalty: hold the reference model in memory between steps; "
+                                         "False: it is read from disk for each step's scoring and freed before "
+                                         "the update, whose gradients then have its memory")
+    is_cap: float = option(2.0, "cap C of the truncated importance weight min(exp(logp_trainer - logp_sampler), C) "
+                                "on each sampled token, which corrects for the sampling engine (grpo.py); "
+                                "0 = no correction (the mismatch is logged either way)")
+    bf16_policy: bool = option(True, "on a CUDA device with bf16 on: hold the policy in bf16 with fp32 master "
+                                     "weights and AdamW moments in the optimiser (master_adamw.py); on a CPU "
+                                     "the weights stay fp32 (bf16 autocast as `bf16` says)")
     scale_advantages: bool = option(True, "divide advantages by the group's reward std")
     max_length: int = option(4096, "rendered sequences are cut to this many tokens")
     outcome_only_share: float = option(0.25, "share of the items WITHOUT an intervention that join the "
@@ -157,7 +177,7 @@ def collect(engine: Any, items: list[KeyStepItem], tasks_by_id: dict[str, Task],
         episodes += [Episode(tasks_by_id[item.task_id], prefix=prefix, sample=slot * opts.group_size + k)
                      for k in range(opts.group_size)]
     config = dataclasses.replace(opts.rollout, stage=f"{opts.rollout.stage}-{step}")  # new samples every step
-    trajs = rollout(engine, episodes, tools, config)
+    trajs = rollout(engine, episodes, tools, config, keep_sampled=True)
     samples = []
     for ep, traj in zip(episodes, trajs):
         item = items[ep.sample // opts.group_size]
@@ -169,31 +189,36 @@ def collect(engine: Any, items: list[KeyStepItem], tasks_by_id: dict[str, Task],
     return samples
 
 
-def render_samples(tokenizer: Any, samples: list[Sample], max_length: int) -> list[tuple[list[int], list[int]]]:
-    """(ids, mask) per sample with the loss on the steps generated in this rollout only."""
-    out = []
-    for s in samples:
-        ids, mask = render_trajectory(tokenizer, s.question, s.traj.steps, train_on=lambda i, _, k=s.start: i >= k)
-        out.append((ids[:max_length], mask[:max_length]))
-    return out
+def render_samples(tokenizer: Any, samples: list[Sample], max_length: int) -> list[SampledRender]:
+    """Each sample as the trainer scores it (its sampled ids, `render_sampled`), with the loss
+    on the steps generated in this rollout only, cut to `max_length` tokens."""
+    return [render_sampled(tokenizer, s.question, s.traj.steps, train_on=lambda i, _, k=s.start: i >= k).cut(max_length)
+            for s in samples]
 
 
 def format_line(r: dict[str, Any], total: int) -> str:
-    """The one readable log line of a step.
+    """The one readable log line of a step (`-` for what was not measured).
 
     >>> format_line({"step": 3, "reward": 0.41, "r1.0": 0.25, "r0.5": 0.125, "r0.1": 0.0, "r0": 0.625,
-    ...              "signal": 0.75, "kl": 0.0012, "loss": -0.013, "gen_tok_s": 1234.0, "time_s": 12.3}, 50)
-    'step 3/50 | reward 0.410 (1:25% .5:12% .1:0% 0:62%) | signal 75% | kl 0.0012 | loss -0.0130 | tok/s 1.2e+03 | 12.3s'
+    ...              "signal": 0.75, "kl": None, "loss": -0.013, "sampler_logp_diff": 0.0012, "is_weight": 0.998,
+    ...              "is_truncated": 0.0, "token_mismatch": 0.05, "gen_tok_s": 1234.0, "time_s": 12.3}, 50)
+    'step 3/50 | reward 0.410 (1:25% .5:12% .1:0% 0:62%) | signal 75% | kl - | loss -0.0130 | sampler dlogp 1.2e-03 w 0.998 capped 0% | ids off 5% | tok/s 1.2e+03 | 12.3s'
     """
+    def shown(key: str, fmt: str) -> str:
+        return "-" if r.get(key) is None else format(r[key], fmt)
+
     return (f"step {r['step']}/{total} | reward {r['reward']:.3f} (1:{r['r1.0']:.0%} .5:{r['r0.5']:.0%} "
-            f".1:{r['r0.1']:.0%} 0:{r['r0']:.0%}) | signal {r['signal']:.0%} | kl {r['kl']:.4f} | "
-            f"loss {r['loss']:.4f} | tok/s {r['gen_tok_s']:.2g} | {r['time_s']:.1f}s")
+            f".1:{r['r0.1']:.0%} 0:{r['r0']:.0%}) | signal {r['signal']:.0%} | kl {shown('kl', '.4f')} | "
+            f"loss {r['loss']:.4f} | sampler dlogp {shown('sampler_logp_diff', '.1e')} w {shown('is_weight', '.3f')} "
+            f"capped {shown('is_truncated', '.0%')} | ids off {shown('token_mismatch', '.0%')} | "
+            f"tok/s {r['gen_tok_s']:.2g} | {r['time_s']:.1f}s")
 
 
 def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[str, Task],
              teacher: Teacher | None, tools: ToolConfig, out_dir: str | Path, opts: RLOptions,
-             device: str = "auto") -> Path:
-    """Train the model in `model_dir` with GRPO on `items` on `device` (devices.py); returns
+             device: str = "auto", engine: str = "local") -> Path:
+    """Train the model in `model_dir` with GRPO on `items` on `device` (devices.py), its
+    rollouts sampled by `engine` ("local" or "vllm", `build_sampler`); returns
     `<out_dir>/final`.
 
     Writes `rl_config.yaml`, `rl_log.jsonl` (one record per step), `samples.jsonl` (a few
@@ -203,8 +228,6 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
     reward is off."""
     import torch
     from accelerate import Accelerator
-
-    from score_distill.models.local import LocalConfig, LocalModel
 
     files = RLDir(out_dir)
     if (files.final / "config.json").is_file():
@@ -217,24 +240,21 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
     opts = dataclasses.replace(opts, bf16=resolve_bf16(opts.bf16, accelerator.device.type))  # saved as used
     if opts.items_per_step % accelerator.num_processes:
         raise ValueError(f"items_per_step={opts.items_per_step} does not split over {accelerator.num_processes} processes")
+    if engine == "vllm" and accelerator.num_processes > 1:
+        raise UsageError("RL with the vllm engine runs in one process on one GPU (use --engine local for several)")
     total = total_steps(opts, len(pool))
     resume = files.latest_checkpoint()
     start, start_dir = resume if resume is not None else (0, Path(model_dir))
-    # The engine owns the policy: generation always runs on the weights being trained.
-    engine = LocalModel(start_dir, LocalConfig(device=str(accelerator.device), autocast_bf16=opts.bf16, seed=opts.rollout.seed,
-                                             num_threads=opts.cpu_threads))
+    sampler, policy = build_sampler(engine, start_dir, accelerator.device, opts)
     if opts.activation_checkpointing:  # takes effect in train mode; sampling switches to eval itself
-        engine.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        engine.model.train()
-    reference = _Reference(model_dir, torch.bfloat16 if opts.bf16 else torch.float32, accelerator.device,
-                           opts.keep_reference)
-    # The fused step updates each tensor in place: the default (foreach) step builds
-    # temporaries the size of all the weights, on top of the states' 2 copies.
-    optimizer = torch.optim.AdamW(engine.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay,
-                                  fused=accelerator.device.type in ("cpu", "cuda"))
+        policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        policy.train()
+    reference = Reference(model_dir, torch.bfloat16 if opts.bf16 else torch.float32, accelerator.device,
+                           opts.keep_reference) if opts.kl_coef else None
+    optimizer = build_optimizer(policy, opts)
     if resume is not None:
         optimizer.load_state_dict(torch.load(start_dir / "optimizer.pt", weights_only=True))
-    model, optimizer = accelerator.prepare(engine.model, optimizer)
+    model, optimizer = accelerator.prepare(policy, optimizer)
     judge = KeyStepJudge(teacher) if teacher is not None else None
     if accelerator.is_main_process:
         files.out.mkdir(parents=True, exist_ok=True)
@@ -242,7 +262,7 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
         files.trim(start)
         log.info("RL: %d items in the pool (%d with an intervention), %d steps, from %s", len(pool),
                  sum(i.chosen is not None for i in pool), total, start_dir)
-    trainer = _Trainer(engine, model, reference, optimizer, accelerator, pool, tasks_by_id, tools, judge, opts)
+    trainer = _Trainer(sampler, model, reference, optimizer, accelerator, pool, tasks_by_id, tools, judge, opts)
     bar = tqdm(total=total, initial=start, desc="rl", unit="step", disable=not accelerator.is_main_process)
     for step in range(start, total):
         record = trainer.step(step)
@@ -252,11 +272,11 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
             log.info(format_line(record, total))
             bar.update(1)
         if opts.save_every and (step + 1) % opts.save_every == 0 and step + 1 < total:
-            save_checkpoint(files, accelerator, model, engine.tokenizer, optimizer, step + 1)
+            save_checkpoint(files, accelerator, model, sampler.tokenizer, optimizer, step + 1)
     bar.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        files.save(files.final, accelerator.unwrap_model(model), engine.tokenizer)
+        files.save(files.final, accelerator.unwrap_model(model), sampler.tokenizer)
         shutil.rmtree(files.checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
     return files.final
@@ -274,114 +294,81 @@ def _check_inputs(pool: list[KeyStepItem], tasks_by_id: dict[str, Task], teacher
                          "(or use_key_step=False)")
 
 
-class _Reference:
-    """The starting checkpoint, which gives the reference log-probs (for the logged KL and
-    the optional penalty). It is only needed while a step's rollouts are scored, before the
-    update, so by default it is read from disk for that and freed before the backward pass,
-    which is the step's memory peak: the policy's gradients take its place. `keep` holds it
-    in memory instead (no load per step). Under bf16 autocast it is held in bf16, since its
-    matmuls run in bf16 there anyway (its log-probs then differ from the policy's at the start
-    by the rounding of the weights: a logged KL of ~1e-7, not 0)."""
-
-    def __init__(self, model_dir: str | Path, dtype: Any, device: Any, keep: bool) -> None:
-        self.model_dir, self.dtype, self.device = model_dir, dtype, device
-        self._model = self._load() if keep else None
-
-    def _load(self) -> Any:
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # one bar per step would flood the log
-        try:
-            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        return model.to(self.device).eval().requires_grad_(False)
-
-    @contextlib.contextmanager
-    def loaded(self) -> Iterator[Any]:
-        if self._model is not None:
-            yield self._model
-            return
-        model = self._load()
-        try:
-            yield model
-        finally:
-            del model
-            release_memory()
-
-
 class _Trainer:
     """What one training step needs, so `step` reads as the algorithm."""
 
-    def __init__(self, engine: Any, model: Any, ref: _Reference, optimizer: Any, accelerator: Any,
+    def __init__(self, sampler: PolicySampler, model: Any, ref: Reference | None, optimizer: Any, accelerator: Any,
                  pool: list[KeyStepItem], tasks_by_id: dict[str, Task], tools: ToolConfig,
                  judge: KeyStepJudge | None, opts: RLOptions) -> None:
-        self.engine, self.model, self.ref, self.optimizer = engine, model, ref, optimizer
+        self.sampler, self.model, self.ref, self.optimizer = sampler, model, ref, optimizer
         self.acc, self.pool, self.tasks_by_id, self.tools, self.judge, self.opts = (
             accelerator, pool, tasks_by_id, tools, judge, opts)
-        tok = engine.tokenizer
+        tok = sampler.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.last_samples: list[Trajectory] = []
 
     def step(self, step: int) -> dict[str, Any]:
-        """Roll out, score, update; returns the step's log record (reduced over processes)."""
-        from score_distill.train.grpo import micro_batches, reference_logprobs, update
+        """Roll out, score, update, sync the sampler; returns the step's log record (reduced
+        over processes)."""
+        from score_distill.train.grpo import Scored, micro_batches, reference_logprobs, update
 
         opts, acc = self.opts, self.acc
         t0 = time.perf_counter()
         mine = items_for_step(len(self.pool), step, opts.items_per_step, opts.rollout.seed)
         items = [self.pool[i] for i in mine[acc.process_index :: acc.num_processes]]
-        samples = collect(self.engine, items, self.tasks_by_id, self.tools, self.judge, opts, step)
+        samples = collect(self.sampler, items, self.tasks_by_id, self.tools, self.judge, opts, step)
         rollout_s = time.perf_counter() - t0
-        self.engine.training_layout()  # the decoding layout is for sampling only
-        seqs = render_samples(self.engine.tokenizer, samples, opts.max_length)
+        self.sampler.pause_sampling()
+        seqs = render_samples(self.sampler.tokenizer, samples, opts.max_length)
         alone = acc.num_processes == 1
-        usable = [i for i, (_, m) in enumerate(seqs) if 1 in m]
-        trained = [i for i in usable if samples[i].advantage != 0 or opts.kl_coef or not alone]
-        others = [i for i in usable if i not in trained]
-
-        def mbs(idx: list[int]) -> list:
-            return micro_batches([seqs[i] for i in idx], [samples[i].advantage for i in idx],
-                                 opts.micro_batch_size, self.pad_id) if idx else []
-
-        train_mbs = mbs(trained)
-        measured = mbs(others) if opts.kl_on_all else []
+        trained = [i for i, r in enumerate(seqs) if 1 in r.mask
+                   and (samples[i].advantage != 0 or opts.kl_coef or not alone)]
+        mbs = micro_batches([(seqs[i].ids, seqs[i].mask) for i in trained], [samples[i].advantage for i in trained],
+                            opts.micro_batch_size, self.pad_id,
+                            [seqs[i].sampler_logprobs for i in trained]) if trained else []
         release_memory()  # the rollout's KV caches, before the reference is read
-        with self.ref.loaded() as ref:
-            scored, kl, kl_tokens = reference_logprobs(self.model, ref, train_mbs + measured, acc.device,
-                                                       opts.rollout.temperature, opts.bf16, trained=len(train_mbs))
-            del ref  # else this frame keeps it alive through the update
+        if self.ref is None:
+            scored = [Scored(b.to(acc.device), a.to(acc.device)) for b, a in mbs]
+        else:
+            with self.ref.loaded() as ref:
+                scored = reference_logprobs(ref, mbs, acc.device, opts.rollout.temperature, opts.bf16)
+                del ref  # else this frame keeps it alive through the update
         stats = update(self.model, self.optimizer, acc.backward,
-                       lambda n: acc.clip_grad_norm_(self.model.parameters(), n), scored[: len(train_mbs)],
+                       lambda n: acc.clip_grad_norm_(self.model.parameters(), n), scored,
                        clip_eps=opts.clip_eps, kl_coef=opts.kl_coef, ppo_epochs=opts.ppo_epochs,
-                       max_grad_norm=opts.max_grad_norm, temperature=opts.rollout.temperature, bf16=opts.bf16)
-        # The rollout already released each trajectory's cache as it ended; clearing here
-        # guarantees that no key/value computed by the old weights survives the update.
-        self.engine.clear_cache()
+                       max_grad_norm=opts.max_grad_norm, temperature=opts.rollout.temperature, bf16=opts.bf16,
+                       is_cap=opts.is_cap)
+        # The next rollouts sample from the new weights, with no key/value of the old ones.
+        self.sampler.sync_weights(acc.unwrap_model(self.model))
         release_memory()
         self.last_samples = [_annotate(s, step + 1) for s in samples[: opts.samples_per_step]]
-        return self._record(step, samples, len(trained), kl + stats.kl, kl_tokens + stats.kl_tokens, stats,
-                            rollout_s, t0)
+        return self._record(step, samples, seqs, len(trained), stats, rollout_s, t0)
 
-    def _record(self, step: int, samples: list[Sample], n_trained: int, kl: float, kl_tokens: float,
+    def _record(self, step: int, samples: list[Sample], seqs: list[SampledRender], n_trained: int,
                 stats: UpdateStats, rollout_s: float, t0: float) -> dict[str, Any]:
         """The step's log record, with sums and rewards taken over every process."""
         import torch
 
-        acc = self.acc
-        local = [kl, kl_tokens, stats.loss, stats.tokens, stats.clipped, n_trained,
+        acc, st = self.acc, stats.sampler
+        local = [stats.kl, stats.kl_tokens, stats.loss, stats.tokens, stats.clipped, n_trained,
                  sum(s.traj.generated_tokens for s in samples), sum(s.traj.n_turns - s.start for s in samples),
-                 sum(s.traj.finished for s in samples)]
-        (kl, kl_tokens, loss, tokens, clipped, n_trained, gen_tokens, turns, finished) = acc.reduce(
+                 sum(s.traj.finished for s in samples), st.tokens, st.abs_diff, st.truncated, st.weight,
+                 sum(r.turns for r in seqs), sum(r.mismatched for r in seqs)]
+        (kl, kl_tokens, loss, tokens, clipped, n_trained, gen_tokens, turns, finished, is_tokens, abs_diff,
+         truncated, weight, sampled_turns, mismatched) = acc.reduce(
             torch.tensor(local, dtype=torch.float64, device=acc.device), "sum").tolist()
         rewards = acc.gather(torch.tensor([s.result.reward for s in samples], dtype=torch.float64,
                                           device=acc.device)).tolist()
         n = max(1, len(rewards))
+
+        def per(total: float, count: float) -> float | None:
+            return total / count if count else None
+
         return {"step": step + 1, **reward_summary(rewards, self.opts.group_size),
-                "kl": kl / max(1.0, kl_tokens), "loss": loss / max(1.0, tokens), "clip_frac": clipped / max(1.0, tokens),
+                "kl": per(kl, kl_tokens) if self.opts.kl_coef else None,
+                "loss": loss / max(1.0, tokens), "clip_frac": clipped / max(1.0, tokens),
+                "sampler_logp_diff": per(abs_diff, is_tokens), "is_weight": per(weight, is_tokens),
+                "is_truncated": per(truncated, is_tokens), "token_mismatch": per(mismatched, sampled_turns),
                 "grad_norm": stats.grad_norm / max(1, stats.passes), "trained_seqs": int(n_trained),
                 "gen_tokens": int(gen_tokens), "gen_tok_s": gen_tokens / max(rollout_s, 1e-9),
                 "turns": turns / n, "finished": finished / n,
@@ -390,7 +377,10 @@ class _Trainer:
 
 
 def _annotate(s: Sample, step: int) -> Trajectory:
-    """A trajectory with its RL context in `meta`, for samples.jsonl."""
+    """A trajectory with its RL context in `meta`, for samples.jsonl (read by people: the
+    sampled ids are left out)."""
+    for st in s.traj.steps:
+        st.sampled_ids = st.sampled_logprobs = None
     s.traj.meta.update({"rl_step": step, "reward": s.result.reward, "reward_kind": s.result.kind,
                         "advantage": s.advantage, "prefix_len": s.start, "key_index": s.item.step_index})
     return s.traj
