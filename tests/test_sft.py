@@ -3,6 +3,7 @@ lowers the loss on the student's turns, and the saved checkpoint loads as a plai
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,10 @@ def test_min_steps_adds_passes_over_a_small_data_set(tiny_dir, tmp_path):
                       checkpoint_every_s=0)  # a checkpoint at every epoch end
     train_sft(tiny_dir, [(QUESTION, STEPS)] * 2, tmp_path / "sft", opts)  # 1 step per epoch
     assert sorted(p.name for p in (tmp_path / "sft").glob("checkpoint-*")) == ["checkpoint-3"]
+    # The call's throughput counts the steps it ran, each of 2 rows of the data's mean length.
+    summary = json.loads((tmp_path / "sft" / "train_summary.json").read_text())
+    assert (summary["rows"], summary["steps_this_call"], summary["device"]) == (2, 3, "cpu")
+    assert summary["tokens_per_s"] == pytest.approx(3 * 2 * summary["mean_tokens"] / summary["seconds_this_call"], rel=0.1)  # seconds rounded
 
 
 @pytest.mark.parametrize(("every_s", "expected"), [(1e-9, ["checkpoint-3"]), (3600.0, [])])

@@ -22,7 +22,7 @@ from typing import Callable
 from score_distill.config import option
 from score_distill.devices import training_device
 from score_distill.precision import Bf16, resolve_bf16
-from score_distill.storage import atomic_dir
+from score_distill.storage import atomic_dir, atomic_write_json
 from score_distill.train.render import render_trajectory
 from score_distill.types import Step
 
@@ -223,13 +223,34 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
     if opts.checkpoint_every_s > 0:
         trainer.add_callback(_checkpoint_timer(opts.checkpoint_every_s))
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    start = int(checkpoints[-1].name.split("-")[1]) if checkpoints else 0
+    began = time.monotonic()
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    seconds = time.monotonic() - began
     trained = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
     with atomic_dir(final) as tmp:
         trained.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    log.info("saved %s", final)
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    summary = throughput_summary(lengths, opts.batch_size, trainer.state.global_step - start, seconds)
+    atomic_write_json(out / "train_summary.json", {**summary, "device": training_device(device),
+                                                    "bf16": bool(args.bf16), "packing": opts.packing})
+    log.info("saved %s (%.0f tokens/s over %d steps)", final, summary["tokens_per_s"], summary["steps_this_call"])
     return final
+
+
+def throughput_summary(lengths: list[int], batch_size: int, steps: int, seconds: float) -> dict[str, float]:
+    """Training throughput of one call: the optimiser steps it ran, each counted at the mean
+    step of the data (`batch_size` rows of its mean length, padding not counted), over the
+    call's training wall time (steps and checkpoints; not the model load or the final save).
+
+    >>> throughput_summary([100, 300], batch_size=2, steps=3, seconds=6.0)
+    {'rows': 2, 'mean_tokens': 200.0, 'steps_this_call': 3, 'seconds_this_call': 6.0, 'tokens_per_s': 200.0}
+    """
+    mean = sum(lengths) / len(lengths)
+    tokens = steps * min(batch_size, len(lengths)) * mean
+    return {"rows": len(lengths), "mean_tokens": round(mean, 1), "steps_this_call": steps,
+            "seconds_this_call": round(seconds, 1), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0}
 
 
 def _checkpoint_timer(seconds: float):  # noqa: ANN202 (a transformers TrainerCallback)
