@@ -94,3 +94,43 @@ def test_models_it_does_not_know_decode_through_transformers():
     assert "gpt2" in lean_decode.lean_unsupported(model.model)
     model.decoding_layout()
     assert model._lean is None
+
+
+def _prefill_logits(config: LocalConfig, cut: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits after a prefill of prompt tails of different lengths (so padded) over
+    cached heads of different lengths, and those of one decoding step after it."""
+    model = LocalModel(builtin_path("tiny"), config)
+    model.decoding_layout()  # the lean copies, when configured, serve the prefills too
+    prompts = [model.encode(m) for m in MESSAGES]
+    heads = [p[: len(p) - cut - 2 * r] for r, p in enumerate(prompts)]
+    tails = [p[len(p) - cut - 2 * r :] for r, p in enumerate(prompts)]
+    first = BatchLayout.of([0] * len(heads), [len(h) for h in heads])
+    batch = BatchKV.build([None] * len(heads), first, first.width_suffix, model.n_layers, model.kv_shape,
+                          model.kv_dtype(), model.device)
+    with torch.inference_mode():
+        model._prefill_ids(batch, heads, first.width_suffix)
+        kvs = [batch.row_kv(r) for r in range(len(heads))]
+        layout = BatchLayout.of([len(h) for h in heads], [len(t) for t in tails])
+        batch = BatchKV.build(kvs, layout, layout.width_cached + layout.width_suffix + 1, model.n_layers,
+                              model.kv_shape, model.kv_dtype(), model.device)
+        prefilled = model._prefill_ids(batch, tails, layout.width_suffix)
+        batch.append_column()
+        stepped = model.forward(batch, torch.tensor([[5 + r] for r in range(len(tails))]))
+    return prefilled, stepped
+
+
+def test_a_lean_prefill_computes_the_transformers_prefill(monkeypatch):
+    calls = []
+    real = lean_decode.LeanDecoder.prefill
+    monkeypatch.setattr(lean_decode.LeanDecoder, "prefill", lambda self, *a: calls.append(a[0].shape) or real(self, *a))
+    reference = _prefill_logits(LocalConfig(dtype="float32", lean_prefill=False))
+    assert not calls
+    lean = _prefill_logits(LocalConfig(dtype="float32"))
+    assert len(calls) == 2 and calls[1][1] == 3 + 2 * (len(MESSAGES) - 1), calls  # heads, then padded tails
+    for a, b in zip(lean, reference):
+        assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+    # In bf16, its error against fp32 stays of the size of the transformers prefill's.
+    plain_err = max(float((a - b).abs().max()) for a, b in
+                    zip(_prefill_logits(LocalConfig(dtype="bfloat16", lean_prefill=False)), reference))
+    lean_err = max(float((a - b).abs().max()) for a, b in zip(_prefill_logits(LocalConfig(dtype="bfloat16")), reference))
+    assert lean_err <= 2 * plain_err + 1e-3, (lean_err, plain_err)
