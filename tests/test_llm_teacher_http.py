@@ -163,16 +163,51 @@ def test_a_broken_reply_body_is_retried_by_the_client():
     assert server.hits == 2
 
 
-def test_an_endpoint_that_refuses_a_json_schema_gets_json_objects_from_then_on():
-    def strict(request: dict[str, Any]) -> str | FakeReply:
-        if request.get("response_format", {}).get("type") == "json_schema":
-            return FakeReply("", status=400)  # an older server: response_format json_schema unknown
+def refusing(forms: set[str], status: int = 400, body: str = "") -> Any:
+    """A server that answers the response_format forms in `forms` with an error."""
+
+    def reply(request: dict[str, Any]) -> str | FakeReply:
+        fmt = request.get("response_format", {})
+        form = fmt.get("type", "") + ("+schema" if "schema" in fmt else "")
+        if form in forms:
+            return FakeReply(status=status, body=body or None)
         return from_messages(request)
 
-    with FakeServer(strict) as server:
+    return reply
+
+
+def formats(server: FakeServer) -> list[str | None]:
+    return [None if "response_format" not in r else r["response_format"]["type"]
+            + ("+schema" if "schema" in r["response_format"] else "") for r in server.requests]
+
+
+def test_an_endpoint_that_refuses_a_json_schema_gets_the_schema_in_a_json_object_from_then_on():
+    with FakeServer(refusing({"json_schema"})) as server:  # an older server: response_format json_schema unknown
         teacher = teacher_for(server)
         verdict = teacher.judge(TASK, STEPS)
         same = teacher.equivalent(TASK, [PLAN], WRONG, FINAL)
     assert (verdict.correct, verdict.first_error, same) == (False, 1, False)
-    kinds = [r.get("response_format", {}).get("type") for r in server.requests]
-    assert kinds == ["json_schema", "json_object", "json_object"]  # refused once, remembered
+    assert formats(server) == ["json_schema", "json_object+schema", "json_object+schema"]  # refused once, remembered
+    assert server.requests[1]["response_format"]["schema"]["required"][0] == "is_correct"
+
+
+def test_a_server_error_naming_response_format_is_a_refusal_not_retried():
+    # llama-cpp-python's server answers an unknown response_format type with HTTP 500 naming the field.
+    body = '{"error": {"message": "1 validation error: loc (body, response_format, type): Input should be text or json_object"}}'
+    with FakeServer(refusing({"json_schema"}, status=500, body=body)) as server:
+        verdict = teacher_for(server).judge(TASK, STEPS)
+    assert verdict.first_error == 1 and formats(server) == ["json_schema", "json_object+schema"]
+
+
+def test_an_endpoint_that_refuses_every_schema_form_gets_plain_json_objects():
+    with FakeServer(refusing({"json_schema", "json_object+schema"}, status=422)) as server:
+        teacher = teacher_for(server)
+        assert teacher.judge(TASK, STEPS).first_error == 1
+        assert teacher.equivalent(TASK, [PLAN], WRONG, FINAL) is False
+    assert formats(server) == ["json_schema", "json_object+schema", "json_object", "json_object"]
+
+
+def test_a_plain_server_error_is_still_retried_with_the_same_form():
+    with FakeServer(script(FakeReply(status=503), judge_json(True))) as server:
+        assert teacher_for(server).judge(TASK, STEPS).correct
+    assert formats(server) == ["json_schema", "json_schema"]

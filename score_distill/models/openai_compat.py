@@ -18,7 +18,9 @@ Failures are handled by kind:
   since proxies and overloaded servers send such bodies transiently;
 - redirects: only a 307/308 to the same origin is followed; any other (another host, port
   or scheme, or a 301/302/303) raises at once, so the key is never sent elsewhere;
-- any other 4xx (bad request, bad key, unknown model): raised at once.
+- any other 4xx (bad request, bad key, unknown model): raised at once;
+- a reply that refuses the request's `response_format` (below): not retried, the next form
+  is asked for.
 When retries run out, `ModelError` says what happened last, with the HTTP status and an
 excerpt of the body. These are the server's faults, always `ModelError`; a mistake of ours
 raises as itself. The API key is read from the environment variable `api_key_env` at each
@@ -28,7 +30,14 @@ message the client builds goes through `http_post.redact`, so a server that echo
 
 Requests carry temperature, top_p, max_tokens, stop and seed, and ask for log-probabilities
 (set `logprobs=False` for servers that reject the field); a reply without them gives empty
-`logprobs`. Token counts come from `usage` when the server reports it. OpenAI-style servers
+`logprobs`. Token counts come from `usage` when the server reports it.
+
+A reply of a given JSON Schema is asked for in the first of `SCHEMA_FORMS` that the endpoint
+takes: OpenAI's `json_schema` (OpenAI, vLLM, llama.cpp's own llama-server), then the schema
+inside a `json_object` request (llama-cpp-python's server, which answers the first with an
+HTTP 500 naming `response_format`, and llama-server), then a plain JSON object. A refusal is
+an HTTP 400 or 422, or any error reply whose body names `response_format`; the client
+remembers the form that worked and asks for it from then on. OpenAI-style servers
 drop the stop string from the reply; `stops.restore_stop` puts it back where the reply shows
 it was hit. `token_ids` stay empty: the API returns text, not our tokenizer's ids.
 
@@ -59,9 +68,15 @@ log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 300
 MAX_REPLY_BYTES = 8 << 20
+# How a reply of a given JSON Schema is asked for, most specific first (module docstring).
+SCHEMA_FORMS = ("json_schema", "json_object+schema", "json_object")
 # Errors of the connection itself (as opposed to an HTTP answer): worth another attempt.
 # OSError covers refused connections, DNS and TLS failures and our deadline (CallTimeout).
 TRANSIENT = (OSError, http.client.HTTPException)
+
+
+class FormatRefused(ModelError):
+    """The endpoint refused the request's `response_format`: ask for another form."""
 
 
 class MalformedReply(ValueError):
@@ -178,7 +193,7 @@ class OpenAIModel:
         self.extra_body = dict(extra_body or {})
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
-        self.takes_json_schema = True  # until the endpoint refuses one (then JSON objects)
+        self.schema_form = 0  # index into SCHEMA_FORMS: the first form the endpoint has not refused
 
     # -- the ChatModel interface ---------------------------------------------------------
 
@@ -219,39 +234,40 @@ class OpenAIModel:
                  json_mode: bool = False, json_schema: tuple[str, dict[str, Any]] | None = None) -> Completion:
         """One chat completion, with retries; raises `ModelError` when they run out.
 
-        `json_schema` (name, JSON Schema) asks for a reply of that shape (`response_format`
-        type "json_schema", which vLLM, llama.cpp's server and OpenAI constrain decoding to);
-        an endpoint that refuses it with HTTP 400 is asked again for a plain JSON object, and
-        from then on only for those."""
+        `json_mode` asks for a JSON object; `json_schema` (name, JSON Schema) for a reply of
+        that shape, in the first of `SCHEMA_FORMS` the endpoint takes (module docstring)."""
         body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": temperature,
                                 "top_p": top_p, "max_tokens": max_tokens}
         if stop:
             body["stop"] = list(stop)
         if seed is not None:
             body["seed"] = seed
-        schema = json_schema is not None and self.takes_json_schema
-        if schema:
-            name, spec = json_schema
-            body["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": spec, "strict": True}}
-        elif json_mode or json_schema is not None:
+        if json_mode and json_schema is None:
             body["response_format"] = {"type": "json_object"}
         if self.logprobs:
             body["logprobs"] = True
         body.update(self.extra_body)
-        try:
+        if json_schema is None:
             return self._post(json.dumps(body).encode())
-        except ModelError as err:
-            if not (schema and err.status == 400):
-                raise
-            self.takes_json_schema = False
-            log.warning("%s refused a json_schema response_format (HTTP 400); asking for JSON objects instead", self.url)
-            return self._post(json.dumps({**body, "response_format": {"type": "json_object"}}).encode())
+        form = self.schema_form
+        while True:
+            payload = {**body, "response_format": response_format(SCHEMA_FORMS[form], *json_schema)}
+            try:
+                return self._post(json.dumps(payload).encode(), format_sent=True)
+            except FormatRefused:
+                if form + 1 == len(SCHEMA_FORMS):
+                    raise
+                log.warning("%s refused response_format %s; asking for %s from now on", self.url,
+                            SCHEMA_FORMS[form], SCHEMA_FORMS[form + 1])
+                form += 1
+                self.schema_form = max(self.schema_form, form)  # threads may race here: the furthest form wins
 
     # -- transport ----------------------------------------------------------------------
 
-    def _post(self, payload: bytes) -> Completion:
+    def _post(self, payload: bytes, format_sent: bool = False) -> Completion:
         """POST with retries, all within `total_timeout_s`. Only 408/429/5xx, connection
-        trouble and malformed bodies retry."""
+        trouble and malformed bodies retry; with `format_sent`, a reply refusing the payload's
+        `response_format` raises `FormatRefused` at once."""
         key = self._key()
         budget_end = time.monotonic() + self.total_timeout_s
         last, retry_after, attempts, status = "no attempt made", None, 0, None
@@ -267,6 +283,8 @@ class OpenAIModel:
             if isinstance(outcome, Completion):
                 return outcome
             last, retry_after, retry, status = outcome
+            if format_sent and status is not None and status != 200 and refuses_format(status, last):
+                raise FormatRefused(self._error(last, key, status).args[0], status)
             if not retry:
                 raise self._error(last, key, status)
         raise self._error(f"failed after {attempts} attempts; last: {last}", key, status)
@@ -319,6 +337,32 @@ class OpenAIModel:
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_backoff_s))
         return delay
+
+
+def response_format(form: str, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The `response_format` field asking for a reply of `schema` in one of `SCHEMA_FORMS`.
+
+    >>> response_format("json_object+schema", "verdict", {"type": "object"})
+    {'type': 'json_object', 'schema': {'type': 'object'}}
+    """
+    if form == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    if form == "json_object+schema":
+        return {"type": "json_object", "schema": schema}
+    if form == "json_object":
+        return {"type": "json_object"}
+    raise ValueError(f"unknown response_format form {form!r}; known: {', '.join(SCHEMA_FORMS)}")
+
+
+def refuses_format(status: int, what: str) -> bool:
+    """Whether an error reply (its status, and `what` went wrong, with the body's excerpt)
+    refuses the request's `response_format`: a 400 or 422 (the request is invalid), or any
+    error that names the field, as llama-cpp-python's server does in an HTTP 500.
+
+    >>> refuses_format(500, "HTTP 500: {'loc': ('body', 'response_format', 'type')}"), refuses_format(503, "HTTP 503: busy")
+    (True, False)
+    """
+    return status in (400, 422) or "response_format" in what
 
 
 def _excerpt(raw: bytes, key: str | None = None) -> str:
