@@ -152,6 +152,9 @@ def test_failed_calls_are_misses_and_counted(tmp_path: Path):
     assert got["failed_calls"] == 1.0 and got["first_error_exact"] == got["repair_to_gold"] == 0.0
     assert got["equivalence_agreement"] == 0.0 and got["false_alarms"] is None  # no correct trajectory was judged
     assert all(r.judge_failure and r.judge_failure.startswith("teacher_failed:") for r in records)
+    # Per kind too, leaks and false alarms are over the calls that answered: none here.
+    kinds = audit_metrics(records)["by_kind"].values()
+    assert all(m.get("answer_leaks", m.get("false_alarms"))["n"] == 0 for m in kinds)
 
 
 class Unreachable(ReferenceTeacher):

@@ -106,13 +106,16 @@ def audit_metrics(records: list[AuditRecord]) -> dict[str, Any]:
         by_kind[r.kind].append(r)
     kinds = {}
     for kind, group in sorted(by_kind.items(), key=lambda kv: (kv[1][0].planted_step is None, kv[0])):  # planted first
+        # Lower-is-better rates over the calls that answered, as overall.
         if group[0].planted_step is None:
-            kinds[kind] = {"planted": False, "false_alarms": _count(group, lambda r: r.said_correct is False, LOWER)}
+            kinds[kind] = {"planted": False, "false_alarms": _count([r for r in group if r.said_correct is not None],
+                                                                    lambda r: r.said_correct is False, LOWER)}
         else:
             kinds[kind] = {"planted": True, "first_error_exact": _count(group, _exact, HIGHER),
                            "first_error_within_one": _count(group, _within_one, HIGHER),
                            "repair_to_gold": _count(group, lambda r: r.repair_solved is True, HIGHER),
-                           "answer_leaks": _count(group, lambda r: r.repair_leaks is True, LOWER)}
+                           "answer_leaks": _count([r for r in group if r.repair_leaks is not None],
+                                                  lambda r: r.repair_leaks is True, LOWER)}
     pairs = {name: rate(sum(e.said == e.truth for e in checks if e.name == name),
                         sum(e.name == name for e in checks), HIGHER) for name in sorted({e.name for e in checks})}
     tasks = len({r.task_id for r in records})
