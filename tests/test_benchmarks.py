@@ -20,6 +20,13 @@ FIXTURES = {
     "arpo": [{"question": "Who wrote Hamlet?", "answer": "William Shakespeare"}],
     "gaia": [{"task_id": "g-1", "Question": "Which city hosts the Louvre?", "Final answer": "Paris", "Level": 1}],
 }
+# agent-distillation's test files: one JSON object (written with indent=4), the records under "examples".
+AGENT_DISTILLATION = {
+    "metadata": {"dataset_info": {"name": "bamboogle", "fold": "test", "total_examples": 2, "filtering_criteria": None}},
+    "examples": [{"id": "0", "question": "Who wrote Hamlet?", "answer": "William Shakespeare", "level": "hard",
+                  "type": "bamboogle", "dataset_name": "bamboogle", "split": "test"},
+                 {"id": 17, "question": "What is 2 + 3?", "answer": 5.0, "dataset_name": "GSM-hard", "split": "test"}],
+}
 
 
 def write(path: Path, records: list[object]) -> Path:
@@ -38,6 +45,55 @@ def test_every_format_reads_into_tasks_of_the_benchmark(tmp_path: Path) -> None:
     [gaia] = read_benchmark(write(tmp_path / "g.jsonl", FIXTURES["gaia"]), "gaia")
     assert (gaia.id, gaia.question, gaia.answer, gaia.meta["fields"]) == ("g-1", "Which city hosts the Louvre?",
                                                                           "Paris", {"Level": 1})
+
+
+def write_document(path: Path, document: object, indent: int | None = 4) -> Path:
+    path.write_text(json.dumps(document, indent=indent), encoding="utf-8")
+    return path
+
+
+def test_agent_distillation_files_are_read_as_one_json_document(tmp_path: Path) -> None:
+    hamlet, sum_ = read_benchmark(write_document(tmp_path / "bamboogle_125.json", AGENT_DISTILLATION), "bamboogle")
+    assert (hamlet.id, hamlet.question, hamlet.answer, hamlet.suite) == ("0", "Who wrote Hamlet?", "William Shakespeare",
+                                                                        "bamboogle")
+    assert hamlet.meta["fields"] == {"level": "hard", "type": "bamboogle", "dataset_name": "bamboogle", "split": "test"}
+    assert (sum_.id, sum_.answer) == ("17", "5.0")  # numeric ids and answers become text
+    assert read_benchmark(tmp_path / "bamboogle_125.json", "math500")[1].score("5").correct  # 5.0 == 5 as maths
+    # The same document on one line, and a bare list of its records, whatever the file is called.
+    one_line = read_benchmark(write_document(tmp_path / "one.jsonl", AGENT_DISTILLATION, indent=None), "bamboogle")
+    bare = read_benchmark(write_document(tmp_path / "bare.txt", AGENT_DISTILLATION["examples"]), "bamboogle")
+    assert [t.id for t in one_line] == [t.id for t in bare] == ["0", "17"]
+    # A JSONL file of our format with an answer still reads as JSON lines.
+    assert [t.id for t in read_benchmark(write(tmp_path / "o.json", FIXTURES["ours"]), "aime24")] == ["a1"]
+
+
+def test_a_malformed_agent_distillation_file_names_the_file_record_and_field(tmp_path: Path) -> None:
+    examples = [{"id": 0, "question": "q", "answer": "1"},
+                {"id": 1, "question": "q"},                      # no answer
+                {"id": 2, "question": 3, "answer": "1"},         # a question that is not text
+                {"id": 3, "question": "q", "answer": None},      # null answer (agent-distillation's train set has two)
+                "a string",                                       # not a record
+                {"id": 0, "question": "q", "answer": "2"}]       # the first record's id again
+    path = write_document(tmp_path / "bad.json", {"metadata": {}, "examples": examples})
+    with pytest.raises(TaskFileError) as err:
+        read_benchmark(path, "math500")
+    lines = err.value.problems
+    assert lines[0] == f"{path}:examples[1]: answer: missing (every task needs a gold answer)"
+    assert lines[1].startswith(f"{path}:examples[2]: question:")
+    assert lines[2] == f"{path}:examples[3]: answer: null (every task needs a gold answer)"
+    assert lines[3] == f"{path}:examples[4]: expected a JSON object (one record), got the string 'a string'"
+    assert lines[4] == f"{path}:examples[5]: id: duplicate '0' (first at examples[0])"
+    assert len(lines) == 5 and all("\n" not in line for line in lines)
+    torn = tmp_path / "torn.json"
+    torn.write_text(json.dumps({"examples": examples[:1]}, indent=4)[:-20], encoding="utf-8")
+    with pytest.raises(TaskFileError) as err:
+        read_benchmark(torn, "math500")
+    assert err.value.problems == [f"{torn}: not JSON: Unterminated string starting at line 6 column 23"]
+    with pytest.raises(TaskFileError, match=r"other.json: expected an object with an 'examples' list .* got an object "
+                                            r"of metadata, data$"):
+        read_benchmark(write_document(tmp_path / "other.json", {"metadata": {}, "data": []}), "math500")
+    with pytest.raises(TaskFileError, match="no records"):
+        read_benchmark(write_document(tmp_path / "empty.json", {"metadata": {}, "examples": []}), "math500")
 
 
 def test_malformed_files_name_the_file_line_and_field_of_every_problem(tmp_path: Path) -> None:
@@ -91,11 +147,15 @@ def answer_policy(answer: str):
 
 @pytest.mark.parametrize("fmt,name,answer", [("ours", "math500", "5"), ("score-release", "aime24", "5"),
                                               ("arpo", "bamboogle", "William Shakespeare"),
-                                              ("gaia", "gaia", "the city of Paris")])
+                                              ("gaia", "gaia", "the city of Paris"),
+                                              ("agent-distillation", "bamboogle", "William Shakespeare")])
 def test_eval_benchmark_end_to_end_on_each_format(fmt, name, answer, tmp_path, monkeypatch, capsys) -> None:
     from score_distill.models.scripted import ScriptedModel
 
-    data = write(tmp_path / "data.jsonl", FIXTURES[fmt])
+    if fmt == "agent-distillation":
+        data = write_document(tmp_path / "data.json", {**AGENT_DISTILLATION, "examples": AGENT_DISTILLATION["examples"][:1]})
+    else:
+        data = write(tmp_path / "data.jsonl", FIXTURES[fmt])
     with FakeServer(lambda r: json.dumps({"correct": True, "reason": "the same city"})) as judge:
         def run(out: str) -> dict:
             argv = ["eval", "--benchmark", name, "--data", str(data), "--out", str(tmp_path / out),

@@ -26,6 +26,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'name':16} {'group':8} {'title':22} scorer")
     for b in BENCHMARKS.values():
         print(f"{b.name:16} {b.group:8} {b.title:22} {SCORER_NAMES[b.scorer]}")
-    print("\nformats of --data (detected from the first record): "
+    print("\nformats of --data (a JSON document is agent-distillation's; JSONL is detected from its first record): "
           + "; ".join(f"{name}: {', '.join(f for f in fields if f)}" for name, fields in FORMATS.items()))
     return 0

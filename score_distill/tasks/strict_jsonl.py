@@ -5,8 +5,9 @@ file and line, and the reader goes on. `open_checked` refuses a file that is mis
 regular file or over its size limit before a byte is read; `read_lines` yields the non-blank
 lines, recording those too long (never held whole) or not UTF-8, and drops a byte-order mark
 at the very start; `parse_object` takes one line as one strict JSON object (no NaN or
-Infinity, no key twice). `json_kind`, `show` and `key_name` name values and keys in the
-messages, so that every message stays one short line.
+Infinity, no key twice) through `parse_json`, which also reads whole JSON documents.
+`json_kind`, `show` and `key_name` name values and keys in the messages, so that every
+message stays one short line.
 
     >>> problems = Problems()
     >>> parse_object('{"id": "a", "id": "b"}', "bench.jsonl:3", problems) is None
@@ -107,6 +108,26 @@ def parse_object(text: str, where: str, problems: Problems) -> dict[str, Any] | 
     if text.lstrip().startswith("\ufeff"):
         problems.append(f"{where}: a byte-order mark (U+FEFF) starts this line; only the file's first line may have one")
         return None
+    ok, data = parse_json(text, where, problems)
+    if not ok:
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{where}: expected a JSON object (one task), got {json_kind(data)}")
+        return None
+    return data
+
+
+def parse_json(text: str, where: str, problems: Problems) -> tuple[bool, Any]:
+    """(True, the value) of strict JSON text (no NaN or Infinity, no key twice in one object),
+    or (False, None) with its problem recorded. A position past the first line is given as
+    line and column.
+
+    >>> problems = Problems()
+    >>> parse_json('[1, 2]', "f.json", problems), parse_json('{\\n "a": NaN}', "f.json", problems)
+    ((True, [1, 2]), (False, None))
+    >>> problems.kept
+    ['f.json: not JSON: NaN is not a JSON value']
+    """
     repeated: list[str] = []
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -125,21 +146,20 @@ def parse_object(text: str, where: str, problems: Problems) -> dict[str, Any] | 
     try:
         data = json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
     except json.JSONDecodeError as e:
-        problems.append(f"{where}: not JSON: {e.msg} at column {e.colno}")
-        return None
+        at = f"line {e.lineno} column {e.colno}" if e.lineno > 1 else f"column {e.colno}"
+        msg = e.msg.removesuffix(" at")  # "Unterminated string starting at"
+        problems.append(f"{where}: not JSON: {msg} at {at}")
+        return False, None
     except ValueError as e:  # NaN / Infinity, an integer of over 4,300 digits
         problems.append(f"{where}: not JSON: {str(e).split(':')[0]}")
-        return None
+        return False, None
     except RecursionError:
         problems.append(f"{where}: not JSON: nested too deeply")
-        return None
-    if not isinstance(data, dict):
-        problems.append(f"{where}: expected a JSON object (one task), got {json_kind(data)}")
-        return None
+        return False, None
     if repeated:
         problems.extend(f"{where}: {key_name(k)}: the key appears twice in one object" for k in dict.fromkeys(repeated))
-        return None
-    return data
+        return False, None
+    return True, data
 
 
 def _size(n: int) -> str:
