@@ -180,6 +180,13 @@ def words(request: dict[str, Any]) -> int:
     return sum(len(str(m["content"]).split()) for m in request["messages"])
 
 
+def replied(request: dict[str, Any]) -> str:
+    """What the fake server sent: the brain's reply, cut before the first stop string hit."""
+    text = brain(request["messages"])
+    cuts = [text.find(s) for s in request.get("stop", []) if s in text]
+    return text[:min(cuts)] if cuts else text
+
+
 def llm_audit(tmp_path: Path, server: FakeServer, **client: Any) -> list[AuditRecord]:
     options = {"timeout_s": 5.0, "max_retries": 1, "backoff": 0.01, "max_backoff_s": 0.02, **client}
     make = per_task_teachers(f"openai:teacher-model@{server.url}", TOOLS, **options)
@@ -192,7 +199,7 @@ def test_a_working_llm_teacher_is_audited_with_its_tokens(tmp_path: Path):
     with FakeServer(lambda r: brain(r["messages"])) as server:
         records = llm_audit(tmp_path, server)
     assert rates(records)["failed_calls"] == 0.0 and server.hits == 2 + 2 * 4
-    spent = sum(words(r) + len(brain(r["messages"]).split()) for r in server.requests)
+    spent = sum(words(r) + len(replied(r).split()) for r in server.requests)
     assert sum(r.teacher_tokens for r in records) == spent
     report = json.loads((tmp_path / "audit/report.json").read_text())
     assert report["teacher_usage"] == {"calls": 10, "tokens": spent, "tokens_per_task": spent / 2}

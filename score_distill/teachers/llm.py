@@ -14,7 +14,8 @@ function in tests.
 How each operation works:
 - judge / equivalent ask for one JSON object (prompts.py) at a low temperature and
   validate it: types, required keys, and for a wrong verdict a first-error step in range.
-- repair asks for exactly one step in the agent's format, parsed by the agent's own parser.
+- repair asks for exactly one step in the agent's format, parsed by the agent's own parser;
+  generation stops where an agent's turn stops (`</first_thought>`, `</code>`).
   The judge's analysis and suggestion have the gold answer withheld before they reach the
   repair prompt, and a step that writes down an answer the student has not yet seen is
   rejected (leak.py explains the guard and its limits).
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from score_distill.agent.format import next_kind, render_step
+from score_distill.agent.format import STOP_STRINGS, next_kind, render_step
 from score_distill.agent.rollout import Episode, RolloutConfig, rollout
 from score_distill.config import option
 from score_distill.models.base import BatchedStream, Generation, GenRequest, SamplingParams
@@ -210,7 +211,10 @@ class LLMTeacher:
                                  "compute it or look it up in code and print it instead")
             return step
 
-        step, tokens = self._ask("repair", task, messages, self._options(self.config.repair_temperature, None), parse)
+        # The reply is one step: it ends where an agent's turn ends (a model that goes on
+        # past it spends tokens on text the parser drops).
+        options = dataclasses.replace(self._options(self.config.repair_temperature, None), stop=STOP_STRINGS)
+        step, tokens = self._ask("repair", task, messages, options, parse)
         step.n_tokens = tokens  # what the fix cost, retries included (callers add it up)
         return step
 
