@@ -20,15 +20,13 @@ dispatch. `LeanDecoder` runs the same maths with the model's own tensors:
   the widest row's.
 
 The residual stream stays in the embedding's dtype, as it does under autocast (fp32 weights,
-bf16 matmuls). `LeanDecoder.prefill` runs prompt tokens (many per row) through the same fused
-weights, with the CPU's fused attention kernel (`LocalConfig.lean_prefill`). Supported:
-`llama`, `qwen2` and `mistral` model types with SiLU MLPs and no sliding window in use
-(`lean_unsupported` says why a model is not); anything else runs through transformers,
-unchanged.
+bf16 matmuls). The prompt prefill keeps the transformers forward (its cost is in its
+matmuls). Supported: `llama`, `qwen2` and `mistral` model types with SiLU MLPs and no
+sliding window in use (`lean_unsupported` says why a model is not); anything else decodes
+through transformers, unchanged.
 
     lean = LeanDecoder(model, compute_dtype=torch.bfloat16)
     logits = lean.step(input_ids, positions, mask, batch_layers)   # (B, V) float32
-    logits = lean.prefill(input_ids, positions, mask, batch_layers)  # (B, T) new tokens a row
 """
 
 from __future__ import annotations
@@ -266,42 +264,4 @@ class LeanDecoder:
             gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
         x = rms_norm(h, self.norm, self.eps).to(cd)
-        return F.linear(x, self.lm_head, self.lm_bias).float()
-
-    def prefill(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                cache_layers: list) -> torch.Tensor:
-        """Several new tokens per row, appended to the cache: `input_ids` and `positions`
-        (B, T), right-aligned (a shorter row's window starts with padding, 0 in `mask`),
-        `mask` (B, C + T) over the cached columns plus these. Each token attends causally to
-        the row's real tokens (and to itself, so that a padding token's output stays finite;
-        no real token attends to padding). The same fused weights as `step`; the attention
-        is the CPU's fused kernel, which does well with many query tokens. Returns the last
-        column's logits (B, V) in float32."""
-        b, t = input_ids.shape
-        cd, n = self.dtype, b * t
-        h = self.embed(input_ids).reshape(n, -1)  # (B*T, H): 2D matmuls
-        cos, sin = self.rotary(h, positions)  # (B, T, D)
-        cos, sin = cos.reshape(n, 1, -1), sin.reshape(n, 1, -1)
-        total = mask.shape[1]
-        # query i (column total - t + i) sees the real columns up to its own, and itself
-        cols = torch.arange(total, device=mask.device)
-        own = (total - t + torch.arange(t, device=mask.device))[:, None]  # (T, 1)
-        allowed = (mask[:, None, :] != 0) & (cols[None, None, :] <= own[None])  # (B, T, C + T)
-        allowed = (allowed | (cols[None, None, :] == own[None]))[:, None]  # (B, 1, T, C + T)
-        qk_width = self.q_width + self.kv_width
-        for layer, cache in zip(self.layers, cache_layers):
-            x = rms_norm(h, layer.norm_in, layer.eps_in).to(cd)
-            qkv = F.linear(x, layer.qkv, layer.qkv_bias)
-            qk = rotate(qkv[:, :qk_width].view(n, self.heads + self.kv_heads, self.head_dim), cos, sin)
-            q = qk[:, : self.heads].view(b, t, self.heads, self.head_dim).transpose(1, 2)
-            k = qk[:, self.heads :].view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = qkv[:, qk_width:].view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-            keys, values = cache.update(k, v)  # the buffer casts to its dtype
-            out = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values, attn_mask=allowed,
-                                                 scale=self.scale, enable_gqa=True)  # (B, heads, T, D)
-            h = h + F.linear(out.transpose(1, 2).reshape(n, self.q_width), layer.o, layer.o_bias)
-            x = rms_norm(h, layer.norm_post, layer.eps_post).to(cd)
-            gate, up = F.linear(x, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
-        x = rms_norm(h.view(b, t, -1)[:, -1], self.norm, self.eps).to(cd)
         return F.linear(x, self.lm_head, self.lm_bias).float()

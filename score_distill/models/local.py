@@ -85,9 +85,6 @@ class LocalConfig:
                                      "matmuls run in another dtype than the weights, or in fp32 with "
                                      "column_major), grouped attention "
                                      "without repeated keys; other models decode through transformers")
-    lean_prefill: bool = option(True, "with lean_decode, also run prompt prefills through the lean step's fused "
-                                      "weights (LeanDecoder.prefill; the CPU's fused attention kernel); False: "
-                                      "prefill through transformers")
 
 
 class LocalModel:
@@ -302,11 +299,8 @@ class LocalModel:
         """One forward pass over `input_ids` (B, T) appended to the batch cache; (B, V) logits
         of the last column."""
         extra = input_ids.shape[1]
-        if self._lean is not None:
-            if extra == 1:
-                return self._lean.step(input_ids, batch.positions(1), batch.mask(1), batch.layers)
-            if self.config.lean_prefill:
-                return self._lean.prefill(input_ids, batch.positions(extra), batch.mask(extra), batch.layers)
+        if extra == 1 and self._lean is not None:
+            return self._lean.step(input_ids, batch.positions(1), batch.mask(1), batch.layers)
         with self._autocast():
             out = self.model(input_ids=input_ids, attention_mask=batch.mask(extra),
                              position_ids=batch.positions(extra), cache=batch.cache, use_cache=True,
