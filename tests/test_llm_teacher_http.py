@@ -45,7 +45,7 @@ def test_judge_repair_equivalence_through_the_client():
     assert judge["response_format"]["type"] == "json_schema" and "logprobs" not in judge
     assert judge["response_format"]["json_schema"]["schema"]["required"][0] == "is_correct"
     assert "response_format" not in repair and equivalence["response_format"]["json_schema"]["name"] == "equivalence"
-    assert repair["stop"] == ["</first_thought>", "</code>"]  # one step: it ends where a turn ends
+    assert repair["stop"] == ["</first_thought>", "</code>"] and repair["max_tokens"] == 512  # one step, one turn
     assert verdict.tokens > 0 and teacher.usage.tokens >= verdict.tokens and teacher.usage.calls == 3
 
 

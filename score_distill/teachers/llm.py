@@ -15,7 +15,8 @@ How each operation works:
 - judge / equivalent ask for one JSON object (prompts.py) at a low temperature and
   validate it: types, required keys, and for a wrong verdict a first-error step in range.
 - repair asks for exactly one step in the agent's format, parsed by the agent's own parser;
-  generation stops where an agent's turn stops (`</first_thought>`, `</code>`).
+  generation stops where an agent's turn stops (`</first_thought>`, `</code>`), and is
+  capped as one turn of solving is (`solve_max_tokens`).
   The judge's analysis and suggestion have the gold answer withheld before they reach the
   repair prompt, and a step that writes down an answer the student has not yet seen is
   rejected (leak.py explains the guard and its limits).
@@ -108,8 +109,8 @@ class LLMTeacherConfig:
     repair_temperature: float = option(0.0, "temperature of repair calls")
     equivalence_temperature: float = option(0.0, "temperature of equivalence calls")
     solve_temperature: float = option(0.0, "temperature of the teacher's turns when it solves a task")
-    max_tokens: int = option(1024, "token cap for one judge, repair or equivalence reply")
-    solve_max_tokens: int = option(512, "token cap for one turn when solving")
+    max_tokens: int = option(1024, "token cap for one judge or equivalence reply")
+    solve_max_tokens: int = option(512, "token cap for one turn: of the teacher's solving, and a repair (one step)")
     max_turns: int = option(8, "assistant turns per solution, the plan included")
     retries: int = option(2, "extra attempts after an unusable reply; each is told what was wrong")
     max_observation_chars: int = option(2000, "observations shown in prompts are cut to this many characters")
@@ -211,9 +212,10 @@ class LLMTeacher:
                                  "compute it or look it up in code and print it instead")
             return step
 
-        # The reply is one step: it ends where an agent's turn ends (a model that goes on
-        # past it spends tokens on text the parser drops).
-        options = dataclasses.replace(self._options(self.config.repair_temperature, None), stop=STOP_STRINGS)
+        # The reply is one step: it ends where an agent's turn ends and is capped as a turn is
+        # (a model that goes on past it spends tokens on text the parser drops).
+        options = dataclasses.replace(self._options(self.config.repair_temperature, None), stop=STOP_STRINGS,
+                                      max_tokens=self.config.solve_max_tokens)
         step, tokens = self._ask("repair", task, messages, options, parse)
         step.n_tokens = tokens  # what the fix cost, retries included (callers add it up)
         return step
