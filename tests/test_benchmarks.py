@@ -22,7 +22,8 @@ FIXTURES = {
 }
 # agent-distillation's test files: one JSON object (written with indent=4), the records under "examples".
 AGENT_DISTILLATION = {
-    "metadata": {"dataset_info": {"name": "bamboogle", "fold": "test", "total_examples": 2, "filtering_criteria": None}},
+    "metadata": {"dataset_info": {"name": "bamboogle", "fold": "test", "total_examples": 2,
+                                  "filtering_criteria": None}},
     "examples": [{"id": "0", "question": "Who wrote Hamlet?", "answer": "William Shakespeare", "level": "hard",
                   "type": "bamboogle", "dataset_name": "bamboogle", "split": "test"},
                  {"id": 17, "question": "What is 2 + 3?", "answer": 5.0, "dataset_name": "GSM-hard", "split": "test"}],
@@ -54,8 +55,7 @@ def write_document(path: Path, document: object, indent: int | None = 4) -> Path
 
 def test_agent_distillation_files_are_read_as_one_json_document(tmp_path: Path) -> None:
     hamlet, sum_ = read_benchmark(write_document(tmp_path / "bamboogle_125.json", AGENT_DISTILLATION), "bamboogle")
-    assert (hamlet.id, hamlet.question, hamlet.answer, hamlet.suite) == ("0", "Who wrote Hamlet?", "William Shakespeare",
-                                                                        "bamboogle")
+    assert (hamlet.id, hamlet.question, hamlet.answer) == ("0", "Who wrote Hamlet?", "William Shakespeare")
     assert hamlet.meta["fields"] == {"level": "hard", "type": "bamboogle", "dataset_name": "bamboogle", "split": "test"}
     assert (sum_.id, sum_.answer) == ("17", "5.0")  # numeric ids and answers become text
     assert read_benchmark(tmp_path / "bamboogle_125.json", "math500")[1].score("5").correct  # 5.0 == 5 as maths
@@ -153,7 +153,8 @@ def test_eval_benchmark_end_to_end_on_each_format(fmt, name, answer, tmp_path, m
     from score_distill.models.scripted import ScriptedModel
 
     if fmt == "agent-distillation":
-        data = write_document(tmp_path / "data.json", {**AGENT_DISTILLATION, "examples": AGENT_DISTILLATION["examples"][:1]})
+        first = {**AGENT_DISTILLATION, "examples": AGENT_DISTILLATION["examples"][:1]}
+        data = write_document(tmp_path / "data.json", first)
     else:
         data = write(tmp_path / "data.jsonl", FIXTURES[fmt])
     with FakeServer(lambda r: json.dumps({"correct": True, "reason": "the same city"})) as judge:

@@ -194,7 +194,8 @@ def test_an_endpoint_that_refuses_a_json_schema_gets_the_schema_in_a_json_object
 
 def test_a_server_error_naming_response_format_is_a_refusal_not_retried():
     # llama-cpp-python's server answers an unknown response_format type with HTTP 500 naming the field.
-    body = '{"error": {"message": "1 validation error: loc (body, response_format, type): Input should be text or json_object"}}'
+    body = ('{"error": {"message": "1 validation error: loc (body, response_format, type): '
+            'Input should be text or json_object"}}')
     with FakeServer(refusing({"json_schema"}, status=500, body=body)) as server:
         verdict = teacher_for(server).judge(TASK, STEPS)
     assert verdict.first_error == 1 and formats(server) == ["json_schema", "json_object+schema"]

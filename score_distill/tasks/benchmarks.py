@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from score_distill.tasks.scoring import BENCHMARKS, Benchmark
-from score_distill.tasks.strict_jsonl import BOM, Problems, json_kind, key_name, open_checked, parse_json, records, show
+from score_distill.tasks.strict_jsonl import (BOM, Problems, json_kind, key_name, open_checked, parse_json, records,
+                                              show)
 from score_distill.tasks.validate import LIMITS, TaskFileError, task_problems
 from score_distill.types import Task
 
