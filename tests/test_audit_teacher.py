@@ -128,6 +128,22 @@ class GivesUp(ReferenceTeacher):
         raise TeacherFailure("equivalent", task.id, ["not JSON"] * 3, ["?"] * 3, tokens=30)
 
 
+class RepairsThatFail(ReferenceTeacher):
+    """The reference's verdicts; every repair's code raises."""
+
+    def repair(self, task: Task, prefix: list[Step], mistaken: Step, verdict: Verdict) -> Step:
+        return Step(kind="action", thought="Let me check.", code="print(undefined_name)\n```", author="teacher")
+
+
+def test_a_repair_that_fails_reaches_no_gold_even_where_the_remainder_does(tmp_path: Path):
+    records = run_audit(tmp_path, RepairsThatFail, suite="search")
+    planted = [r for r in records if r.planted_step is not None]
+    assert rates(records)["repair_to_gold"] == 0.0 and all(r.repair and r.repair.error for r in planted)
+    # On search the remainder searches again: somewhere it reaches the gold answer without the repair.
+    tasks = {t.id: t for t in audit_tasks(AuditConfig(suite="search", n=4))}
+    assert any(tasks[r.task_id].score(r.repair_answer).correct for r in planted)
+
+
 def test_a_teacher_that_blames_step_one_and_leaks(tmp_path: Path):
     got = rates(run_audit(tmp_path, BlamesStepOne, n=8))
     assert got["false_alarms"] == 1.0 and got["answer_leaks"] == 1.0

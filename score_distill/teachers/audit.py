@@ -11,7 +11,9 @@ and one with an error planted at a known step k. The teacher:
 2. repairs the planted one at k, given its own verdict when it blamed k, else a verdict that
    names k (so the repair is measured apart from the judgement). The repair runs in the
    sandbox state of steps 0..k-1, then the reference steps after k (the remainder), which
-   must reach the gold answer; the repaired step is checked for answer leaks (leak.py);
+   must reach the gold answer, and the repaired step must run without an error (one that
+   fails fixes nothing, even where the remainder gets there alone); it is checked for answer
+   leaks (leak.py);
 3. says whether two steps taken after the same prefix are equivalent, for pairs settled by
    execution: the reference step at k against a rewording of it, and against the mistake.
 
@@ -190,7 +192,9 @@ def _repair(record: AuditRecord, teacher: Teacher, task: Task, case: Case, verdi
     done = execute_steps(task, [fix, join] + case.remainder, tools, prefix=prefix)
     record.repair = done[0]
     record.repair_answer = done[-1].final_answer
-    record.repair_solved = task.score(record.repair_answer).correct
+    # A step whose code failed fixed nothing, though the remainder may reach gold without it.
+    ran = done[0].error is None and not done[0].timed_out
+    record.repair_solved = ran and task.score(record.repair_answer).correct
 
 
 def _equivalence(record: AuditRecord, teacher: Teacher, task: Task, case: Case, health: TeacherHealth) -> None:

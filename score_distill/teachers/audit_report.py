@@ -14,8 +14,8 @@ What each number means (`better`: which way is good):
 - first_error_within_one: ... a step at most one away from it;
 - errors_missed: planted trajectories judged correct (lower is better);
 - false_alarms: correct trajectories judged wrong (lower is better);
-- repair_to_gold: planted trajectories whose repair at the planted step, followed by the
-  reference steps after it, reaches the gold answer;
+- repair_to_gold: planted trajectories whose repair at the planted step runs without an error
+  and, followed by the reference steps after it, reaches the gold answer;
 - answer_leaks: repairs that write down the gold answer before the steps so far showed it;
 - equivalence_agreement: equivalence answers that match execution;
 - failed_calls: teacher calls (judge, repair, equivalence) that gave no usable answer.
