@@ -16,10 +16,11 @@ import torch
 
 from score_distill.config import UsageError
 from score_distill.models.stops import stop_cut
-from score_distill.train import rl, rl_models
+from score_distill.train import rl_models
 from score_distill.train.grpo import Scored, clipped_loss, pad_left, token_logprobs, truncated_is_weights, update
 from score_distill.train.rl import RLOptions, train_rl
 from tests.test_rl import TOOLS, CodeTeacher, build_word_model, options, word_items
+from tests.test_vllm_engine import FakeSamplingParams
 
 # ---------------------------------------------------------------- the importance-weight maths
 
@@ -108,18 +109,6 @@ def test_with_our_engine_the_sampler_is_the_trainer(tmp_path):
     for r in log:
         assert r["sampler_logp_diff"] < 1e-5 and r["is_weight"] == pytest.approx(1.0, abs=1e-5)
         assert r["is_truncated"] == 0.0 and r["kl"] is None
-
-
-@dataclass
-class FakeSamplingParams:
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 16
-    stop: list[str] | None = None
-    include_stop_str_in_output: bool = False
-    logprobs: int | None = None
-    seed: int | None = None
 
 
 @dataclass
