@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from score_distill.agent.format import format_observation, render_step
 from score_distill.tasks.search_reference import move_step, reference_steps, source_hop
-from score_distill.tasks.search_suite import generate, walk
-from score_distill.tasks.world import Entity, build_world
+from score_distill.tasks.search_suite import generate
+from score_distill.tasks.world import build_world
 from score_distill.teachers.leak import leaks_answer
+from score_distill.teachers.planted_search import detour_task
 from score_distill.teachers.search_rules import SearchRules
 from score_distill.tools.config import ToolConfig, open_sandbox
 from score_distill.types import Step, Task
@@ -74,37 +75,14 @@ def _on_path(task: Task) -> set[str]:
 def detour(task: Task, i: int, observation: str) -> list[Step] | None:
     """A coherent wrong trajectory: the reference up to hop i, whose source is replaced by
     another entity of the same type (preferably one the previous search showed), and the
-    same chain followed from there. Its first critical error is step i + 1. None when no
-    replacement changes the final answer (e.g. a comparison it cannot flip)."""
-    world = build_world(0)
-    path = task.meta["path"]
-    end = max(j for j, h in enumerate(path) if h["side"] == path[i]["side"])
-    src = world.by_name(path[i]["source"])
-    assert src is not None
-    shown = [e for e in world.mentions(observation) if e.type == src.type]
-    pool = world.of_type(src.type)
-    for e in shown + random.Random(i).sample(pool, min(300, len(pool))):
-        new = walk(world, e, tuple(h["relation"] for h in path[i : end + 1]), path[i]["side"])
-        if new is None or {h[k].lower() for h in new for k in ("source", "value")} & _on_path(task):
-            continue
-        new_path = [dict(h) for h in path]
-        for j, h in zip(range(i, end + 1), new):
-            new_path[j] = dict(h, var=path[j]["var"])
-        if source_hop(path, i) is not None:
-            new_path[i - 1] = dict(path[i - 1], value=e.name)
-        meta = dict(task.meta, path=new_path)
-        if task.meta["form"] == "comparison":
-            ends = [max(j for j, h in enumerate(new_path) if h["side"] == s) for s in (0, 1)]
-            meta["compared"] = [new_path[j]["source"] for j in ends]
-            years = [int(new_path[j]["value"]) for j in ends]
-            pick = min if task.meta["direction"] == "earlier" else max
-            if years[0] == years[1] or meta["compared"][years.index(pick(years))] == task.answer:
-                continue
-        wrong = Task(id=task.id, question=task.question, answer="", suite="search", meta=meta)
-        done = execute(task, ref(task)[:1] + reference_steps(wrong, random.Random(1))[1:])
-        assert done[-1].final_answer not in (None, task.answer)
-        return done
-    return None
+    same chain followed from there (`planted_search.detour_task`). Its first critical error
+    is step i + 1. None when no replacement changes the final answer."""
+    wrong = detour_task(task, i, observation, random.Random(i))
+    if wrong is None:
+        return None
+    done = execute(task, ref(task)[:1] + reference_steps(wrong, random.Random(1))[1:])
+    assert done[-1].final_answer not in (None, task.answer)
+    return done
 
 
 def _check_repair(task: Task, steps: list[Step], k: int, remainder: list[Step]) -> None:

@@ -140,36 +140,12 @@ class SearchPlanting:
     def _detour(self, task: Task, i: int, rng: random.Random, tools: ToolConfig) -> list[Step] | None:
         """The reference up to hop i, then another source for hop i (of the same type) and
         the same chain followed from it; None when no such source changes the answer."""
-        world, path = world_of(task), task.meta["path"]
         ref = list(task.reference or [])
-        end = max(j for j, h in enumerate(path) if h["side"] == path[i]["side"])
-        source = world.by_name(path[i]["source"])
-        if source is None:
-            raise ValueError(f"task {task.id}: {path[i]['source']!r} is not in its world")  # our bug
         seen = run_steps(task, ref[:i + 1], tools)[-1].observation if i > 0 else ""
-        shown = [e for e in world.mentions(seen) if e.type == source.type]
-        pool = world.of_type(source.type)
-        known = on_path(task)
-        for e in shown + rng.sample(pool, min(DETOUR_TRIES, len(pool))):
-            new = walk(world, e, tuple(h["relation"] for h in path[i:end + 1]), path[i]["side"])
-            if new is None or {h[k].lower() for h in new for k in ("source", "value")} & known:
-                continue
-            new_path = [dict(h) for h in path]
-            for j, h in zip(range(i, end + 1), new):
-                new_path[j] = dict(h, var=path[j]["var"])
-            if source_hop(path, i) is not None:
-                new_path[i - 1] = dict(path[i - 1], value=e.name)
-            meta = dict(task.meta, path=new_path)
-            if task.meta["form"] == "comparison":
-                ends = side_ends(new_path)
-                meta["compared"] = [new_path[j]["source"] for j in ends]
-                years = [int(new_path[j]["value"]) for j in ends]
-                pick = min if task.meta["direction"] == "earlier" else max
-                if years[0] == years[1] or meta["compared"][years.index(pick(years))] == task.answer:
-                    continue
-            wrong = Task(id=task.id, question=task.question, answer="", suite="search", meta=meta)
-            return ref[:i + 1] + reference_steps(wrong, random.Random(rng.random()))[i + 1:]
-        return None
+        wrong = detour_task(task, i, seen, rng)
+        if wrong is None:
+            return None
+        return ref[:i + 1] + reference_steps(wrong, random.Random(rng.random()))[i + 1:]
 
     def wrong(self, task: Task, steps: list[Step], plant: Plant) -> bool:
         return not task.score(steps[-1].final_answer).correct and steps[plant.first_error].ok
@@ -183,3 +159,37 @@ class SearchPlanting:
         known = set().union(*(shown_hops(task, s.observation) for s in prefix if s.kind == "action"))
         final = normalize_answer(step.final_answer) if step.final_answer is not None else None
         return step.ok, frozenset(shown_hops(task, step.observation) - known), final
+
+
+def detour_task(task: Task, i: int, observation: str, rng: random.Random) -> Task | None:
+    """`task` as if hop i's source were another entity of its type (first those `observation`
+    shows, then up to DETOUR_TRIES drawn by `rng`) with the same chain of relations followed
+    from it, touching nothing on the gold path; None when no such source changes the answer
+    (e.g. a comparison it cannot flip). Its reference steps are a coherent wrong trajectory."""
+    world, path = world_of(task), task.meta["path"]
+    end = max(j for j, h in enumerate(path) if h["side"] == path[i]["side"])
+    source = world.by_name(path[i]["source"])
+    if source is None:
+        raise ValueError(f"task {task.id}: {path[i]['source']!r} is not in its world")  # our bug
+    shown = [e for e in world.mentions(observation) if e.type == source.type]
+    pool = world.of_type(source.type)
+    known = on_path(task)
+    for e in shown + rng.sample(pool, min(DETOUR_TRIES, len(pool))):
+        new = walk(world, e, tuple(h["relation"] for h in path[i:end + 1]), path[i]["side"])
+        if new is None or {h[k].lower() for h in new for k in ("source", "value")} & known:
+            continue
+        new_path = [dict(h) for h in path]
+        for j, h in zip(range(i, end + 1), new):
+            new_path[j] = dict(h, var=path[j]["var"])
+        if source_hop(path, i) is not None:
+            new_path[i - 1] = dict(path[i - 1], value=e.name)
+        meta = dict(task.meta, path=new_path)
+        if task.meta["form"] == "comparison":
+            ends = side_ends(new_path)
+            meta["compared"] = [new_path[j]["source"] for j in ends]
+            years = [int(new_path[j]["value"]) for j in ends]
+            pick = min if task.meta["direction"] == "earlier" else max
+            if years[0] == years[1] or meta["compared"][years.index(pick(years))] == task.answer:
+                continue
+        return Task(id=task.id, question=task.question, answer="", suite="search", meta=meta)
+    return None
