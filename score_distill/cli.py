@@ -9,6 +9,8 @@ used, so `score-distill exec` does not pay for importing torch.
     score-distill eval --model smollm2-135m --tasks math:test --n 50 --out runs/eval
     score-distill bc --teacher reference --tasks math:train --out runs/bc
     score-distill mentor --student smollm2-135m --teacher reference --tasks math:train --out runs/mps
+    score-distill sft --model runs/bc/final --data runs/mps/export --out runs/sft
+    score-distill rl --model runs/sft/final --items runs/mps/export --out runs/rl
     score-distill audit-teacher --teacher reference --suite math --n 20 --out runs/audit
     score-distill run --preset demo           # the whole pipeline
 """
@@ -28,6 +30,8 @@ COMMANDS: dict[str, str] = {
     "report": "report",
     "bc": "bc",
     "mentor": "mentor",
+    "sft": "sft",
+    "rl": "rl",
     "audit-teacher": "audit_teacher",
     "run": "run",
 }

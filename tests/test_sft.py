@@ -47,7 +47,7 @@ def test_cpu_loss_equals_trls_fused_head_loss(tiny_dir, tmp_path):
     args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, report_to=[], use_cpu=True,
                      remove_unused_columns=False, activation_checkpointing=False)
     losses = []
-    for cls in (SFTTrainer, _trainer_class(SFTTrainer, use_cpu=True)):
+    for cls in (SFTTrainer, _trainer_class(SFTTrainer, use_cpu=True, batch_size=2, seed=0)):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
         trainer = cls(model=model, args=args, train_dataset=ds, processing_class=tok)
@@ -184,7 +184,7 @@ def test_a_packed_row_scores_each_sequence_as_if_alone(tiny_dir, tmp_path):
         zip([sum(packed[0]["seq_lengths"][:i]) for i in range(3)], packed[0]["seq_lengths"]))
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32,  # as train_sft loads it to pack
                                                  attn_implementation=register_packed_attention()).eval()
-    cls = _trainer_class(SFTTrainer, use_cpu=True)
+    cls = _trainer_class(SFTTrainer, use_cpu=True, batch_size=2, seed=0)
     n_items = sum(sum(t != -100 for t in row[1:]) for row in ds["labels"])
     losses = []
     for data, padding_free in ((packed, True), (ds, False)):

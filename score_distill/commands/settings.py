@@ -1,4 +1,4 @@
-"""The `eval`, `bc` and `mentor` commands' settings: what they load (model, teacher, task
+"""The `eval`, `bc`, `mentor`, `sft` and `rl` commands' settings: what they load (model, teacher, task
 file), then the library's config of what they run, all as flat flags and YAML keys.
 
 The library configs (`BCConfig`, `MentorConfig`, `RolloutConfig`) hold only what the library
@@ -22,6 +22,8 @@ from score_distill.stages.bc import BCConfig
 from score_distill.stages.mps import MentorConfig
 from score_distill.stages.split import SplitConfig
 from score_distill.tools.config import ToolConfig
+from score_distill.train.rl import RLOptions
+from score_distill.train.sft import SFTOptions
 
 TEACHER_HELP = "teacher: reference, or openai:<model>@<base-url>"
 TASKS_HELP = "SUITE:SPLIT of a built-in suite, or a task JSONL file"
@@ -97,3 +99,42 @@ def judge_scorer(spec: str, cache_dir: Path) -> Any:
     judge = load_teacher(spec, cache_dir=cache_dir)
     options = ChatOptions(temperature=0.0, max_tokens=512, json_mode=True)
     return LLMJudgeScorer(lambda messages: judge.call("answer-judge", messages, options, JUDGE_PROMPT_VERSION).text)
+
+
+@dataclass
+class SFTCommand(SFTOptions):
+    """`score-distill sft`: the model and the exported SFT set it reads, then the trainer's
+    options (flat: `--lr`, `--epochs`)."""
+
+    model: str = option("", "the model to fine-tune: a local HF directory (a built-in name is resolved too)")
+    data: str = option("", "the SFT set: a *_trajectories.jsonl file that bc or mentor wrote (bc_trajectories.jsonl, "
+                           "export/sft_trajectories.jsonl), or the directory holding one")
+    device: str = option("auto", DEVICE_HELP)
+
+
+# What an sft rerun may change: how often it checkpoints and logs.
+SFT_RESUME_FREE = ("checkpoint_every_s", "logging_steps")
+
+
+@dataclass
+class RLCommand(RLOptions):
+    """`score-distill rl`: the model, the exported RL items, the teacher that judges key
+    steps, then the trainer's options (flat: `--lr`, `--group-size`, `--rollout.max-turns`)."""
+
+    model: str = option("", "the model to train (the SCoRe-SFT checkpoint): a local HF directory or built-in name")
+    items: str = option("", "the RL items: an rl_items.jsonl file that mentor wrote (export/rl_items.jsonl), or the "
+                            "directory holding one")
+    tasks: str | None = option(None, "the items' tasks (SUITE:SPLIT or a task JSONL file, as mentor was given), for "
+                                     "what a suite keeps in a task's meta; default: tasks made from the items "
+                                     "(id, question, answer, suite)")
+    n: int | None = option(None, N_HELP)
+    task_seed: int = option(0, "seed of the task generator, with --tasks SUITE:SPLIT")
+    teacher: str = option("reference", TEACHER_HELP + " (judges key-step equivalence)")
+    device: str = option("auto", DEVICE_HELP)
+    engine: str = option("local", "rollout engine: local (our engine; several processes under accelerate launch) or "
+                                  "vllm (one CUDA GPU, in this process)")
+    tools: ToolConfig = field(default_factory=ToolConfig, metadata={"help": "sandbox and search"})
+
+
+# What an rl rerun may change: speed, logging and checkpoint frequency.
+RL_RESUME_FREE = ("save_every", "samples_per_step", "judge_concurrency", "cpu_threads")

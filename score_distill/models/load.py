@@ -64,6 +64,24 @@ def load_model(spec: str, engine: str = "local", **kw: Any) -> ChatModel:
                      f"a Hugging Face model directory, or {OPENAI_PREFIX}<model>@<base-url>")
 
 
+def model_directory(spec: str) -> Path:
+    """The local directory of a model to train: a built-in name or a Hugging Face model
+    directory (an endpoint cannot be trained).
+
+    >>> model_directory("openai:m@http://x")
+    Traceback (most recent call last):
+    ...
+    score_distill.config.UsageError: model 'openai:m@http://x': expected a built-in name (smollm2-135m, tiny) or a Hugging Face model directory
+    """
+    from score_distill.config import UsageError
+
+    if is_builtin(spec):
+        return builtin_path(spec)
+    if (Path(spec) / "config.json").is_file():
+        return Path(spec)
+    raise UsageError(f"model {spec!r}: expected a built-in name (smollm2-135m, tiny) or a Hugging Face model directory")
+
+
 def engine_settings(model: str, device: str, bf16: Bf16 = False, engine: str = "local") -> dict[str, object]:
     """Keyword arguments of `load_model` for `model`: the engine and device it runs on and
     its weights' dtype when it runs here (an OpenAI-compatible endpoint chooses its own). A

@@ -102,7 +102,7 @@ class LocalModel:
 
         self.config = config or LocalConfig()
         self.name = name or Path(path).name
-        torch.set_num_threads(self.config.num_threads or available_cores())
+        torch.set_num_threads(self.config.num_threads or process_cores())
         self.device = torch.device(resolve_device(self.config.device))
         self.tokenizer = chat_tokenizer(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.config.dtype))
@@ -353,6 +353,18 @@ def available_cores() -> int:
     except OSError:
         quota = None
     return max(1, min(cores, quota)) if quota else cores
+
+
+def process_cores(local_processes: int | None = None) -> int:
+    """This process's share of `available_cores`: the launcher's LOCAL_WORLD_SIZE processes on
+    this machine (`accelerate launch`, `torchrun`) split the cores between them instead of
+    each starting a thread per core, which oversubscribes the machine N times over.
+
+    >>> import os; process_cores(1) == available_cores(), process_cores(10 * os.cpu_count()) >= 1
+    (True, True)
+    """
+    n = local_processes if local_processes is not None else int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, available_cores() // max(1, n))
 
 
 def quota_cores(cpu_max: str) -> int | None:

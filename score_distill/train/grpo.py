@@ -312,39 +312,71 @@ class UpdateStats:
     sampler: ISStats = field(default_factory=ISStats)  # the pre-update policy against the sampler
 
 
+def idle_batch(like: Batch | None, pad_id: int) -> Batch:
+    """A micro-batch that weighs nothing: `like` with its loss mask zeroed (or, with no batch
+    to copy, two pad tokens). A process with less work than the others runs these, so that
+    every process makes the same number of forward/backward passes (each backward pass of a
+    DDP model is a collective: a process that skips one leaves the others waiting forever).
+
+    >>> b = idle_batch(None, pad_id=0)
+    >>> b.input_ids.tolist(), float(b.loss_mask.sum())
+    ([[0, 0]], 0.0)
+    """
+    if like is not None:
+        return Batch(like.input_ids, like.attention_mask, like.position_ids, like.targets,
+                     torch.zeros_like(like.loss_mask), torch.full_like(like.sampler_logp, math.nan))
+    ids = torch.full((1, 2), pad_id, dtype=torch.long)
+    return Batch(ids, torch.ones_like(ids), torch.tensor([[0, 1]]), ids[:, -1:], torch.zeros((1, 1)),
+                 torch.full((1, 1), math.nan))
+
+
 def update(model: torch.nn.Module, optimizer: Any, backward: Callable[[torch.Tensor], None],
            clip_grad: Callable[[float], torch.Tensor], scored: list[Scored], *, clip_eps: float,
            kl_coef: float, ppo_epochs: int, max_grad_norm: float, temperature: float, bf16: bool,
-           is_cap: float = 0.0) -> UpdateStats:
+           is_cap: float = 0.0, total_tokens: float | None = None, processes: int = 1,
+           no_sync: Callable[[], Any] | None = None) -> UpdateStats:
     """`ppo_epochs` optimiser steps over `scored`, each a pass over all its micro-batches
     with gradients accumulated and the loss normalised by the pass's token count.
     The first pass runs before any optimiser step, so its log-probs are the old policy's:
     they become `old_logp` (the ratio there is exactly 1), and their untempered values
     against the sampler's give the importance weights, capped at `is_cap`, of every pass.
-    `backward` and `clip_grad` come from the accelerator (they handle DDP and scaling)."""
+    `backward` and `clip_grad` come from the accelerator (they handle DDP and scaling).
+
+    On several processes: `total_tokens` is the step's loss-token count summed over all of
+    them, `processes` their number, and every process passes the same number of micro-batches
+    (`idle_batch` fills the gap). Each loss is scaled by processes / total_tokens, so the
+    gradient DDP averages over the processes is the token mean over every process's tokens:
+    the same update one process would make from the same sequences. `no_sync` (the
+    accelerator's, bound to the model) skips the gradient all-reduce of every micro-batch but
+    the last of a pass."""
+    import contextlib
+
     stats = UpdateStats()
-    n_tokens = sum(float(s.batch.loss_mask.sum()) for s in scored)
-    if not scored or n_tokens == 0:
+    n_tokens = sum(float(s.batch.loss_mask.sum()) for s in scored) if total_tokens is None else total_tokens
+    if not scored or n_tokens == 0:  # the same on every process: total_tokens is global
         return stats
     for _ in range(ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
-        for s in scored:
-            device_type = s.batch.input_ids.device.type
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        for j, s in enumerate(scored):
+            last = j == len(scored) - 1
+            with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+                device_type = s.batch.input_ids.device.type
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                    if s.old_logp is None:
+                        logp, untempered = token_logprobs_and_untempered(model, s.batch, temperature)
+                    else:
+                        logp = token_logprobs(model, s.batch, temperature)
                 if s.old_logp is None:
-                    logp, untempered = token_logprobs_and_untempered(model, s.batch, temperature)
-                else:
-                    logp = token_logprobs(model, s.batch, temperature)
-            if s.old_logp is None:
-                s.old_logp = logp.detach()
-                s.is_weight, st_is = truncated_is_weights(untempered, s.batch.sampler_logp, s.batch.loss_mask, is_cap)
-                stats.sampler += st_is
-                if s.ref_logp is not None:
-                    stats.kl += float((kl_k3(s.old_logp, s.ref_logp) * s.batch.loss_mask).sum())
-                    stats.kl_tokens += float(s.batch.loss_mask.sum())
-            loss, st = clipped_loss(logp, s.old_logp, s.advantages, s.batch.loss_mask, clip_eps,
-                                    s.ref_logp, kl_coef, s.is_weight)
-            backward(loss / n_tokens)
+                    s.old_logp = logp.detach()
+                    s.is_weight, st_is = truncated_is_weights(untempered, s.batch.sampler_logp, s.batch.loss_mask,
+                                                              is_cap)
+                    stats.sampler += st_is
+                    if s.ref_logp is not None:
+                        stats.kl += float((kl_k3(s.old_logp, s.ref_logp) * s.batch.loss_mask).sum())
+                        stats.kl_tokens += float(s.batch.loss_mask.sum())
+                loss, st = clipped_loss(logp, s.old_logp, s.advantages, s.batch.loss_mask, clip_eps,
+                                        s.ref_logp, kl_coef, s.is_weight)
+                backward(loss * (processes / n_tokens))
             stats.loss += float(loss.detach())
             stats.tokens += st.tokens
             stats.clipped += st.clipped

@@ -28,6 +28,8 @@ call whenever the student reproduces the fix.
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from score_distill.agent.format import render_step
@@ -148,19 +150,32 @@ def reward_summary(rewards: list[float], group_size: int) -> dict[str, float]:
 
 class KeyStepJudge:
     """The teacher's `equivalent` with a memo: the G rollouts of a group often write the same
-    key step, and a judgement depends only on the task, the prefix and the two steps."""
+    key step, and a judgement depends only on the task, the prefix and the two steps. Safe to
+    call from several threads: a question asked while the same one is in flight waits for
+    its answer instead of asking again; a call that fails is forgotten (asked again later)."""
 
     def __init__(self, teacher: Teacher) -> None:
         self.teacher = teacher
         self.calls = 0
-        self._memo: dict[tuple[str, ...], bool] = {}
+        self._memo: dict[tuple[str, ...], Future] = {}
+        self._lock = threading.Lock()
 
     def equivalent(self, task: Task, prefix: list[Step], a: Step, b: Step) -> bool:
         key = (task.id, *(_step_key(s) for s in prefix), "\x1e", _step_key(a), _step_key(b))
-        if key not in self._memo:
-            self.calls += 1
-            self._memo[key] = bool(self.teacher.equivalent(task, prefix, a, b))
-        return self._memo[key]
+        with self._lock:
+            answer, ask = self._memo.get(key), key not in self._memo
+            if ask:
+                answer = self._memo[key] = Future()
+                self.calls += 1
+        if ask:
+            try:
+                answer.set_result(bool(self.teacher.equivalent(task, prefix, a, b)))
+            except BaseException as exc:
+                with self._lock:
+                    del self._memo[key]
+                answer.set_exception(exc)
+                raise
+        return answer.result()
 
 
 def _step_key(step: Step) -> str:

@@ -29,7 +29,7 @@ Why a compact trainer of our own (on `accelerate`) and not TRL's `GRPOTrainer` w
 interleave sandbox observations; they must go through the one rollout loop and be rendered
 by our one loss-mask renderer. TRL's hook is marked experimental and wants prompt/completion
 token ids that we would have to re-derive from the renderer anyway. Ours is a few hundred
-lines, and `accelerate launch` runs it on several GPUs (the local engine only).
+lines, and `accelerate launch` runs it on several processes (the local engine only).
 
 Design notes:
 - Sampling uses the CURRENT weights, through `PolicySampler.sync_weights` after every
@@ -56,8 +56,14 @@ Design notes:
   `kl_coef` is 0: the KL to the start is then not logged (`kl` is null).
 - Loss = sum of per-token losses / tokens of the sequences trained this step (token-level
   mean, so long rollouts are not down-weighted per token). Groups whose rewards are all
-  equal have zero advantage; on one process they are skipped (no compute), on several all
-  sequences run so every process does the same number of backward passes.
+  equal have zero advantage and are skipped (no compute) unless a KL penalty applies.
+- Several processes (`accelerate launch`, DDP; the local engine): each rolls out its share
+  of the step's items (items i, i + P, ...), with the sample indices, so the seeds, they
+  have in a one-process run; the token count is summed over the processes and normalises
+  every process's loss; every process runs as many micro-batches as the busiest one
+  (`grpo.idle_batch` weighs nothing), with the gradient all-reduce at the last one only
+  (`no_sync`); only the main process writes the log, samples and checkpoints. The result is
+  the update one process makes from the same global batch, up to float rounding (a test).
 """
 
 from __future__ import annotations
@@ -137,6 +143,8 @@ class RLOptions:
     bf16: Bf16 = option("auto", "bf16 autocast for rollouts and loss; auto: where the hardware computes bf16 "
                                 "natively (precision.py). Sampling and scoring then differ by bf16 rounding")
     cpu_threads: int = option(0, "torch CPU threads; 0 = every core this process may use")
+    judge_concurrency: int = option(8, "rollouts of a step whose rewards are scored at once (each may ask the "
+                                       "teacher whether a key step is equivalent to the teacher's)")
     save_every: int = option(25, "checkpoint every N steps (0 = only at the end)")
     samples_per_step: int = option(2, "trajectories per step written to samples.jsonl for reading")
     rollout: RolloutConfig = dataclasses.field(default_factory=rl_rollout_config, metadata={
@@ -166,23 +174,34 @@ class Sample:
 
 
 def collect(engine: Any, items: list[KeyStepItem], tasks_by_id: dict[str, Task], tools: ToolConfig,
-            judge: KeyStepJudge | None, opts: RLOptions, step: int) -> list[Sample]:
+            judge: KeyStepJudge | None, opts: RLOptions, step: int, slots: list[int] | None = None) -> list[Sample]:
     """Run `group_size` rollouts per item (consecutive samples form a group), score them and
     set their advantages. Sample indices are unique within the step, so no two live
     trajectories share a cache key, and the stage names the step, so every step draws new
-    samples."""
-    episodes = []
-    for slot, item in enumerate(items):
+    samples. `slots` are the items' places in the step's whole batch (default 0, 1, ...): a
+    process that rolls out its share of a step gives each item the sample indices, and so
+    the seeds, it has in a one-process run. The rewards are scored `judge_concurrency` at a
+    time (each may ask the teacher to judge a key step)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slots = list(range(len(items))) if slots is None else slots
+    episodes, owners = [], []
+    for slot, item in zip(slots, items):
         prefix = list(item.prefix) if opts.short_horizon else []
         episodes += [Episode(tasks_by_id[item.task_id], prefix=prefix, sample=slot * opts.group_size + k)
                      for k in range(opts.group_size)]
+        owners += [item] * opts.group_size
     config = dataclasses.replace(opts.rollout, stage=f"{opts.rollout.stage}-{step}")  # new samples every step
     trajs = rollout(engine, episodes, tools, config, keep_sampled=True)
-    samples = []
-    for ep, traj in zip(episodes, trajs):
-        item = items[ep.sample // opts.group_size]
-        result = rollout_reward(traj, item, ep.task, judge, opts.use_key_step, key_index=len(item.prefix))
-        samples.append(Sample(item, ep.task.question, traj, len(ep.prefix), result))
+
+    def score(i: int) -> RewardResult:
+        return rollout_reward(trajs[i], owners[i], episodes[i].task, judge, opts.use_key_step,
+                              key_index=len(owners[i].prefix))
+
+    with ThreadPoolExecutor(max_workers=max(1, opts.judge_concurrency)) as pool:
+        results = list(pool.map(score, range(len(episodes))))
+    samples = [Sample(item, ep.task.question, traj, len(ep.prefix), result)
+               for item, ep, traj, result in zip(owners, episodes, trajs, results)]
     advantages = group_advantages([s.result.reward for s in samples], opts.group_size, opts.scale_advantages)
     for s, a in zip(samples, advantages):
         s.advantage = a
@@ -310,22 +329,30 @@ class _Trainer:
     def step(self, step: int) -> dict[str, Any]:
         """Roll out, score, update, sync the sampler; returns the step's log record (reduced
         over processes)."""
-        from score_distill.train.grpo import Scored, micro_batches, reference_logprobs, update
+        import torch
+
+        from score_distill.train.grpo import Scored, idle_batch, micro_batches, reference_logprobs, update
 
         opts, acc = self.opts, self.acc
         t0 = time.perf_counter()
         mine = items_for_step(len(self.pool), step, opts.items_per_step, opts.rollout.seed)
-        items = [self.pool[i] for i in mine[acc.process_index :: acc.num_processes]]
-        samples = collect(self.sampler, items, self.tasks_by_id, self.tools, self.judge, opts, step)
+        slots = list(range(acc.process_index, len(mine), acc.num_processes))  # this process's share
+        samples = collect(self.sampler, [self.pool[mine[i]] for i in slots], self.tasks_by_id, self.tools, self.judge,
+                          opts, step, slots)
         rollout_s = time.perf_counter() - t0
         self.sampler.pause_sampling()
         seqs = render_samples(self.sampler.tokenizer, samples, opts.max_length)
-        alone = acc.num_processes == 1
-        trained = [i for i, r in enumerate(seqs) if 1 in r.mask
-                   and (samples[i].advantage != 0 or opts.kl_coef or not alone)]
+        trained = [i for i, r in enumerate(seqs) if 1 in r.mask and (samples[i].advantage != 0 or opts.kl_coef)]
         mbs = micro_batches([(seqs[i].ids, seqs[i].mask) for i in trained], [samples[i].advantage for i in trained],
                             opts.micro_batch_size, self.pad_id,
                             [seqs[i].sampler_logprobs for i in trained]) if trained else []
+        tokens = sum(float(b.loss_mask.sum()) for b, _ in mbs)
+        if acc.num_processes > 1:  # the same number of passes everywhere, the loss over every process's tokens
+            counts = acc.gather(torch.tensor([len(mbs)], device=acc.device)).tolist()
+            tokens = float(acc.reduce(torch.tensor([tokens], dtype=torch.float64, device=acc.device), "sum").item())
+            like = mbs[-1][0] if mbs else None
+            mbs += [(idle_batch(like, self.pad_id), torch.zeros(like.input_ids.shape[0] if like is not None else 1))
+                    for _ in range(max(counts) - len(mbs))]
         release_memory()  # the rollout's KV caches, before the reference is read
         if self.ref is None:
             scored = [Scored(b.to(acc.device), a.to(acc.device)) for b, a in mbs]
@@ -337,7 +364,8 @@ class _Trainer:
                        lambda n: acc.clip_grad_norm_(self.model.parameters(), n), scored,
                        clip_eps=opts.clip_eps, kl_coef=opts.kl_coef, ppo_epochs=opts.ppo_epochs,
                        max_grad_norm=opts.max_grad_norm, temperature=opts.rollout.temperature, bf16=opts.bf16,
-                       is_cap=opts.is_cap)
+                       is_cap=opts.is_cap, total_tokens=tokens, processes=acc.num_processes,
+                       no_sync=(lambda: acc.no_sync(self.model)) if acc.num_processes > 1 else None)
         # The next rollouts sample from the new weights, with no key/value of the old ones.
         self.sampler.sync_weights(acc.unwrap_model(self.model))
         release_memory()
@@ -353,9 +381,10 @@ class _Trainer:
         local = [stats.kl, stats.kl_tokens, stats.loss, stats.tokens, stats.clipped, n_trained,
                  sum(s.traj.generated_tokens for s in samples), sum(s.traj.n_turns - s.start for s in samples),
                  sum(s.traj.finished for s in samples), st.tokens, st.abs_diff, st.truncated, st.weight,
-                 sum(r.turns for r in seqs), sum(r.mismatched for r in seqs)]
+                 sum(r.turns for r in seqs), sum(r.mismatched for r in seqs),
+                 self.judge.calls if self.judge is not None else 0]
         (kl, kl_tokens, loss, tokens, clipped, n_trained, gen_tokens, turns, finished, is_tokens, abs_diff,
-         truncated, weight, sampled_turns, mismatched) = acc.reduce(
+         truncated, weight, sampled_turns, mismatched, judge_calls) = acc.reduce(
             torch.tensor(local, dtype=torch.float64, device=acc.device), "sum").tolist()
         rewards = acc.gather(torch.tensor([s.result.reward for s in samples], dtype=torch.float64,
                                           device=acc.device)).tolist()
@@ -372,7 +401,7 @@ class _Trainer:
                 "grad_norm": stats.grad_norm / max(1, stats.passes), "trained_seqs": int(n_trained),
                 "gen_tokens": int(gen_tokens), "gen_tok_s": gen_tokens / max(rollout_s, 1e-9),
                 "turns": turns / n, "finished": finished / n,
-                "judge_calls": self.judge.calls if self.judge is not None else 0,
+                "judge_calls": int(judge_calls),
                 "rollout_s": round(rollout_s, 3), "time_s": round(time.perf_counter() - t0, 3)}
 
 

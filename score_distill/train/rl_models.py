@@ -47,7 +47,8 @@ def build_sampler(engine: str, path: Path, device: Any, opts: RLOptions) -> tupl
     if engine == "local":
         from score_distill.models.local import LocalConfig, LocalModel
 
-        local = LocalModel(path, LocalConfig(device=str(device), dtype=dtype, autocast_bf16=opts.bf16,
+        where = str(device) if device.type == "cuda" else device.type  # several CPU processes: "cpu:0"
+        local = LocalModel(path, LocalConfig(device=where, dtype=dtype, autocast_bf16=opts.bf16,
                                              seed=opts.rollout.seed, num_threads=opts.cpu_threads))
         return local, local.model
     if engine == "vllm":

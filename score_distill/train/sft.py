@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from score_distill.config import option
+from score_distill.config import UsageError, option
 from score_distill.devices import training_device
 from score_distill.precision import Bf16, resolve_bf16
 from score_distill.storage import atomic_dir, atomic_write_json
@@ -121,8 +123,50 @@ def chunked_cross_entropy(head, hidden, targets, chunk: int = LOSS_CHUNK):
     return total
 
 
-def _trainer_class(sft_trainer, use_cpu: bool):
-    """SFTTrainer, or on CPU a subclass that computes the cross-entropy itself, at the trained
+def pad_to_batches(dataset, batch_size: int, pad_id: int):
+    """`dataset` with rows that weigh nothing (two pad tokens, no label) added until its
+    length is a multiple of `batch_size`, the global batch. The last optimiser step then has
+    as many rows as the others, split evenly between the processes; without them the data
+    loader of a multi-process run repeats rows from the start to fill the last batch (rows
+    trained twice, and a different update from a one-process run). A packed set gets
+    one-sequence rows.
+
+    >>> from datasets import Dataset
+    >>> ds = pad_to_batches(Dataset.from_dict({"input_ids": [[5, 6, 7]], "labels": [[-100, 6, 7]]}), 3, pad_id=0)
+    >>> ds["input_ids"][:], ds["labels"][:]
+    ([[5, 6, 7], [0, 0], [0, 0]], [[-100, 6, 7], [-100, -100], [-100, -100]])
+    """
+    missing = -len(dataset) % batch_size
+    if not missing:
+        return dataset
+    filler = {"input_ids": [pad_id, pad_id], "labels": [-100, -100]}
+    if "seq_lengths" in dataset.column_names:
+        filler["seq_lengths"] = [2]
+    rows = dataset.to_dict()
+    return type(dataset).from_dict({name: rows[name] + [filler[name]] * missing for name in rows})
+
+
+def length_grouped_sampler(lengths: list[int], batch_size: int, seed: int):  # noqa: ANN201 (a torch Sampler)
+    """Transformers' length-grouped order (random megabatches of 50 global batches, each
+    sorted by length) with `batch_size` the GLOBAL batch and a generator seeded from (seed,
+    epoch): the same order for any number of processes, each of which takes every P-th
+    micro-batch of it, so the rows of an optimiser step are the same whatever P. A resumed
+    run draws the same order again (the trainer sets the epoch)."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class GlobalLengthSampler(LengthGroupedSampler):
+        def set_epoch(self, epoch: int) -> None:
+            self.generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+    sampler = GlobalLengthSampler(batch_size, lengths=lengths)
+    sampler.set_epoch(0)
+    return sampler
+
+
+def _trainer_class(sft_trainer, use_cpu: bool, batch_size: int, seed: int):
+    """SFTTrainer with the sampler of `length_grouped_sampler`, checkpoints decided by the
+    main process for all of them, and, on CPU, the cross-entropy computed at the trained
     positions only.
 
     TRL computes the loss through its fused LM head. Without Triton (CPU) that head scores
@@ -139,12 +183,17 @@ def _trainer_class(sft_trainer, use_cpu: bool):
     logits of a long sequence, in fp32 with their gradient, would otherwise be the largest
     tensors of the step (1,500 positions x 49k: 0.3 GB a copy).
     """
-    if not use_cpu:
-        return sft_trainer
-
     from score_distill.train.packed_attention import sequence_bounds
 
-    class CPUSFTTrainer(sft_trainer):
+    class GlobalBatchSFTTrainer(sft_trainer):
+        def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return length_grouped_sampler([len(ids) for ids in dataset["input_ids"]], batch_size, seed)
+
+    if not use_cpu:
+        return GlobalBatchSFTTrainer
+
+    class CPUSFTTrainer(GlobalBatchSFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, mask, positions = inputs["labels"], inputs.get("attention_mask"), inputs.get("position_ids")
             # A packed batch (TRL's padding-free collator: one row, position ids restarting at
@@ -152,11 +201,16 @@ def _trainer_class(sft_trainer, use_cpu: bool):
             # rather than in every layer; the model was loaded with PACKED_ATTENTION (train_sft).
             bounds = sequence_bounds(positions) if positions is not None and mask is None else None
             packed = {} if bounds is None else {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds}
-            hidden = model.get_decoder()(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions,
-                                         use_cache=False, **packed).last_hidden_state
+            # Through the model's own forward (under DDP, the wrapper's: it prepares the
+            # gradient all-reduce), projecting one position only; the final hidden states
+            # (after the last norm) come back with the others.
+            out = model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions, use_cache=False,
+                        output_hidden_states=True, logits_to_keep=1, **packed)
+            hidden = out.hidden_states[-1]
             targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
             keep = targets != -100
-            loss = chunked_cross_entropy(model.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            loss = chunked_cross_entropy(head, hidden[:, :-1][keep], targets[keep])
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages it back
@@ -187,6 +241,10 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         raise ValueError("no trainable tokens in the SFT examples")
     if opts.packing:
         dataset = pack_rows(dataset, opts.max_length)
+    lengths = [len(ids) for ids in dataset["input_ids"]]  # the rows trained, before the fillers
+    dataset = pad_to_batches(dataset, opts.batch_size, tokenizer.pad_token_id)
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)  # set by accelerate launch / torchrun
+    accumulation = accumulation_steps(opts.batch_size, opts.micro_batch_size, processes)
     # Packed rows attend per sequence, without a (T, T) mask (train.packed_attention). The
     # attention is chosen once, at load, not switched on around each forward pass: activation
     # checkpointing re-runs the forward pass inside backward(), after compute_loss has
@@ -201,12 +259,16 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
 
         peft_config = LoraConfig(r=opts.lora_r, lora_alpha=2 * opts.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
     use_cpu = training_device(device) == "cpu"
+    if use_cpu and processes > 1:
+        from score_distill.models.local import process_cores
+
+        torch.set_num_threads(process_cores())  # the launcher's processes share the cores
     steps = math.ceil(opts.epochs * math.ceil(len(dataset) / opts.batch_size))
     args = SFTConfig(
         max_steps=opts.min_steps if steps < opts.min_steps else -1,
         output_dir=str(out), num_train_epochs=opts.epochs, learning_rate=opts.lr,
         per_device_train_batch_size=opts.micro_batch_size,
-        gradient_accumulation_steps=max(1, opts.batch_size // opts.micro_batch_size),
+        gradient_accumulation_steps=accumulation,
         lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=opts.logging_steps,
         save_strategy="no" if opts.checkpoint_every_s > 0 else "epoch", save_total_limit=1,
         report_to=[], seed=opts.seed, data_seed=opts.seed,
@@ -214,11 +276,15 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         # Sequences were cut to max_length already; packed rows are flattened by TRL's
         # padding-free collator, which takes position ids from each row's `seq_lengths`.
         max_length=None if opts.packing else opts.max_length, padding_free=opts.packing,
+        # The rows are ready (rendered, cut, packed): TRL's preparation would drop the fillers
+        # of pad_to_batches, which carry no label, and the batches would no longer be whole.
+        dataset_kwargs={"skip_prepare_dataset": True},
         disable_tqdm=False, remove_unused_columns=False, activation_checkpointing=opts.activation_checkpointing,
-        train_sampling_strategy="group_by_length",  # less padding per micro-batch
+        # Less padding per micro-batch: length-grouped, in an order that does not depend on the
+        # number of processes (length_grouped_sampler, set in _trainer_class).
         optim="adamw_torch_fused",  # in place per tensor: no temporaries the size of all the weights
     )
-    trainer = _trainer_class(SFTTrainer, use_cpu)(model=model, args=args, train_dataset=dataset,
+    trainer = _trainer_class(SFTTrainer, use_cpu, opts.batch_size, opts.seed)(model=model, args=args, train_dataset=dataset,
                                                   processing_class=tokenizer, peft_config=peft_config)
     if opts.checkpoint_every_s > 0:
         trainer.add_callback(_checkpoint_timer(opts.checkpoint_every_s))
@@ -227,16 +293,48 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
     began = time.monotonic()
     trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     seconds = time.monotonic() - began
-    trained = trainer.model.merge_and_unload() if peft_config is not None else trainer.model
-    with atomic_dir(final) as tmp:
-        trained.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    summary = throughput_summary(lengths, opts.batch_size, trainer.state.global_step - start, seconds)
-    atomic_write_json(out / "train_summary.json", {**summary, "device": training_device(device),
-                                                    "bf16": bool(args.bf16), "packing": opts.packing})
-    log.info("saved %s (%.0f tokens/s over %d steps)", final, summary["tokens_per_s"], summary["steps_this_call"])
+    accelerator = trainer.accelerator
+    main = accelerator.is_main_process
+    partial = out / ".final.partial"  # one path for every process: saving may be collective
+    if main:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if peft_config is not None:  # merged adapters: a plain model directory, as without LoRA
+        if main:
+            accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(partial)
+    else:  # gathers sharded weights (FSDP, ZeRO-3) on the way; only the main process writes
+        trainer.save_model(str(partial))
+    accelerator.wait_for_everyone()
+    if main:
+        tokenizer.save_pretrained(partial)
+        (partial / "training_args.bin").unlink(missing_ok=True)
+        with atomic_dir(final) as tmp:  # the finished directory appears whole, or not at all
+            os.rmdir(tmp)
+            os.replace(partial, tmp)
+        summary = throughput_summary(lengths, opts.batch_size, trainer.state.global_step - start, seconds)
+        atomic_write_json(out / "train_summary.json", {**summary, "device": training_device(device),
+                                                        "processes": processes, "bf16": bool(args.bf16),
+                                                        "packing": opts.packing})
+        log.info("saved %s (%.0f tokens/s over %d steps)", final, summary["tokens_per_s"], summary["steps_this_call"])
+    accelerator.wait_for_everyone()
     return final
+
+
+def accumulation_steps(batch_size: int, micro_batch_size: int, processes: int) -> int:
+    """Micro-batches each process accumulates per optimiser step, so that a step sees
+    `batch_size` rows in all whatever the number of processes.
+
+    >>> accumulation_steps(8, 2, 1), accumulation_steps(8, 2, 2), accumulation_steps(8, 4, 2)
+    (4, 2, 1)
+    >>> accumulation_steps(8, 4, 3)
+    Traceback (most recent call last):
+    ...
+    score_distill.config.UsageError: sft.batch_size 8 is not a multiple of sft.micro_batch_size 4 x 3 processes
+    """
+    if batch_size % (micro_batch_size * processes):
+        raise UsageError(f"sft.batch_size {batch_size} is not a multiple of sft.micro_batch_size {micro_batch_size} "
+                         f"x {processes} processes")
+    return batch_size // (micro_batch_size * processes)
 
 
 def throughput_summary(lengths: list[int], batch_size: int, steps: int, seconds: float) -> dict[str, float]:
@@ -256,7 +354,10 @@ def throughput_summary(lengths: list[int], batch_size: int, steps: int, seconds:
 def _checkpoint_timer(seconds: float):  # noqa: ANN202 (a transformers TrainerCallback)
     """A callback that asks for a checkpoint at the first step end `seconds` after the last
     one (or after the start); the final weights are saved separately, so none is written at
-    the last step."""
+    the last step. On several processes the main process's clock decides for all: saving is
+    collective (sharded weights and optimizer states), and clocks that disagreed would leave
+    some processes waiting in it forever."""
+    import torch
     from transformers import TrainerCallback
 
     class CheckpointTimer(TrainerCallback):
@@ -264,7 +365,12 @@ def _checkpoint_timer(seconds: float):  # noqa: ANN202 (a transformers TrainerCa
             self.last = time.monotonic()
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-            if state.global_step < state.max_steps and time.monotonic() - self.last >= seconds:
+            due = state.global_step < state.max_steps and time.monotonic() - self.last >= seconds
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                flag = torch.tensor([float(due)], device=args.device)
+                torch.distributed.broadcast(flag, src=0)
+                due = bool(flag.item())
+            if due:
                 control.should_save = True
             return control
 

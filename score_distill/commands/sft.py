@@ -1,0 +1,84 @@
+"""`score-distill sft`: fine-tune a model on an exported SFT set (cold-start BC or SCoRe-SFT).
+
+    score-distill sft --model runs/demo/bc/sft/final --data runs/demo/mps/export --out runs/sft
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m score_distill sft --model M --data D --out O
+
+Reads the `*_trajectories.jsonl` that `bc` or `mentor` wrote and writes OUT/final (a
+transformers model directory), OUT/train_summary.json and OUT/config.yaml. Under `accelerate
+launch` each process trains on its share of every optimiser step (the global batch is
+`--batch-size` whatever the number of processes) and the main process writes. Killed at any
+moment, the same command resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "fine-tune on an exported SFT set (alone or under accelerate launch)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from score_distill.commands.settings import SFTCommand
+    from score_distill.config import add_arguments as add_config
+
+    parser.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
+    parser.add_argument("--config", default=None, help="YAML file of the settings below (flags override it)")
+    add_config(parser, SFTCommand)
+
+
+def data_file(spec: str, name: str) -> Path:
+    """The file `spec` names, or the one `name` file in the directory it names.
+
+    >>> data_file("nowhere", "sft_trajectories.jsonl")
+    Traceback (most recent call last):
+    ...
+    score_distill.config.UsageError: nowhere: no such file or directory
+    """
+    from score_distill.config import UsageError
+
+    path = Path(spec)
+    if path.is_dir():
+        found = sorted(path.glob(name))
+        if len(found) != 1:
+            raise UsageError(f"{spec}: expected one {name} in this directory, found {len(found)}")
+        path = found[0]
+    if not path.is_file():
+        raise UsageError(f"{spec}: no such file or directory")
+    return path
+
+
+def is_main_process() -> bool:
+    """Whether this is the launcher's rank 0 (or no launcher at all)."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from score_distill.commands.settings import SFT_RESUME_FREE
+    from score_distill.commands.settings import SFTCommand as command
+    from score_distill.config import UsageError, apply_overrides, load_yaml, overrides_from_args, save_config
+    from score_distill.exports import read_sft_examples
+    from score_distill.models.load import model_directory
+    from score_distill.rundir import check_run_dir
+    from score_distill.train.sft import SFTOptions, train_sft
+
+    overrides = overrides_from_args(args, command)
+    cfg = load_yaml(command, args.config, overrides) if args.config else apply_overrides(command(), overrides)
+    if not cfg.model or not cfg.data:
+        raise UsageError("--model and --data are required")
+    examples = read_sft_examples(data_file(cfg.data, "*_trajectories.jsonl"))
+    if not examples:
+        raise UsageError(f"{cfg.data}: the SFT set is empty")
+    model = model_directory(cfg.model)
+    if is_main_process():
+        check_run_dir(args.out, cfg, SFT_RESUME_FREE)  # a rerun with other settings: refused before training
+        save_config(cfg, Path(args.out) / "config.yaml")
+    opts = SFTOptions(**{f.name: getattr(cfg, f.name) for f in fields(SFTOptions)})
+    final = train_sft(model, examples, args.out, opts, device=cfg.device)
+    if is_main_process():
+        print(final)
+    return 0
