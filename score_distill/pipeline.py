@@ -222,7 +222,8 @@ def split_stage(state: RunState) -> None:
     """The SFT/RL split of the solved MPS tasks, into mps/export/."""
     from score_distill.stages.split import SplitConfig, read_mps_records, write_split
 
-    counts = write_split(read_mps_records(state.out / "mps"), state.out / "mps" / "export", SplitConfig(seed=state.cfg.seed))
+    counts = write_split(read_mps_records(state.out / "mps"), state.out / "mps" / "export", SplitConfig(seed=state.cfg.seed),
+                         state.train)
     state.extra["mps"] = {**state.extra.get("mps", {}), "split": counts}
 
 

@@ -20,7 +20,7 @@ from score_distill.rundir import RecordLog, open_run_dir
 from score_distill.types import MentorRecord
 from score_distill.tools.config import ToolConfig
 from score_distill.tools.sandbox import SandboxConfig
-from score_distill.types import KeyStepItem, Step, Trajectory, read_jsonl
+from score_distill.types import KeyStepItem, Step, Task, Trajectory, read_jsonl
 from tests.mentor_script import REFERENCE, ScriptedTeacher, crash_tasks, make_student, make_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,6 +288,10 @@ def test_mentor_command_with_the_reference_teacher(tmp_path, capsys, monkeypatch
     split = json.loads((tmp_path / "out" / "export" / "split.json").read_text())
     assert split["seed"] == 5 and split["counts"] == summary["export"]
     assert split["counts"]["sft_tasks"] + split["counts"]["rl_tasks"] == summary["solved"]
+    # The RL items' own tasks, with what the suite keeps in meta (the reference judge needs it).
+    items = read_jsonl(tmp_path / "out" / "export" / "rl_items.jsonl", KeyStepItem)
+    rl_tasks = read_jsonl(tmp_path / "out" / "export" / "rl_tasks.jsonl", Task)
+    assert {t.id for t in rl_tasks} == {i.task_id for i in items} and all("nodes" in t.meta for t in rl_tasks)
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
 
 

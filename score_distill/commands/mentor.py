@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     # A teacher that stays down raises TeacherDown: `cli.main` turns it into one line, exit 3.
     summary = mentor(load_model(cfg.student, **student_engine), teacher, tasks, args.out, cfg, resume_free)
     # Stage 2 on what stage 1 recorded.
-    summary["export"] = write_split(read_mps_records(args.out), Path(args.out) / "export", cfg.split)
+    summary["export"] = write_split(read_mps_records(args.out), Path(args.out) / "export", cfg.split, tasks)
     atomic_write_json(Path(args.out) / "summary.json", summary)
     print(json.dumps(summary, indent=2))
     return 0

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from score_distill.commands.settings import RL_RESUME_FREE
     from score_distill.commands.settings import RLCommand as command
-    from score_distill.commands.sft import data_file, is_main_process
+    from score_distill.commands.sft import data_file, is_main_process, read_data
     from score_distill.config import UsageError, apply_overrides, load_yaml, overrides_from_args, save_config
     from score_distill.models.load import model_directory
     from score_distill.rundir import check_run_dir
@@ -49,13 +49,17 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_yaml(command, args.config, overrides) if args.config else apply_overrides(command(), overrides)
     if not cfg.model or not cfg.items:
         raise UsageError("--model and --items are required")
-    items = read_jsonl(data_file(cfg.items, "rl_items.jsonl"), KeyStepItem)
+    items_path = data_file(cfg.items, "rl_items.jsonl")
+    items = read_data(items_path, lambda p: read_jsonl(p, KeyStepItem))
+    exported = items_path.with_name("rl_tasks.jsonl")  # what mentor wrote beside the items
     if cfg.tasks:
         try:
             tasks = load_tasks(cfg.tasks, cfg.n, cfg.task_seed, corpus=cfg.tools.search.local_corpus())
         except TaskFileError as e:
             e.report(sys.stderr)
             return 2
+    elif exported.is_file():
+        tasks = read_data(exported, lambda p: read_jsonl(p, Task))
     else:
         tasks = [Task(id=i.task_id, question=i.question, answer=i.answer, suite=i.suite) for i in items]
     model = model_directory(cfg.model)

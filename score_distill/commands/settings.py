@@ -125,8 +125,9 @@ class RLCommand(RLOptions):
     items: str = option("", "the RL items: an rl_items.jsonl file that mentor wrote (export/rl_items.jsonl), or the "
                             "directory holding one")
     tasks: str | None = option(None, "the items' tasks (SUITE:SPLIT or a task JSONL file, as mentor was given), for "
-                                     "what a suite keeps in a task's meta; default: tasks made from the items "
-                                     "(id, question, answer, suite)")
+                                     "what a suite keeps in a task's meta (the reference teacher judges key steps "
+                                     "from it); default: the rl_tasks.jsonl mentor wrote beside the items, else "
+                                     "tasks made from the items (id, question, answer, suite)")
     n: int | None = option(None, N_HELP)
     task_seed: int = option(0, "seed of the task generator, with --tasks SUITE:SPLIT")
     teacher: str = option("reference", TEACHER_HELP + " (judges key-step equivalence)")

@@ -48,6 +48,21 @@ def data_file(spec: str, name: str) -> Path:
     return path
 
 
+def read_data(path: Path, read):  # noqa: ANN001, ANN201
+    """`read(path)`, with a malformed file (not JSON, not our records) as a one-line usage
+    error naming the file and line."""
+    from score_distill.config import UsageError
+    from score_distill.types import SchemaError
+
+    try:
+        return read(path)
+    except SchemaError as e:
+        raise UsageError(str(e)) from None
+    except KeyError as e:
+        raise UsageError(f"{path}: a record without {e} (expected the *_trajectories.jsonl that bc or mentor "
+                         "writes)") from None
+
+
 def is_main_process() -> bool:
     """Whether this is the launcher's rank 0 (or no launcher at all)."""
     import os
@@ -70,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_yaml(command, args.config, overrides) if args.config else apply_overrides(command(), overrides)
     if not cfg.model or not cfg.data:
         raise UsageError("--model and --data are required")
-    examples = read_sft_examples(data_file(cfg.data, "*_trajectories.jsonl"))
+    model = model_directory(cfg.model)
+    examples = read_data(data_file(cfg.data, "*_trajectories.jsonl"), read_sft_examples)
     if not examples:
         raise UsageError(f"{cfg.data}: the SFT set is empty")
-    model = model_directory(cfg.model)
     if is_main_process():
         check_run_dir(args.out, cfg, SFT_RESUME_FREE)  # a rerun with other settings: refused before training
         save_config(cfg, Path(args.out) / "config.yaml")

@@ -16,7 +16,9 @@ decided by its own seeded draw (independent of the other tasks):
 - the SFT set as `sft_trajectories.jsonl` (what `train.sft` reads), `sft_trl.jsonl`,
   `sft_sharegpt.jsonl` + `dataset_info.json` (`exports.export_sft`);
 - the RL items as `rl_items.jsonl` (`KeyStepItem` records, what `train.rl` reads) and
-  `rl_verl.parquet` (`exports.write_verl`).
+  `rl_verl.parquet` (`exports.write_verl`), and, given the tasks MPS ran on, the items' tasks
+  as `rl_tasks.jsonl` (what a suite keeps in a task's meta: the reference teacher judges
+  key steps from it; `score-distill rl` reads it).
 
     from score_distill.stages.split import SplitConfig, read_mps_records, write_split
     write_split(read_mps_records("runs/mps"), "runs/mps/export", SplitConfig(seed=0))
@@ -34,7 +36,7 @@ from score_distill.config import option
 from score_distill.exports import SFTExample, export_sft, write_verl
 from score_distill.seeds import derive_seed
 from score_distill.storage import atomic_write_json
-from score_distill.types import KeyStepItem, MentorRecord, read_jsonl, write_jsonl
+from score_distill.types import KeyStepItem, MentorRecord, Task, read_jsonl, write_jsonl
 
 
 @dataclass
@@ -95,8 +97,10 @@ def split_records(records: list[MentorRecord], cfg: SplitConfig) -> Split:
     return Split([r.task_id for r in sft_recs], [r.task_id for r in rl_recs], sft, rl)
 
 
-def write_split(records: list[MentorRecord], out_dir: str | Path, cfg: SplitConfig) -> dict[str, Any]:
-    """Split the solved MPS tasks and write every export into `out_dir`; returns the counts."""
+def write_split(records: list[MentorRecord], out_dir: str | Path, cfg: SplitConfig,
+                tasks: list[Task] | None = None) -> dict[str, Any]:
+    """Split the solved MPS tasks and write every export into `out_dir`; returns the counts.
+    With `tasks` (those MPS ran on), the RL items' own tasks are written too."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     split = split_records(records, cfg)
@@ -107,6 +111,9 @@ def write_split(records: list[MentorRecord], out_dir: str | Path, cfg: SplitConf
     export_sft(split.sft, out, name="sft")
     write_jsonl(out / "rl_items.jsonl", split.rl)
     write_verl(split.rl, out / "rl_verl.parquet")
+    if tasks is not None:
+        wanted = {i.task_id for i in split.rl}
+        write_jsonl(out / "rl_tasks.jsonl", [t for t in tasks if t.id in wanted])
     return counts
 
 

@@ -259,6 +259,11 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
     opts = dataclasses.replace(opts, bf16=resolve_bf16(opts.bf16, accelerator.device.type))  # saved as used
     if opts.items_per_step % accelerator.num_processes:
         raise ValueError(f"items_per_step={opts.items_per_step} does not split over {accelerator.num_processes} processes")
+    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise UsageError(f"RL runs under DDP (configs/accelerate/ddp.yaml), not {accelerator.distributed_type.value}: "
+                         "each process samples its rollouts with the very module it trains, and sharded weights "
+                         "would make the processes gather them in lockstep while decoding different rollouts; "
+                         "for a student too large to hold whole on one GPU use the verl adapter (configs/verl/)")
     if engine == "vllm" and accelerator.num_processes > 1:
         raise UsageError("RL with the vllm engine runs in one process on one GPU (use --engine local for several)")
     total = total_steps(opts, len(pool))

@@ -279,6 +279,7 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         # The rows are ready (rendered, cut, packed): TRL's preparation would drop the fillers
         # of pad_to_batches, which carry no label, and the batches would no longer be whole.
         dataset_kwargs={"skip_prepare_dataset": True},
+        ddp_find_unused_parameters=False,  # every parameter gets a gradient: no extra graph traversal
         disable_tqdm=False, remove_unused_columns=False, activation_checkpointing=opts.activation_checkpointing,
         # Less padding per micro-batch: length-grouped, in an order that does not depend on the
         # number of processes (length_grouped_sampler, set in _trainer_class).
