@@ -14,8 +14,9 @@ output directory and resuming from it, so a killed run picks up where it stopped
     ablations  optional, same code: grpo (outcome reward from the question, from the BC
                model), rl_no_short_horizon, rl_no_key_step (both from the SCoRe-SFT model)
 
-Each model a stage makes is evaluated on `eval_splits` of every suite, with the same rollout
-and tools. `run_state.json` records the stages done, so a rerun skips them; `--only STAGE`
+Each model a stage makes is evaluated on `eval_splits` of every suite, and on the
+`benchmarks` given (files of the paper's benchmarks: `configs/paper.yaml`), with the same
+rollout and tools. `train_tasks` replaces a suite's generated train set with a task file. `run_state.json` records the stages done, so a rerun skips them; `--only STAGE`
 enters one stage, `--from STAGE` it and every later one (their inputs must be done; a stage
 entered again finds its work on disk: delete its folder to redo it). The report covers every
 stage done so far.
@@ -80,6 +81,10 @@ class RunConfig:
     inference_bf16: Bf16 = option("auto", "load the student in bf16 when it only generates (evaluation, MPS); "
                                           "auto: where the hardware computes bf16 natively (precision.py)")
     ablations: list = option([], "extra stages through the same code: any of grpo, rl_no_short_horizon, rl_no_key_step")
+    train_tasks: dict = option({}, "suite -> a task JSONL file (our task format) used as that suite's train set "
+                                   "instead of the generated one: your own training questions")
+    benchmarks: dict = option({}, "benchmark name -> its data file (any format `score-distill benchmarks` lists), "
+                                  "evaluated after every stage beside eval_splits, scored as the paper scores it")
     eval_rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "evaluation agent loop (greedy)"})
     mps_rollout: RolloutConfig = field(default_factory=mps_rollout_config, metadata={"help": "student sampling during MPS"})
     sft: SFTOptions = field(default_factory=SFTOptions, metadata={"help": "SFT of BC, SCoRe-SFT and BC-full"})
@@ -138,18 +143,28 @@ def world_stage(state: RunState) -> None:
     from score_distill.tasks.load import generate_suite
     from score_distill.tasks.references import run_reference
 
+    from score_distill.tasks.benchmarks import read_benchmark
+    from score_distill.tasks.load import load_tasks
+
     cfg = state.cfg
+    generated = []
     for suite in cfg.suites:
         for split in ["train", *cfg.eval_splits]:
+            if split == "train" and suite in cfg.train_tasks:
+                state.sets[f"{suite}:train"] = load_tasks(cfg.train_tasks[suite], corpus=cfg.tools.search.local_corpus())
+                continue
             path = state.out / "tasks" / f"{suite}-{split}.jsonl"
             if not path.exists():
                 n = cfg.n_train if split == "train" else cfg.n_eval
                 write_jsonl(path, generate_suite(suite, split, n, cfg.seed, **cfg.difficulty.get(suite, {})))
             state.sets[f"{suite}:{split}"] = read_jsonl(path, Task)
+            generated.append(f"{suite}:{split}")
+    for name, data in cfg.benchmarks.items():
+        state.sets[f"{name}:{BENCHMARK_SPLIT}"] = read_benchmark(data, name)
     check = state.out / "tasks" / "reference_check.json"
-    if not check.exists():
+    if not check.exists():  # the generated sets: their reference solutions are ours to check
         result = {}
-        for name, tasks in state.sets.items():
+        for name, tasks in ((n, state.sets[n]) for n in generated):
             sample = tasks[: cfg.n_reference_check]
             result[name] = {"checked": len(sample), "reached_gold": sum(run_reference(t, cfg.tools) for t in sample)}
         atomic_write_json(check, result)
@@ -158,6 +173,46 @@ def world_stage(state: RunState) -> None:
     if bad:
         raise RuntimeError(f"reference solutions that miss their gold answer: {bad}")
     state.extra["reference_check"] = refs
+
+
+BENCHMARK_SPLIT = "benchmark"  # the eval sets read from benchmark files are named <benchmark>:benchmark
+
+
+def check_inputs(cfg: RunConfig) -> list[str]:
+    """Everything a run reads from outside, checked before any work, as one-line usage
+    errors: the student, the train task files and the benchmark files (each read whole).
+    Returns what was found, one line each, for `run --check`."""
+    from score_distill.models.builtin import is_builtin
+    from score_distill.tasks.benchmarks import benchmark, read_benchmark
+    from score_distill.tasks.load import TaskFileError, load_tasks
+
+    found = []
+    if not is_builtin(cfg.student) and not (Path(cfg.student) / "config.json").is_file():
+        raise UsageError(f"student {cfg.student!r}: not a built-in model nor a Hugging Face model directory "
+                         "(config.json missing)")
+    found.append(f"student: {cfg.student}")
+    for suite, path in cfg.train_tasks.items():
+        if suite not in cfg.suites:
+            raise UsageError(f"train_tasks.{suite}: not one of the run's suites {cfg.suites}")
+        try:
+            n = len(load_tasks(path, corpus=cfg.tools.search.local_corpus()))
+        except TaskFileError as e:
+            raise UsageError(f"train_tasks.{suite}: {e}") from None
+        found.append(f"train_tasks.{suite}: {path} ({n} tasks)")
+    for name, path in cfg.benchmarks.items():
+        try:
+            bench = benchmark(name)
+        except ValueError as e:
+            raise UsageError(f"benchmarks.{name}: {e}") from None
+        if bench.scorer == "llm":
+            raise UsageError(f"benchmarks.{name}: scored by an LLM judge, which the run does not hold; evaluate "
+                             f"its checkpoints with score-distill eval --benchmark {name} --judge ...")
+        try:
+            n = len(read_benchmark(path, name))
+        except TaskFileError as e:
+            raise UsageError(f"benchmarks.{name}: {e}") from None
+        found.append(f"benchmarks.{name}: {path} ({n} tasks)")
+    return found
 
 
 def _inference_engine(state: RunState, model: str) -> dict[str, object]:
@@ -172,7 +227,7 @@ def evaluate_stage(state: RunState, stage: str, model_path: str) -> None:
 
     model = load_model(model_path, **_inference_engine(state, model_path))
     sets = {name: (tasks, state.out / "eval" / stage / name.replace(":", "-")) for name, tasks in state.sets.items()
-            if name.split(":")[1] in state.cfg.eval_splits}
+            if name.split(":")[1] in (*state.cfg.eval_splits, BENCHMARK_SPLIT)}
     with state.timed(f"eval_{stage}"):
         # One rollout over every set: the sets share the batches.
         metrics = evaluate_sets(model, sets, state.cfg.tools, state.cfg.rollout(state.cfg.eval_rollout),
@@ -367,6 +422,7 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, only: str | None = None, s
 
     todo = plan(cfg, only, start)
     device, _ = resolve_device(cfg.device), training_device(cfg.device)  # absent: refused before any work
+    check_inputs(cfg)
     out = Path(out_dir)
     open_run_dir(out, cfg, RESUME_FREE)
     state = _load_state(cfg, out)

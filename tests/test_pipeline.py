@@ -44,7 +44,33 @@ def test_smoke_preset_runs_every_stage_and_resumes(tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < first / 2
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in Path(preset_path("demo")).parent.glob("*.yaml")))
+WORLD_PRESETS = sorted(p.stem for p in Path(preset_path("demo")).parent.glob("*.yaml")
+                       if "train_tasks:" not in p.read_text())  # paper.yaml reads your files: test_paper_preset.py
+
+
+def test_task_files_and_benchmarks_replace_the_generated_sets(tmp_path: Path) -> None:
+    """train_tasks gives a suite's train set, benchmarks are evaluated as sets of their own
+    and scored by their benchmark, and the reference check covers the generated sets only."""
+    from score_distill.tasks.load import generate_suite
+    from score_distill.types import write_jsonl
+
+    train = generate_suite("math", "train", 5, seed=3)
+    write_jsonl(tmp_path / "train.jsonl", train)
+    (tmp_path / "bamboogle.jsonl").write_text('{"question": "Who?", "answer": "Ada Lovelace"}\n')
+    cfg = load_yaml(RunConfig, preset_path("smoke"), ["suites=[math]", "eval_splits=[test]", "n_eval=2",
+                                                       f"train_tasks={{math: {tmp_path / 'train.jsonl'}}}",
+                                                       f"benchmarks={{bamboogle: {tmp_path / 'bamboogle.jsonl'}}}"])
+    report = run(cfg, tmp_path / "run", only="untrained")
+    assert set(report["stages"]["untrained"]) == {"math:test", "bamboogle:benchmark"}
+    assert report["stages"]["untrained"]["bamboogle:benchmark"]["n"] == 1
+    assert list(report["reference_check"]) == ["math:test"]
+    [traj] = [json.loads(line) for line in (tmp_path / "run" / "eval" / "untrained" / "bamboogle-benchmark" /
+                                            "trajectories.jsonl").read_text().splitlines()]
+    assert traj["task_id"] == "bamboogle-1"
+    assert not (tmp_path / "run" / "tasks" / "math-train.jsonl").exists()  # not generated: read from the file
+
+
+@pytest.mark.parametrize("preset", WORLD_PRESETS)
 def test_every_preset_builds_its_world_with_its_own_dials(preset: str, tmp_path: Path) -> None:
     """Each preset's difficulty dials are valid and reach the generated tasks, and a sample of
     its reference solutions reaches the gold answers in the sandbox (world_stage checks that)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "run the pipeline on the embedded world (presets: demo, smoke)"
+HELP = "run the pipeline on the embedded world or your task files (presets: demo, smoke, study, paper)"
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "the stages it reads from must be done")
     where.add_argument("--from", dest="start", default=None, metavar="STAGE",
                        help="enter this stage and every later one; the stages it reads from must be done")
+    parser.add_argument("--check", action="store_true", help="check the preset and what it reads (student, task and "
+                        "benchmark files, device) and print the stages it would run; run nothing")
     add_config(parser, RunConfig)
     # Caught only to say what to write instead: settings are flags, as in every sub-command.
     parser.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
@@ -63,6 +65,15 @@ def run(args: argparse.Namespace) -> int:
     path = preset_path(args.preset)
     cfg = load_yaml(RunConfig, path, overrides_from_args(args, RunConfig))
     out = Path(args.out or f"runs/{path.stem}")
+    if args.check:
+        from score_distill.devices import resolve_device, training_device
+        from score_distill.pipeline import check_inputs, plan
+
+        found = check_inputs(cfg)
+        device, _ = resolve_device(cfg.device), training_device(cfg.device)
+        print("\n".join([f"preset: {path}", *found, f"teacher: {cfg.teacher}", f"device: {device}",
+                          f"stages: {', '.join(plan(cfg, args.only, args.start))}", f"out: {out}"]))
+        return 0
     report = run_pipeline(cfg, out, only=args.only, start=args.start)  # saves out/config.yaml, or refuses other settings
     print(markdown_table(report))
     print(f"report: {out / 'report.md'}")
