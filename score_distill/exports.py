@@ -26,9 +26,11 @@ item: `data_source` ("score-distill/<suite>"), `prompt` (chat messages up to the
 system, question, each prefix step and its observation, ready for the key step), `ability`
 (the suite), `reward_model` {"style": "rule", "ground_truth": gold answer}, `extra_info`
 {"split", "index", "task_id", "step_index", "intervention", "outcome_only", "question",
-"prefix", "chosen", "rejected"} where prefix/chosen/rejected are JSON texts of our `Step`
-records ("" when absent), which a reward function needs to compare the key step with the
-teacher's and student's steps.
+"prefix", "chosen", "rejected", "task"} where prefix/chosen/rejected are JSON texts of our
+`Step` records ("" when absent), which a reward function needs to compare the key step with
+the teacher's and student's steps, and `task` the JSON of the item's `Task` when the export
+was given the tasks ("" otherwise): what a suite keeps in its meta, which the reference
+judge reads. `verl_adapter` runs SCoRe-RL on this file inside verl.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any
 
 from score_distill.agent.format import SYSTEM_PROMPT, to_messages
 from score_distill.storage import atomic_path, atomic_write_json, atomic_write_lines, dumps, safe_data
-from score_distill.types import KeyStepItem, Step, Trajectory, read_jsonl, write_jsonl
+from score_distill.types import KeyStepItem, Step, Task, Trajectory, read_jsonl, write_jsonl
 
 
 @dataclass
@@ -111,8 +113,10 @@ def _step_json(step: Step | None) -> str:
     return "" if step is None else step.to_json()
 
 
-def verl_rows(items: list[KeyStepItem]) -> list[dict[str, Any]]:
-    """verl rows (data_source, prompt, ability, reward_model, extra_info) for RL items."""
+def verl_rows(items: list[KeyStepItem], tasks: dict[str, Task] | None = None) -> list[dict[str, Any]]:
+    """verl rows (data_source, prompt, ability, reward_model, extra_info) for RL items, with
+    each item's task when `tasks` (by id) holds it."""
+    tasks = tasks or {}
     rows = []
     for i, it in enumerate(items):
         rows.append({
@@ -124,12 +128,13 @@ def verl_rows(items: list[KeyStepItem]) -> list[dict[str, Any]]:
                            "intervention": int(it.meta.get("intervention", 0)),
                            "outcome_only": bool(it.meta.get("outcome_only", False)), "question": it.question,
                            "prefix": dumps([s.to_dict() for s in it.prefix]),
-                           "chosen": _step_json(it.chosen), "rejected": _step_json(it.rejected)},
+                           "chosen": _step_json(it.chosen), "rejected": _step_json(it.rejected),
+                           "task": tasks[it.task_id].to_json() if it.task_id in tasks else ""},
         })
     return rows
 
 
-def write_verl(items: list[KeyStepItem], path: str | Path) -> None:
+def write_verl(items: list[KeyStepItem], path: str | Path, tasks: dict[str, Task] | None = None) -> None:
     """Write RL items as a verl parquet file, with a fixed schema (also for zero rows)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -138,10 +143,10 @@ def write_verl(items: list[KeyStepItem], path: str | Path) -> None:
     message = pa.struct([("role", text), ("content", text)])
     extra = pa.struct([("split", text), ("index", pa.int64()), ("task_id", text), ("step_index", pa.int64()),
                        ("intervention", pa.int64()), ("outcome_only", pa.bool_()), ("question", text),
-                       ("prefix", text), ("chosen", text), ("rejected", text)])
+                       ("prefix", text), ("chosen", text), ("rejected", text), ("task", text)])
     schema = pa.schema([("data_source", text), ("prompt", pa.list_(message)), ("ability", text),
                         ("reward_model", pa.struct([("style", text), ("ground_truth", text)])),
                         ("extra_info", extra)])
-    table = pa.Table.from_pylist(safe_data(verl_rows(items)), schema=schema)  # Arrow strings are UTF-8
+    table = pa.Table.from_pylist(safe_data(verl_rows(items, tasks)), schema=schema)  # Arrow strings are UTF-8
     with atomic_path(path) as tmp:
         pq.write_table(table, str(tmp))

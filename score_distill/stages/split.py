@@ -110,10 +110,11 @@ def write_split(records: list[MentorRecord], out_dir: str | Path, cfg: SplitConf
                                            "rl_tasks": split.rl_tasks})
     export_sft(split.sft, out, name="sft")
     write_jsonl(out / "rl_items.jsonl", split.rl)
-    write_verl(split.rl, out / "rl_verl.parquet")
+    wanted = {i.task_id for i in split.rl}
+    mine = {t.id: t for t in tasks or [] if t.id in wanted}
+    write_verl(split.rl, out / "rl_verl.parquet", mine)
     if tasks is not None:
-        wanted = {i.task_id for i in split.rl}
-        write_jsonl(out / "rl_tasks.jsonl", [t for t in tasks if t.id in wanted])
+        write_jsonl(out / "rl_tasks.jsonl", list(mine.values()))
     return counts
 
 
