@@ -6,8 +6,6 @@ resumes to that same model. Each test starts the real command line, as a user wo
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -41,9 +39,24 @@ def command(processes: int, args: list[str]) -> list[str]:
             "-m", "score_distill", *args]
 
 
-def run(processes: int, args: list[str], cwd: Path) -> None:
+def run(processes: int, args: list[str], cwd: Path) -> str:
+    """Run to the end; returns what it wrote on stderr."""
     done = subprocess.run(command(processes, args), cwd=cwd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and every process under it, as a machine that goes down does
+    (torchrun starts its workers in sessions of their own: killing the launcher alone leaves
+    them running, and they would finish the run)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = [*root.children(recursive=True), root]
+    for p in procs:
+        p.kill()
+    psutil.wait_procs(procs, timeout=30)
 
 
 def weights(model_dir: Path) -> dict:
@@ -108,10 +121,12 @@ def test_rl_on_two_processes_killed_and_resumed_makes_the_model_one_process_make
     while not (two / "checkpoints" / "step-000002" / "state.json").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_tree(proc.pid)
     proc.wait()
-    assert not (two / "final").exists()
-    run(2, [*args, "--out", str(two)], tmp_path)  # the same command resumes
+    time.sleep(1.0)
+    assert not (two / "final").exists()  # nothing finished the run behind our back
+    resumed = run(2, [*args, "--out", str(two)], tmp_path)  # the same command resumes
+    assert f"from {two / 'checkpoints'}/step-00000" in resumed
 
     one_log, two_log = records(tmp_path / "one"), records(two)
     assert [r["step"] for r in two_log] == [1, 2, 3, 4]
