@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from score_distill.teachers.health import TeacherDown
 
     try:
+        refuse_ranks(args.command)
         return int(args._run(args) or 0)
     except UsageError as exc:  # a mistake in what was given; anything else is ours and keeps its traceback
         print(f"score-distill {args.command}: {one_line(str(exc))}", file=sys.stderr)
@@ -68,6 +69,32 @@ def main(argv: list[str] | None = None) -> int:
     except TeacherDown as exc:  # the server's state, not a bug: one line, and a rerun resumes
         print(f"score-distill {args.command}: {one_line(str(exc))}", file=sys.stderr)
         return 3
+
+
+# The sub-commands that train as one of several processes (accelerate launch, torchrun).
+RANKED = ("sft", "rl")
+
+
+def refuse_ranks(command: str, env: dict[str, str] | None = None) -> None:
+    """A sub-command other than `RANKED`, started as one of several processes, would run
+    whole in every one of them (each writing the same records): a usage error.
+
+    >>> refuse_ranks("sft", {"WORLD_SIZE": "8"}), refuse_ranks("run", {})
+    (None, None)
+    >>> refuse_ranks("mentor", {"WORLD_SIZE": "2"})
+    Traceback (most recent call last):
+    ...
+    score_distill.config.UsageError: this command runs as one process (started here as one of 2); only sft and rl train under accelerate launch (README, "Several processes")
+    """
+    import os
+
+    from score_distill.config import UsageError
+
+    env = os.environ if env is None else env
+    processes = int(env.get("WORLD_SIZE", "1") or 1)
+    if processes > 1 and command not in RANKED:
+        raise UsageError(f"this command runs as one process (started here as one of {processes}); only "
+                         f"{' and '.join(RANKED)} train under accelerate launch (README, \"Several processes\")")
 
 
 def one_line(message: str) -> str:
