@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "score_distill"
 # The method's stages in order; every other module is below them all. A module may import
 # modules of its own layer or an earlier one, never a later one.
 # The teacher audit's report is an evaluation (of the teacher): it reads the metrics.
-LAYERS = [("stages.bc",), ("stages.mps",), ("stages.split",), ("train",),
+LAYERS = [("stages.bc",), ("stages.mps",), ("stages.split",), ("train", "verl_adapter"),
           ("evaluate", "metrics", "teachers.audit_report"), ("report",), ("pipeline",), ("commands", "cli", "__main__")]
 
 
