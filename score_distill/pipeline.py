@@ -186,6 +186,9 @@ def check_inputs(cfg: RunConfig) -> list[str]:
     from score_distill.tasks.benchmarks import benchmark, read_benchmark
     from score_distill.tasks.load import TaskFileError, load_tasks
 
+    from score_distill.tools.config import require_no_fetch
+
+    require_no_fetch(cfg.tools)
     found = []
     if not is_builtin(cfg.student) and not (Path(cfg.student) / "config.json").is_file():
         raise UsageError(f"student {cfg.student!r}: not a built-in model nor a Hugging Face model directory "

@@ -58,12 +58,27 @@ def check_run_dir(out: str | Path, config: Any, resume_free: tuple[str, ...] = (
         return
     old = flat(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     new = flat(json.loads(json.dumps(to_dict(config))))
+    # A setting added to the config since the run was made is absent from its config.yaml;
+    # the run was made with its default behaviour, so the default is what it is compared at.
+    defaults = _defaults(config)
     free = lambda k: any(k == f or k.startswith(f + ".") for f in resume_free)  # noqa: E731
-    diff = sorted(k for k in set(old) | set(new) if not free(k) and old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new)
+                  if not free(k) and (old[k] if k in old else defaults.get(k, _ABSENT)) != new.get(k, _ABSENT))
     if diff:
         changes = ", ".join(f"{k} {_shown(old.get(k))} -> {_shown(new.get(k))}" for k in diff)
         raise RunDirConflict(f"{out} holds a run made with other settings ({changes}); rerun with the "
                              "same settings to resume, or use a new output directory")
+
+
+_ABSENT = object()
+
+
+def _defaults(config: Any) -> dict[str, Any]:
+    """The flat settings of `config`'s class at its defaults ({} when it has none)."""
+    try:
+        return flat(json.loads(json.dumps(to_dict(type(config)()))))
+    except (TypeError, ValueError):
+        return {}
 
 
 def open_run_dir(out: str | Path, config: Any, resume_free: tuple[str, ...] = ()) -> None:

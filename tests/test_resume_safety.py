@@ -287,3 +287,29 @@ def test_a_missing_or_malformed_exclude_list_is_a_usage_error(tmp_path: Path, ca
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("score-distill mentor: --exclude ") and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_setting_added_since_the_run_was_made_resumes_at_its_default_only(tmp_path: Path):
+    """A run made before a setting existed has no line for it in config.yaml: it resumes
+    when the setting is at its default (the run was made with that behaviour), and is
+    refused when the rerun sets it otherwise."""
+    import yaml
+
+    from score_distill.commands.run import preset_path
+    from score_distill.config import load_yaml
+    from score_distill.pipeline import RunConfig
+    from score_distill.rundir import check_run_dir
+
+    out = tmp_path / "run"
+    cfg = load_yaml(RunConfig, preset_path("smoke"))
+    open_run_dir(out, cfg)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["tools"]["fetch"], saved["rl"]["judge_concurrency"], saved["benchmarks"]  # as an older version wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_run_dir(out, cfg)  # every added setting at its default: resumes
+    with pytest.raises(RunDirConflict, match=r"rl.judge_concurrency unset -> 3"):
+        check_run_dir(out, load_yaml(RunConfig, preset_path("smoke"), ["rl.judge_concurrency=3"]))
+    saved["n_eval"] = 4  # a setting the old run did have is still compared as before
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(RunDirConflict, match=r"n_eval 4 -> 3"):
+        check_run_dir(out, cfg)

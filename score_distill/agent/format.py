@@ -51,6 +51,18 @@ Available functions:
 - web_search(query: str) -> str: search the documents; returns the top results as text.
 - final_answer(answer): give your final answer; this ends the task.
 Give the answer in its simplest exact form (an integer, a fraction like 7/3, or a short name)."""
+WEB_SEARCH_LINE = "- web_search(query: str) -> str: search the documents; returns the top results as text."
+FETCH_LINE = "- fetch_page(url: str) -> str: the text of a web page (long pages are cut)."
+
+
+def system_prompt(fetch: bool = False) -> str:
+    """The agent's system prompt: `SYSTEM_PROMPT`, with `fetch_page` among the functions
+    when the tools offer it (`tools.fetch.enabled`, evaluation only).
+
+    >>> system_prompt() == SYSTEM_PROMPT, FETCH_LINE in system_prompt(fetch=True)
+    (True, True)
+    """
+    return SYSTEM_PROMPT.replace(WEB_SEARCH_LINE, f"{WEB_SEARCH_LINE}\n{FETCH_LINE}") if fetch else SYSTEM_PROMPT
 
 
 @dataclass(frozen=True)

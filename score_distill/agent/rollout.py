@@ -31,7 +31,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from score_distill.agent.format import STOP_STRINGS, format_observation, next_kind, parse_turn, to_messages
+from score_distill.agent.format import (STOP_STRINGS, format_observation, next_kind, parse_turn, system_prompt,
+                                        to_messages)
 from score_distill.agent.steps import prefix_cells, run_action
 from score_distill.config import option
 from score_distill.models.base import ChatModel, Generation, GenRequest, SamplingParams, TurnStream
@@ -191,6 +192,7 @@ def _run(model: ChatModel, episodes: list[Episode], tools: ToolConfig, config: R
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
                             stop=STOP_STRINGS)
     stream = model.open_stream(params, config.batch_size)
+    system = system_prompt(tools.fetch.enabled)
     live: dict[int, _Live] = {}
     work: dict[Future, tuple[str, int]] = {}  # sandbox starts and tool calls in flight
 
@@ -199,7 +201,7 @@ def _run(model: ChatModel, episodes: list[Episode], tools: ToolConfig, config: R
             del live[i]
             yield i, _finish(s, model)
         else:
-            stream.add(i, _request(s, len(s.traj.steps), config))
+            stream.add(i, _request(s, len(s.traj.steps), config, system))
 
     with ThreadPoolExecutor(max_workers=max(1, config.batch_size)) as pool:
         try:
@@ -247,10 +249,10 @@ def _starting(work: dict[Future, tuple[str, int]]) -> int:
     return sum(kind == "start" for kind, _ in work.values())
 
 
-def _request(s: _Live, turn: int, config: RolloutConfig) -> GenRequest:
+def _request(s: _Live, turn: int, config: RolloutConfig, system: str) -> GenRequest:
     ep = s.episode
     seed = derive_seed(config.seed, config.stage, ep.task.id, ep.sample, turn)
-    return GenRequest(to_messages(ep.task.question, s.traj.steps), cache_key=ep.key, seed=seed)
+    return GenRequest(to_messages(ep.task.question, s.traj.steps, system=system), cache_key=ep.key, seed=seed)
 
 
 def _absorb(s: _Live, gen: Generation, keep_sampled: bool) -> Step:

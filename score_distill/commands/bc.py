@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     except TaskFileError as e:
         e.report(sys.stderr)
         return 2
+    from score_distill.tools.config import require_no_fetch
+
+    require_no_fetch(cfg.tools)
     check_run_dir(args.out, cfg, RESUME_FREE)  # a rerun with other settings: refused before anything loads
     # The LLM teacher solves within the same turn budget BC keeps solutions under.
     options = {} if cfg.teacher == "reference" else {"config": LLMTeacherConfig(max_turns=cfg.max_turns)}

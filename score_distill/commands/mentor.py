@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if cfg.exclude:
         skip = excluded_ids(cfg.exclude)
         tasks = [t for t in tasks if t.id not in skip]
+    from score_distill.tools.config import require_no_fetch
+
+    require_no_fetch(cfg.tools)
     resume_free = RESUME_FREE + MENTOR_RESUME_FREE
     check_run_dir(args.out, cfg, resume_free)  # a rerun with other settings: refused before anything loads
     teacher = load_teacher(cfg.teacher, tools=cfg.tools, cache_dir=Path(args.out) / "teacher-cache")

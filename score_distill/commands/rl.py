@@ -62,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         tasks = read_data(exported, lambda p: read_jsonl(p, Task))
     else:
         tasks = [Task(id=i.task_id, question=i.question, answer=i.answer, suite=i.suite) for i in items]
+    from score_distill.tools.config import require_no_fetch
+
+    require_no_fetch(cfg.tools)
     model = model_directory(cfg.model)
     if is_main_process():
         check_run_dir(args.out, cfg, RL_RESUME_FREE)  # a rerun with other settings: refused before training

@@ -117,11 +117,13 @@ class CellResult:
 class Sandbox:
     """A persistent Python interpreter for one trajectory (see the module docstring)."""
 
-    def __init__(self, config: SandboxConfig | None = None, search: Callable[[str], str] | None = None) -> None:
+    def __init__(self, config: SandboxConfig | None = None, search: Callable[[str], str] | None = None,
+                 fetch: Callable[[str], str] | None = None) -> None:
         self._closed = False
         self._lock = threading.RLock()  # one cell at a time, whichever thread asks
         self.config = config or SandboxConfig()
         self._search = search
+        self._fetch = fetch
         self._history: list[str] = []
         self._cells = 0  # cells sent to interpreters so far, to name them in tracebacks
         self._interp: Interpreter | None = None
@@ -182,7 +184,7 @@ class Sandbox:
         capture = OutputCapture(self.config.max_output_chars)
         self._cells += 1
         started = time.monotonic()
-        outcome = self._interp.run(code, self._cells, self.config.timeout_s, capture, self._search)
+        outcome = self._interp.run(code, self._cells, self.config.timeout_s, capture, self._search, self._fetch)
         duration = time.monotonic() - started
         # Model text is data: what the cell returned is kept as it will be stored (storage.safe_text).
         error = None if outcome.error is None else safe_text(outcome.error)
@@ -252,7 +254,8 @@ class Sandbox:
             kept: list[str] = []
             for i, code in enumerate(cells):
                 self._cells += 1
-                outcome = self._interp.run(code, self._cells, self.config.timeout_s, OutputCapture(1), self._search)
+                outcome = self._interp.run(code, self._cells, self.config.timeout_s, OutputCapture(1), self._search,
+                                           self._fetch)
                 if outcome.died is not None:
                     self._stop()
                     cells = kept + cells[i + 1:]
@@ -342,12 +345,13 @@ class Sandbox:
                 "packages": sandbox_paths.package_dirs(names), "deny_ipc": not namespaces,
                 "memory_mb": c.memory_mb, "cpu_time_s": c.cpu_time_s,
                 "cpu_total_s": max(c.cpu_total_s, c.cpu_time_s), "nproc": nproc, "disk_mb": c.disk_mb,
-                "search": self._search is not None, "seccomp": sandbox_confine.seccomp_supported(),
+                "search": self._search is not None, "fetch": self._fetch is not None,
+                "seccomp": sandbox_confine.seccomp_supported(),
                 "sweep": self.isolation == "namespaces" or uid is not None}
 
 
 def run_cells(cells: Sequence[str], config: SandboxConfig | None = None,
-              search: Callable[[str], str] | None = None) -> list[CellResult]:
+              search: Callable[[str], str] | None = None, fetch: Callable[[str], str] | None = None) -> list[CellResult]:
     """Run `cells` in order in one throw-away sandbox."""
-    with Sandbox(config, search) as sandbox:
+    with Sandbox(config, search, fetch) as sandbox:
         return [sandbox.run(code) for code in cells]

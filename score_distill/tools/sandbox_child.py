@@ -11,9 +11,9 @@ is reachable: the modules were loaded before. The parent imports this module too
 wire format: a 4-byte big-endian length and a UTF-8 JSON object.
 
     parent -> child  {"op": "run", "code": str, "index": int}
-                     {"op": "search_result", "text": str} or {"op": "search_result", "error": str}
+                     {"op": "search_result" | "fetch_result", "text": str} or {..., "error": str}
     child -> parent  {"op": "ready"} | {"op": "setup_error", "message": str}
-                     {"op": "search", "query": str}
+                     {"op": "search", "query": str} | {"op": "fetch", "url": str}
                      {"op": "done", "error": str | None, "final_answer": str | None}
                      {"op": "exit", "code": int} or {"op": "exit", "signal": int}  (pid 1, below)
 
@@ -140,7 +140,8 @@ class Session:
         # One stream for stdout and stderr, so prints and warnings keep their order.
         self.stream = io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", line_buffering=True)
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins,
-                                          "final_answer": self.final_answer, "web_search": self.web_search}
+                                          "final_answer": self.final_answer, "web_search": self.web_search,
+                                          "fetch_page": self.fetch_page}
 
     def final_answer(self, answer: object) -> None:
         """Give the final answer; the cell stops here."""
@@ -150,26 +151,35 @@ class Session:
 
     def web_search(self, query: str) -> str:
         """Search the documents; returns the top results as text."""
-        if not isinstance(query, str):
-            raise TypeError(f"web_search(query): query must be a str, not {type(query).__name__}")
-        if len(query) > MAX_QUERY_CHARS:
-            raise ValueError(f"web_search(query): query is longer than {MAX_QUERY_CHARS} characters")
-        if not self.settings["search"]:
-            raise RuntimeError("web_search is not available: no search backend is configured for this task")
+        return self._ask_parent("web_search", "search", "query", query)
+
+    def fetch_page(self, url: str) -> str:
+        """The text of a web page (where the task's tools offer it)."""
+        return self._ask_parent("fetch_page", "fetch", "url", url)
+
+    def _ask_parent(self, name: str, op: str, field: str, value: str) -> str:
+        """One call of a tool our parent process serves (the model never holds its socket,
+        key or cache): `op` with `value` as `field` over the pipe, its text back."""
+        if not isinstance(value, str):
+            raise TypeError(f"{name}({field}): {field} must be a str, not {type(value).__name__}")
+        if len(value) > MAX_QUERY_CHARS:
+            raise ValueError(f"{name}({field}): {field} is longer than {MAX_QUERY_CHARS} characters")
+        if not self.settings.get(op):
+            raise RuntimeError(f"{name} is not available: the task's tools do not offer it")
         if os.getpid() != self.main_pid or threading.current_thread() is not threading.main_thread() \
                 or not self.in_cell:
-            raise RuntimeError("web_search can only be called from the main thread of the interpreter")
+            raise RuntimeError(f"{name} can only be called from the main thread of the interpreter")
         # No SIGXCPU exception in the middle of a message: it would garble the pipe.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGXCPU})
         try:
-            self.channel.send({"op": "search", "query": query})
+            self.channel.send({"op": op, field: value})
             reply = self.channel.receive()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGXCPU})
         if reply is None:
             os._exit(0)  # the parent is gone
-        if reply.get("op") != "search_result":
-            raise ProtocolError(f"expected a search result, got {reply.get('op')!r}")
+        if reply.get("op") != f"{op}_result":
+            raise ProtocolError(f"expected a {op} result, got {reply.get('op')!r}")
         if isinstance(reply.get("error"), str):
             raise RuntimeError(reply["error"])
         return str(reply.get("text", ""))

@@ -157,7 +157,7 @@ class Interpreter:
         raise SandboxStartError(detail + (f"; it printed: {output}" if output else ""), transient=message == "timeout")
 
     def run(self, code: str, index: int, timeout_s: float, capture: OutputCapture,
-            search: Callable[[str], str] | None) -> Outcome:
+            search: Callable[[str], str] | None, fetch: Callable[[str], str] | None = None) -> Outcome:
         """Run one cell; output goes into `capture` as it comes."""
         self._drain_output(capture)  # what background threads printed since the last cell
         deadline = time.monotonic() + timeout_s
@@ -171,10 +171,11 @@ class Interpreter:
                 self._exit_report = message
                 status = "closed"
                 break
-            if message["op"] == "search":
+            if message["op"] in ("search", "fetch"):
                 started = time.monotonic()
-                reply = _call_search(search, message.get("query"))
-                deadline += time.monotonic() - started  # the clock is for model code, not for search
+                reply = _call_search(search, message.get("query")) if message["op"] == "search" else \
+                    _call_tool(fetch, "fetch_page", message.get("url"), "fetch_result")
+                deadline += time.monotonic() - started  # the clock is for model code, not for our tools
                 status = self._send(reply, deadline)
                 continue
             error, final = message.get("error"), message.get("final_answer")
@@ -341,13 +342,19 @@ def describe_exit(code: int) -> str:
 
 def _call_search(search: Callable[[str], str] | None, query: object) -> dict[str, Any]:
     """Run the parent's search for the child; a failure becomes the model's error text."""
-    if search is None or not isinstance(query, str):
-        return {"op": "search_result", "error": "web_search is not available"}
+    return _call_tool(search, "web_search", query, "search_result")
+
+
+def _call_tool(tool: Callable[[str], str] | None, name: str, arg: object, reply_op: str) -> dict[str, Any]:
+    """Run one of the parent's tools (`web_search`, `fetch_page`) for the child; a failure
+    becomes the model's error text."""
+    if tool is None or not isinstance(arg, str):
+        return {"op": reply_op, "error": f"{name} is not available"}
     try:
-        text = search(query)
+        text = tool(arg)
         if not isinstance(text, str):
-            raise TypeError(f"the search backend returned {type(text).__name__}, not str")
+            raise TypeError(f"the {name} backend returned {type(text).__name__}, not str")
     except Exception as exc:  # noqa: BLE001 - any backend failure is reported to the model
-        log.warning("sandbox: search for %r failed: %s: %s", query, type(exc).__name__, exc)
-        return {"op": "search_result", "error": f"web_search failed: {type(exc).__name__}: {exc}"}
-    return {"op": "search_result", "text": text}
+        log.warning("sandbox: %s(%r) failed: %s: %s", name, arg[:200], type(exc).__name__, exc)
+        return {"op": reply_op, "error": f"{name} failed: {type(exc).__name__}: {exc}"}
+    return {"op": reply_op, "text": text}
