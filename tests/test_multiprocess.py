@@ -101,6 +101,30 @@ def test_sft_on_two_processes_makes_the_model_one_process_makes(tiny_dir, sft_da
     assert summaries[0]["steps_this_call"] == summaries[1]["steps_this_call"] == 5
 
 
+def test_sft_on_two_processes_killed_and_resumed_makes_the_same_model(tiny_dir, sft_data, tmp_path):
+    """Checkpoints at every step (the main process's clock decides for both), a kill after
+    the second, and the same command again: the model the uninterrupted run makes."""
+    args = ["sft", "--model", str(tiny_dir), "--data", str(sft_data), "--epochs", "2", "--batch-size", "4",
+            "--micro-batch-size", "2", "--lr", "0.001", "--bf16", "false", "--device", "cpu",
+            "--checkpoint-every-s", "0.001"]
+    run(2, [*args, "--out", str(tmp_path / "whole")], tmp_path)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(2, [*args, "--out", str(killed)]), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint-2" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.02)
+    time.sleep(0.5)  # the checkpoint's last files (both processes' RNG states) are written after its state
+    kill_tree(proc.pid)
+    proc.wait()
+    assert not (killed / "final").exists()
+    run(2, [*args, "--out", str(killed)], tmp_path)
+    summary = json.loads((killed / "train_summary.json").read_text())
+    assert 0 < summary["steps_this_call"] < 10  # it went on from a checkpoint, not from the start
+    assert max_diff(weights(tmp_path / "whole" / "final"), weights(killed / "final")) < 1e-5
+
+
 RL_ARGS = ["--steps", "4", "--items-per-step", "4", "--group-size", "4", "--lr", "0.02",
            "--rollout.max-new-tokens", "3", "--rollout.max-turns", "3", "--micro-batch-size", "3", "--bf16", "false",
            "--device", "cpu", "--save-every", "1", "--samples-per-step", "1", "--use-key-step", "false"]

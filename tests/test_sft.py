@@ -72,6 +72,22 @@ def test_sft_lowers_the_loss_on_the_students_turns_and_saves_a_loadable_model(ti
     assert (final / "config.json").stat().st_mtime == mtime
 
 
+def test_a_micro_batch_of_filler_rows_alone_trains_without_error(tiny_dir, tmp_path):
+    """5 rows in batches of 4: 3 filler rows complete the last batch (pad_to_batches), each a
+    micro-batch of its own here, with no label at all: their backward passes run on a loss
+    of zero (a loss without a graph made the backward pass fail)."""
+    from score_distill.train.sft import pad_to_batches
+
+    opts = SFTOptions(epochs=1, lr=1e-3, batch_size=4, micro_batch_size=1, bf16=False, logging_steps=100)
+    final = train_sft(tiny_dir, [(QUESTION, STEPS)] * 5, tmp_path / "sft", opts)
+    assert (final / "config.json").is_file()
+    from datasets import Dataset
+
+    assert len(pad_to_batches(Dataset.from_dict({"input_ids": [[1, 2]] * 5, "labels": [[-100, 2]] * 5}), 4, 0)) == 8
+    summary = json.loads((tmp_path / "sft" / "train_summary.json").read_text())
+    assert (summary["rows"], summary["steps_this_call"]) == (5, 2)
+
+
 def test_examples_without_trainable_tokens_are_refused(tiny_dir, tmp_path):
     broken = [Step(kind="plan", thought="", raw="garbage", parse_error="no tags")]
     with pytest.raises(ValueError, match="no trainable tokens"):

@@ -210,6 +210,11 @@ def _trainer_class(sft_trainer, use_cpu: bool, batch_size: int, seed: int):
             targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
             keep = targets != -100
             head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            if not keep.any():  # only filler rows (pad_to_batches): no loss, but a backward pass like the others,
+                # through every parameter (the LM head included: under DDP a parameter without a gradient
+                # leaves its all-reduce unlaunched here while the other processes wait in it)
+                loss = out.logits.sum() * 0.0
+                return (loss, None) if return_outputs else loss
             loss = chunked_cross_entropy(head, hidden[:, :-1][keep], targets[keep])
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
