@@ -184,6 +184,23 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
                             help=f.metadata.get("help", "").replace("%", "%%"))  # argparse formats help with %
 
 
+OUT_HELP = "output directory (rerun the same command to resume)"
+
+
+def add_command_arguments(parser: argparse.ArgumentParser, cls: type, out_help: str = OUT_HELP) -> None:
+    """A sub-command's `--out`, its `--config` YAML and a flag per field of its config `cls`."""
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--config", default=None, help="YAML file of the settings below (flags override it)")
+    add_arguments(parser, cls)
+
+
+def command_config(args: argparse.Namespace, cls: type[C], extra: list[str] | None = None) -> C:
+    """A sub-command's config: its `--config` YAML when given (else the defaults), then the
+    flags the user gave, then `extra` overrides."""
+    overrides = overrides_from_args(args, cls) + (extra or [])
+    return load_yaml(cls, args.config, overrides) if args.config else apply_overrides(cls(), overrides)
+
+
 def overrides_from_args(args: argparse.Namespace, cls: type, prefix: str = "") -> list[str]:
     """The `key=value` overrides for the flags the user actually gave."""
     out: list[str] = []

@@ -34,21 +34,18 @@ class AuditCommand(AuditConfig):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from score_distill.config import add_arguments as add_config
+    from score_distill.config import add_command_arguments
 
-    parser.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
-    parser.add_argument("--config", default=None, help="YAML file of the settings below (flags override it)")
-    add_config(parser, AuditCommand)
+    add_command_arguments(parser, AuditCommand)
 
 
 def run(args: argparse.Namespace) -> int:
-    from score_distill.config import UsageError, apply_overrides, load_yaml, overrides_from_args
+    from score_distill.config import UsageError, command_config
     from score_distill.rundir import check_run_dir
     from score_distill.teachers.audit import RESUME_FREE, audit, per_task_teachers
     from score_distill.teachers.audit_report import write_report
 
-    overrides = overrides_from_args(args, AuditCommand)
-    cfg = load_yaml(AuditCommand, args.config, overrides) if args.config else apply_overrides(AuditCommand(), overrides)
+    cfg = command_config(args, AuditCommand)
     check_run_dir(args.out, cfg, RESUME_FREE)  # refused before a teacher is loaded
     try:
         make_teacher = per_task_teachers(cfg.teacher, cfg.tools)

@@ -21,26 +21,23 @@ HELP = "cold-start BC data: teacher solutions of a fraction of the tasks, reject
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from score_distill.commands.settings import BCCommand
-    from score_distill.config import add_arguments as add_config
+    from score_distill.config import add_command_arguments
 
-    parser.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
-    parser.add_argument("--config", default=None, help="YAML file of the settings below (flags override it)")
-    add_config(parser, BCCommand)
+    add_command_arguments(parser, BCCommand)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from score_distill.commands.settings import BCCommand as command
-    from score_distill.config import apply_overrides, load_yaml, overrides_from_args
+    from score_distill.config import command_config
     from score_distill.rundir import check_run_dir
     from score_distill.stages.bc import RESUME_FREE, collect_bc
     from score_distill.tasks.load import TaskFileError, load_tasks
     from score_distill.teachers.llm import LLMTeacherConfig
     from score_distill.teachers.load import load_teacher
 
-    overrides = overrides_from_args(args, command)
-    cfg = load_yaml(command, args.config, overrides) if args.config else apply_overrides(command(), overrides)
+    cfg = command_config(args, command)
     try:  # the whole task file is checked before anything is written or loaded
         tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())
     except TaskFileError as e:

@@ -20,17 +20,16 @@ HELP = "evaluate a model on tasks; writes metrics.json and trajectories.jsonl"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from score_distill.config import add_arguments as add_config
     from score_distill.commands.settings import EvalCommand
+    from score_distill.config import add_command_arguments
 
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--config", default=None, help="YAML file of the settings below (flags override it)")
-    add_config(parser, EvalCommand)
+    add_command_arguments(parser, EvalCommand, out_help="output directory")
 
 
 def run(args: argparse.Namespace) -> int:
-    from score_distill.config import apply_overrides, load_yaml, overrides_from_args, save_config
     from pathlib import Path
+
+    from score_distill.config import command_config, save_config
 
     from score_distill.commands.settings import EVAL_RESUME_FREE, EvalCommand, judge_scorer
     from score_distill.tasks.benchmarks import read_benchmark
@@ -39,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from score_distill.rundir import check_run_dir
     from score_distill.tasks.load import TaskFileError, load_tasks
 
-    overrides = overrides_from_args(args, EvalCommand)
-    cfg = load_yaml(EvalCommand, args.config, overrides) if args.config else apply_overrides(EvalCommand(), overrides)
+    cfg = command_config(args, EvalCommand)
     engine = engine_settings(cfg.model, cfg.device, cfg.bf16, cfg.engine)  # a device that is not here: refused first
     scorer, what = None, cfg.tasks
     if cfg.benchmark is not None:

@@ -26,11 +26,9 @@ HELP = "mentored problem-solving: student rollouts, teacher fixes at the first e
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from score_distill.commands.settings import MentorCommand
-    from score_distill.config import add_arguments as add_config
+    from score_distill.config import add_command_arguments
 
-    parser.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
-    parser.add_argument("--config", default=None, help="YAML file of the settings below (flags override it)")
-    add_config(parser, MentorCommand)
+    add_command_arguments(parser, MentorCommand)
 
 
 def seed_overrides(args: argparse.Namespace, sections: tuple[str, ...]) -> list[str]:
@@ -76,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     from score_distill.commands.settings import MENTOR_RESUME_FREE
     from score_distill.commands.settings import MentorCommand as command
-    from score_distill.config import apply_overrides, load_yaml, overrides_from_args
+    from score_distill.config import command_config
     from score_distill.models.load import engine_settings, load_model
     from score_distill.rundir import check_run_dir
     from score_distill.stages.mps import RESUME_FREE, mentor
@@ -85,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from score_distill.tasks.load import TaskFileError, load_tasks
     from score_distill.teachers.load import load_teacher
 
-    overrides = overrides_from_args(args, command) + seed_overrides(args, ("rollout", "split"))
-    cfg = load_yaml(command, args.config, overrides) if args.config else apply_overrides(command(), overrides)
+    cfg = command_config(args, command, seed_overrides(args, ("rollout", "split")))
     student_engine = engine_settings(cfg.student, cfg.device, engine=cfg.engine)  # a device that is not here: refused first
     try:  # the whole task file is checked before anything is written or loaded
         tasks = load_tasks(cfg.tasks, cfg.n, cfg.seed, corpus=cfg.tools.search.local_corpus())

@@ -23,11 +23,9 @@ HELP = "SCoRe-RL (GRPO from the verified prefix) on exported RL items (alone or 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from score_distill.commands.settings import RLCommand
-    from score_distill.config import add_arguments as add_config
+    from score_distill.config import add_command_arguments
 
-    parser.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
-    parser.add_argument("--config", default=None, help="YAML file of the settings below (flags override it)")
-    add_config(parser, RLCommand)
+    add_command_arguments(parser, RLCommand)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from score_distill.commands.settings import RL_RESUME_FREE
     from score_distill.commands.settings import RLCommand as command
     from score_distill.commands.sft import data_file, is_main_process, read_data
-    from score_distill.config import UsageError, apply_overrides, load_yaml, overrides_from_args, save_config
+    from score_distill.config import UsageError, command_config, save_config
     from score_distill.models.load import model_directory
     from score_distill.rundir import check_run_dir
     from score_distill.tasks.load import TaskFileError, load_tasks
@@ -45,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from score_distill.train.rl import RLOptions, train_rl
     from score_distill.types import KeyStepItem, Task, read_jsonl
 
-    overrides = overrides_from_args(args, command)
-    cfg = load_yaml(command, args.config, overrides) if args.config else apply_overrides(command(), overrides)
+    cfg = command_config(args, command)
     if not cfg.model or not cfg.items:
         raise UsageError("--model and --items are required")
     items_path = data_file(cfg.items, "rl_items.jsonl")

@@ -20,11 +20,9 @@ HELP = "fine-tune on an exported SFT set (alone or under accelerate launch)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from score_distill.commands.settings import SFTCommand
-    from score_distill.config import add_arguments as add_config
+    from score_distill.config import add_command_arguments
 
-    parser.add_argument("--out", required=True, help="output directory (rerun the same command to resume)")
-    parser.add_argument("--config", default=None, help="YAML file of the settings below (flags override it)")
-    add_config(parser, SFTCommand)
+    add_command_arguments(parser, SFTCommand)
 
 
 def data_file(spec: str, name: str) -> Path:
@@ -75,14 +73,13 @@ def run(args: argparse.Namespace) -> int:
 
     from score_distill.commands.settings import SFT_RESUME_FREE
     from score_distill.commands.settings import SFTCommand as command
-    from score_distill.config import UsageError, apply_overrides, load_yaml, overrides_from_args, save_config
+    from score_distill.config import UsageError, command_config, save_config
     from score_distill.exports import read_sft_examples
     from score_distill.models.load import model_directory
     from score_distill.rundir import check_run_dir
     from score_distill.train.sft import SFTOptions, train_sft
 
-    overrides = overrides_from_args(args, command)
-    cfg = load_yaml(command, args.config, overrides) if args.config else apply_overrides(command(), overrides)
+    cfg = command_config(args, command)
     if not cfg.model or not cfg.data:
         raise UsageError("--model and --data are required")
     model = model_directory(cfg.model)
