@@ -59,6 +59,22 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=30)
 
 
+def killed_run(args: list[str], out: Path, written: Path, cwd: Path, settle_s: float = 0.0) -> None:
+    """Start `args` (writing into `out`) on 2 processes and kill the whole run once `written`
+    exists (`settle_s` later); nothing may have finished it behind our back."""
+    proc = subprocess.Popen(command(2, [*args, "--out", str(out)]), cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not written.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.02)
+    time.sleep(settle_s)
+    kill_tree(proc.pid)
+    proc.wait()
+    time.sleep(1.0)
+    assert not (out / "final").exists()
+
+
 def weights(model_dir: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -109,16 +125,8 @@ def test_sft_on_two_processes_killed_and_resumed_makes_the_same_model(tiny_dir, 
             "--checkpoint-every-s", "0.001"]
     run(2, [*args, "--out", str(tmp_path / "whole")], tmp_path)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(command(2, [*args, "--out", str(killed)]), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoint-2" / "trainer_state.json").is_file():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
-        time.sleep(0.02)
-    time.sleep(0.5)  # the checkpoint's last files (both processes' RNG states) are written after its state
-    kill_tree(proc.pid)
-    proc.wait()
-    assert not (killed / "final").exists()
+    # settled: the checkpoint's last files (both processes' RNG states) are written after its state
+    killed_run(args, killed, killed / "checkpoint-2" / "trainer_state.json", tmp_path, settle_s=0.5)
     run(2, [*args, "--out", str(killed)], tmp_path)
     summary = json.loads((killed / "train_summary.json").read_text())
     assert 0 < summary["steps_this_call"] < 10  # it went on from a checkpoint, not from the start
@@ -139,16 +147,7 @@ def test_rl_on_two_processes_killed_and_resumed_makes_the_model_one_process_make
 
     # Two processes, killed (the launcher and both workers) once step 2's checkpoint is written.
     two = tmp_path / "two"
-    proc = subprocess.Popen(command(2, [*args, "--out", str(two)]), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not (two / "checkpoints" / "step-000002" / "state.json").is_file():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
-        time.sleep(0.02)
-    kill_tree(proc.pid)
-    proc.wait()
-    time.sleep(1.0)
-    assert not (two / "final").exists()  # nothing finished the run behind our back
+    killed_run(args, two, two / "checkpoints" / "step-000002" / "state.json", tmp_path)
     resumed = run(2, [*args, "--out", str(two)], tmp_path)  # the same command resumes
     assert f"from {two / 'checkpoints'}/step-00000" in resumed
 

@@ -14,13 +14,11 @@ from score_distill.exports import write_verl
 from score_distill.models.base import prompt_ids
 from score_distill.tools.config import ToolConfig
 from score_distill.train.rewards import KeyStepJudge
-from score_distill.types import KeyStepItem, Step, Task
+from score_distill.types import KeyStepItem, Task
 from score_distill.verl_adapter.episode import LoopSettings, TokenServer, run_episode
 from score_distill.verl_adapter.reward import compute_score
-from tests.test_rl import CodeTeacher
+from tests.test_rl import CodeTeacher, secret_item
 
-PLAN = Step(kind="plan", thought="recall the secret, then add one")
-SET_SECRET = Step(kind="action", thought="set it", code="secret = 41\nprint('set')", observation="set")
 LOGPROB = -0.25
 
 
@@ -52,14 +50,6 @@ def parquet_row(tmp_path, item: KeyStepItem, task: Task) -> dict:
     return row
 
 
-def secret(chosen: str = "print(secret)", rejected: str = "print(0)") -> tuple[Task, KeyStepItem]:
-    task = Task(id="s0", question="What is the secret plus one?", answer="42", suite="math")
-    item = KeyStepItem(task_id="s0", question=task.question, answer="42", suite="math", prefix=[PLAN, SET_SECRET],
-                       chosen=Step(kind="action", thought="t", code=chosen),
-                       rejected=Step(kind="action", thought="t", code=rejected))
-    return task, item
-
-
 SETTINGS = LoopSettings(max_turns=5, max_new_tokens=64, sandbox_timeout_s=5.0)
 
 
@@ -68,7 +58,7 @@ def act(code: str, tail: str = "") -> str:
 
 
 def test_a_row_runs_from_its_prefix_in_our_sandbox_and_is_rendered_for_verl(tmp_path, tokenizer):
-    task, item = secret()
+    task, item = secret_item()
     row = parquet_row(tmp_path, item, task)
     script = ScriptedServer(tokenizer, [act("y = secret + 1\nprint(y)", " and more after the stop"),
                                         act("final_answer(y)")])
@@ -102,7 +92,7 @@ def test_a_row_runs_from_its_prefix_in_our_sandbox_and_is_rendered_for_verl(tmp_
     ("print(secret)", 0.5, "chosen"),       # the teacher's fix, then a wrong answer
 ])
 def test_the_key_step_reward_judges_the_first_generated_step(tmp_path, tokenizer, key_step, reward, kind):
-    task, item = secret()
+    task, item = secret_item()
     row = parquet_row(tmp_path, item, task)
     script = ScriptedServer(tokenizer, [act(key_step), act("final_answer(0)")])
     result = run_episode(row, TokenServer(tokenizer, script, {}), tokenizer, SETTINGS, KeyStepJudge(CodeTeacher()))
@@ -110,7 +100,7 @@ def test_the_key_step_reward_judges_the_first_generated_step(tmp_path, tokenizer
 
 
 def test_the_response_is_cut_to_verls_response_length(tmp_path, tokenizer):
-    task, item = secret()
+    task, item = secret_item()
     script = ScriptedServer(tokenizer, [act("final_answer(secret + 1)")])
     result = run_episode(parquet_row(tmp_path, item, task), TokenServer(tokenizer, script, {}), tokenizer, SETTINGS,
                          None, response_length=5)
@@ -120,7 +110,7 @@ def test_the_response_is_cut_to_verls_response_length(tmp_path, tokenizer):
 
 def test_without_the_exported_task_the_row_still_runs(tmp_path, tokenizer):
     """A parquet written without tasks (an older export): the task is made from the row."""
-    task, item = secret()
+    task, item = secret_item()
     write_verl([item], tmp_path / "rl.parquet")
     [row] = pq.read_table(tmp_path / "rl.parquet").to_pylist()
     assert row["extra_info"]["task"] == ""

@@ -13,13 +13,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from score_distill.exports import write_verl
-from score_distill.types import KeyStepItem, Step, Task
+from tests.test_rl import secret_item
 
 verl_loop = pytest.importorskip("verl.experimental.agent_loop.agent_loop")  # collected only where verl is
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "verl"
-PLAN = Step(kind="plan", thought="recall the secret, then add one")
-SET_SECRET = Step(kind="action", thought="set it", code="secret = 41\nprint('set')", observation="set")
 
 
 class FakeServerManager:
@@ -39,8 +37,7 @@ class FakeServerManager:
 def verl_row(tmp_path) -> dict:
     """A row of our parquet as verl's RLHFDataset hands it to `run` (raw_prompt, the columns,
     index and tools_kwargs)."""
-    task = Task(id="s0", question="What is the secret plus one?", answer="42", suite="math")
-    item = KeyStepItem(task_id="s0", question=task.question, answer="42", suite="math", prefix=[PLAN, SET_SECRET])
+    task, item = secret_item()
     write_verl([item], tmp_path / "rl.parquet", {task.id: task})
     [row] = pq.read_table(tmp_path / "rl.parquet").to_pylist()
     return {**row, "raw_prompt": row["prompt"], "index": row["extra_info"]["index"], "tools_kwargs": {}}
