@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     _show_our_logs()
     from score_distill.config import UsageError
     from score_distill.teachers.health import TeacherDown
+    from score_distill.train.diverged import NonFiniteUpdate
 
     try:
         refuse_ranks(args.command)
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except TeacherDown as exc:  # the server's state, not a bug: one line, and a rerun resumes
         print(f"score-distill {args.command}: {one_line(str(exc))}", file=sys.stderr)
         return 3
+    except NonFiniteUpdate as exc:  # the training diverged: say so, keep the weights unharmed
+        print(f"score-distill {args.command}: {one_line(str(exc))}", file=sys.stderr)
+        return 4
 
 
 # The sub-commands that train as one of several processes (accelerate launch, torchrun).

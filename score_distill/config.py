@@ -108,17 +108,35 @@ def _yaml_value(text: str, tp: Any, where: str) -> Any:
         raise UsageError(f"{where}: cannot read {text!r} as {getattr(tp, '__name__', tp)}") from None
 
 
-def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def from_dict(cls: type[C], data: dict[str, Any], base: Any = None) -> C:
     """Build config `cls` from a mapping; unknown keys raise (a typo must not pass silently).
-    Every problem with the values, the config's own checks (`__post_init__`) included, is a
-    `UsageError`."""
+    Keys the mapping leaves out keep their value in `base` (default: the field's own default).
+    A nested section given in part is read over ITS field's default, not over its class's:
+    `rl: {rollout: {max_new_tokens: 128}}` keeps the RL rollout's sampling temperature 1.0
+    (`rl_rollout_config`), where the bare `RolloutConfig` is greedy. Every problem with the
+    values, the config's own checks (`__post_init__`) included, is a `UsageError`."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     if not isinstance(data, dict):
         raise UsageError(f"{cls.__name__}: expected a mapping of its fields, got {type(data).__name__}")
     unknown = set(data) - set(fields)
     if unknown:
         raise UsageError(f"{cls.__name__}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
-    kwargs = {k: _convert(_field_type(cls, fields[k]), v, f"{cls.__name__}.{k}") for k, v in data.items()}
+    kwargs = {} if base is None else {k: getattr(base, k) for k, f in fields.items() if f.init}
+    for k, v in data.items():
+        tp, where = _field_type(cls, fields[k]), f"{cls.__name__}.{k}"
+        if dataclasses.is_dataclass(tp) and isinstance(v, str):  # a whole section as YAML text
+            v = _yaml_value(v, tp, where)
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            under = getattr(base, k) if base is not None else _field_default(fields[k])
+            kwargs[k] = from_dict(tp, v, under if isinstance(under, tp) else None)
+        else:
+            kwargs[k] = _convert(tp, v, where)
     try:
         return cls(**kwargs)
     except UsageError:

@@ -143,6 +143,62 @@ demos = st.builds(
     optim=st.builds(Optim, lr=finite, steps=st.integers(0, 10**9), betas=st.lists(finite, max_size=3)))
 
 
+def sampling_section() -> Optim:
+    return Optim(lr=0.5, steps=3, betas=[0.1])
+
+
+@dataclass
+class Outer:
+    plain: Optim = field(default_factory=Optim, metadata={"help": "the class's defaults"})
+    tuned: Optim = field(default_factory=sampling_section, metadata={"help": "its own defaults"})
+
+
+@dataclass
+class Wrapper:
+    outer: Outer = field(default_factory=lambda: Outer(tuned=Optim(lr=9.0, steps=9, betas=[9.0])),
+                         metadata={"help": "a section whose default sets a nested section"})
+
+
+def test_a_partial_section_keeps_its_fields_defaults_not_its_classs(tmp_path: Path) -> None:
+    """`rl: {rollout: {max_new_tokens: 128}}` once built a bare RolloutConfig (greedy, stage
+    eval) instead of the RL rollout's defaults (T=1.0): the study's RL sampled at T=0 and its
+    log-prob ratios divided by zero. A section given in part is read over its field's default,
+    at every depth."""
+    path = tmp_path / "partial.yaml"
+    path.write_text("tuned:\n  steps: 4\nplain:\n  steps: 4\n")
+    cfg = load_yaml(Outer, path)
+    assert cfg.tuned == Optim(lr=0.5, steps=4, betas=[0.1])
+    assert cfg.plain == Optim(steps=4)
+    assert from_dict(Wrapper, {"outer": {"tuned": {"lr": 1.0}}}).outer.tuned == Optim(lr=1.0, steps=9, betas=[9.0])
+    assert apply_overrides(Outer(), ["tuned.lr=2"]).tuned == Optim(lr=2.0, steps=3, betas=[0.1])
+
+
+def test_the_presets_rl_rollouts_sample() -> None:
+    """Every shipped preset, read as the pipeline reads it: RL and MPS sample (the presets
+    give only part of those sections), evaluation is greedy."""
+    from score_distill.pipeline import RunConfig
+    from score_distill.stages.mps import mps_rollout_config
+    from score_distill.train.rl import rl_rollout_config
+
+    for preset in sorted(Path("configs").glob("*.yaml")):
+        if "rl" not in (yaml.safe_load(preset.read_text()) or {}) and "mps_rollout" not in preset.read_text():
+            continue
+        cfg = load_yaml(RunConfig, preset)
+        assert cfg.rl.rollout.temperature == rl_rollout_config().temperature == 1.0, preset
+        assert cfg.rl.rollout.stage == "rl", preset
+        assert cfg.mps_rollout.temperature > 0 and cfg.mps_rollout.stage == mps_rollout_config().stage, preset
+        assert cfg.eval_rollout.temperature == 0.0, preset
+
+
+def test_rl_refuses_greedy_rollouts() -> None:
+    from score_distill.train.rl import RLOptions
+
+    with pytest.raises(UsageError, match="temperature must be above 0"):
+        from_dict(RLOptions, {"rollout": {"temperature": 0.0}})
+    with pytest.raises(UsageError, match="temperature must be above 0"):
+        apply_overrides(RLOptions(), ["rollout.temperature=0"])
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(demos)
 def test_yaml_round_trip_of_any_values(tmp_path: Path, cfg: Demo) -> None:

@@ -254,6 +254,26 @@ def test_update_takes_the_old_log_probs_and_kl_from_its_first_pass(tiny_dir, tok
     assert stats.passes == 2 and stats.clipped > 0  # lr 1.0 moves the ratio out of the clip range
 
 
+def test_a_non_finite_gradient_stops_the_update_before_any_weight_moves(tiny_dir, tokenizer):
+    """A NaN loss once went through the optimiser and made every weight NaN (later rewards
+    all 0, training silently dead). `update` now raises before stepping."""
+    from score_distill.train.diverged import NonFiniteUpdate
+    from score_distill.train.grpo import micro_batches, reference_logprobs, update
+
+    policy = tiny_policy(tiny_dir)
+    ids = tokenizer("print(secret) final_answer(42)", add_special_tokens=False)["input_ids"]
+    mbs = micro_batches([(ids, [0, 0] + [1] * (len(ids) - 2))], [float("nan")], 1, 0)
+    scored = reference_logprobs(tiny_policy(tiny_dir), mbs, torch.device("cpu"), 1.0, False)
+    before = [p.detach().clone() for p in policy.parameters()]
+    opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+    with pytest.raises(NonFiniteUpdate, match="gradient norm is nan"):
+        update(policy, opt, lambda loss: loss.backward(), lambda n: torch.nn.utils.clip_grad_norm_(
+            policy.parameters(), n), scored, clip_eps=0.2, kl_coef=0.0, ppo_epochs=1, max_grad_norm=1.0,
+            temperature=1.0, bf16=False)
+    for b, p in zip(before, policy.parameters()):
+        assert torch.equal(b, p.detach())
+
+
 def test_clip_stops_the_gradient_only_past_the_trust_region():
     old = torch.zeros(1, 1)
     for adv, moved, zero in [(1.0, 0.5, True), (-1.0, 0.5, False), (1.0, -0.5, False), (-1.0, -0.5, True)]:

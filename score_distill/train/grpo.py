@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import torch
 
+from score_distill.train.diverged import NonFiniteUpdate
+
 
 @dataclass
 class Batch:
@@ -380,7 +382,12 @@ def update(model: torch.nn.Module, optimizer: Any, backward: Callable[[torch.Ten
             stats.loss += float(loss.detach())
             stats.tokens += st.tokens
             stats.clipped += st.clipped
-        stats.grad_norm += float(clip_grad(max_grad_norm))
+        norm = float(clip_grad(max_grad_norm))
+        if not math.isfinite(norm):  # the same on every process: the gradients are all-reduced
+            raise NonFiniteUpdate(f"the update's gradient norm is {norm} (loss {stats.loss:.4g} over "
+                                  f"{stats.tokens:.0f} tokens): no optimiser step taken, the weights are "
+                                  "those of the last checkpoint's step or earlier")
+        stats.grad_norm += norm
         optimizer.step()
         stats.passes += 1
     return stats

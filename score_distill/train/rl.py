@@ -151,6 +151,12 @@ class RLOptions:
         "help": "the RL rollouts: sampling (T=1.0, top-p 1.0: the samples are the policy's, ratios exact), "
                 "token and turn budget, early stops; its seed also orders the items"})
 
+    def __post_init__(self) -> None:
+        if not self.rollout.temperature > 0:
+            raise ValueError(f"rl.rollout.temperature must be above 0 (got {self.rollout.temperature}): RL compares "
+                             "samples of the policy and scores log-probs of logits / temperature; greedy rollouts "
+                             "give a group one answer and those log-probs no value")
+
 
 def total_steps(opts: RLOptions, n_pool: int) -> int:
     """`opts.steps`, or enough steps for `opts.epochs` passes over the pool.
