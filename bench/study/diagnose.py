@@ -1,0 +1,148 @@
+"""Where a study run's students win and lose, from its run directory alone (no model is
+loaded, nothing is written): the numbers issue "prove the method" asks for when SCoRe does
+not beat its baselines.
+
+    python bench/study/diagnose.py runs/study/seed0 [--split dev]
+
+Prints, as Markdown:
+- MPS: tasks by the interventions they needed, where the first critical errors sat, teacher
+  cost; the split into SFT and RL halves;
+- every RL run (SCoRe-RL, the grpo ablation): per step the mean reward, the shares of the
+  rewards 1 / 0.5 / 0.1 / 0, the share of groups with mixed rewards (the only ones that
+  train), finish rate, turns, gradient norm; and the first half of the steps against the
+  second;
+- every evaluated stage on `--split` (dev by default: the split choices are made on): how
+  each trajectory ended (correct, a wrong final answer, stopped for unparseable turns or
+  repeated actions, out of turns), code errors, tokens written, and one short failed example
+  per way of failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+from pathlib import Path
+
+SHARES = ("r1.0", "r0.5", "r0.1", "r0")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def mps_section(run: Path) -> list[str]:
+    summary_path = run / "mps" / "summary.json"
+    if not summary_path.is_file():
+        return ["## MPS", "", "not run yet", ""]
+    s = json.loads(summary_path.read_text(encoding="utf-8"))
+    out = ["## MPS", "", f"{s['tasks']} tasks; teacher tokens {s['teacher_tokens']:,} in {s['teacher_calls']} calls; "
+           f"student tokens {s['student_tokens']:,}; hard to teach {s['hard_to_teach']}", "",
+           "| interventions needed | tasks |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in s["solved_by_interventions"].items()]
+    out += ["", "| first critical error at step | tasks |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in sorted(s["first_error_step_hist"].items(), key=lambda kv: int(kv[0]))]
+    split = run / "mps" / "export" / "split.json"
+    if split.is_file():
+        c = json.loads(split.read_text(encoding="utf-8"))["counts"]
+        out += ["", f"split: SFT half {c['sft_tasks']} tasks -> {c['sft_examples']} trajectories; RL half "
+                f"{c['rl_tasks']} tasks -> {c['rl_items']} items, {c['rl_outcome_only']} of them outcome-only"]
+    return out + [""]
+
+
+def rl_section(name: str, log: Path) -> list[str]:
+    rows = read_jsonl(log)
+    if not rows:
+        return [f"## RL: {name}", "", "no step logged yet", ""]
+    out = [f"## RL: {name} ({len(rows)} steps logged)", "",
+           "| step | reward | 1 | 0.5 | 0.1 | 0 | mixed groups | finished | turns | grad norm | loss |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        shares = " | ".join(f"{r.get(k, 0.0):.0%}" for k in SHARES)
+        out.append(f"| {r['step']} | {r['reward']:.3f} | {shares} | {r['signal']:.0%} | {r['finished']:.0%} | "
+                   f"{r['turns']:.2f} | {r['grad_norm']:.3g} | {r['loss']:.3g} |")
+    if len(rows) >= 4:
+        half = len(rows) // 2
+        mean = lambda part, k: statistics.fmean(r[k] for r in part)  # noqa: E731
+        out += ["", "| steps | mean reward | mixed groups | finished |", "|---|---|---|---|"]
+        for label, part in ((f"1-{half}", rows[:half]), (f"{half + 1}-{len(rows)}", rows[half:])):
+            out.append(f"| {label} | {mean(part, 'reward'):.3f} | {mean(part, 'signal'):.0%} | "
+                       f"{mean(part, 'finished'):.0%} |")
+    return out + [""]
+
+
+def ending(t: dict) -> str:
+    if t["meta"].get("correct"):
+        return "correct"
+    if t.get("final_answer") is not None:
+        return "wrong final answer"
+    stopped = t["meta"].get("stopped")
+    if stopped:
+        return {"format_errors": "stopped: unparseable turns", "repeats": "stopped: repeated action"}.get(
+            stopped, f"stopped: {stopped}")  # the rollout's two early stops
+    return "out of turns"
+
+
+def short(t: dict, width: int = 160) -> str:
+    """The trajectory's steps in one line each, cut to `width` characters."""
+    lines = []
+    for i, s in enumerate(t["steps"]):
+        text = s.get("code") or s.get("thought") or s.get("raw") or ""
+        note = (s.get("parse_error") or s.get("error") or "").strip().split("\n")[0]  # the error's first line
+        line = f"{i}. {text!r}" + (f" -> {note}" if note else "")
+        lines.append("    " + (line if len(line) <= width else line[: width - 3] + "..."))
+    return "\n".join(lines)
+
+
+def eval_section(run: Path, split: str) -> list[str]:
+    stages = sorted(p for p in (run / "eval").iterdir() if p.is_dir()) if (run / "eval").is_dir() else []
+    out = [f"## Evaluations on {split}", ""]
+    order = ["correct", "wrong final answer", "stopped: unparseable turns", "stopped: repeated action", "out of turns"]
+    examples = []
+    for stage in stages:
+        for suite_dir in sorted(stage.glob(f"*-{split}")):
+            path = suite_dir / "trajectories.jsonl"
+            if not path.is_file():
+                continue
+            trajs = read_jsonl(path)
+            ends = collections.Counter(ending(t) for t in trajs)
+            kinds = order  # ending() gives no other kind: the rollout stops for these two reasons only
+            code_err = sum(any(s.get("error") for s in t["steps"]) for t in trajs)
+            tokens = statistics.fmean(t["generated_tokens"] for t in trajs) if trajs else 0.0
+            turns = statistics.fmean(len(t["steps"]) for t in trajs) if trajs else 0.0
+            cells = " | ".join(f"{ends.get(k, 0) / max(1, len(trajs)):.0%}" for k in kinds)
+            out.append(f"| {stage.name} | {suite_dir.name} | {len(trajs)} | {cells} | {code_err / max(1, len(trajs)):.0%} "
+                       f"| {turns:.2f} | {tokens:.0f} |")
+            for kind in kinds[1:]:
+                sample = next((t for t in trajs if ending(t) == kind), None)
+                if sample is not None:
+                    examples.append(f"{stage.name} {suite_dir.name}, {kind} ({sample['task_id']}):\n{short(sample)}")
+    if len(out) == 2:
+        return out + ["no evaluation yet", ""]
+    header = ["| stage | set | n | " + " | ".join(order) + " | code error | turns | tokens |",
+              "|---|---|---|" + "---|" * len(order) + "---|---|---|"]
+    return out[:2] + header + out[2:] + ["", "One failed trajectory per way of failing (first of each):", "",
+                                         "```", "\n\n".join(examples), "```", ""]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="a run directory of `score-distill run --preset study`")
+    ap.add_argument("--split", default="dev", help="the evaluation split to read (default dev)")
+    args = ap.parse_args()
+    run = Path(args.run)
+    if not (run / "run_state.json").is_file():
+        raise SystemExit(f"{run}: not a run directory (no run_state.json)")
+    out = [f"# Diagnostics of {run}", ""] + mps_section(run)
+    for name in ("score_rl", "grpo"):
+        log = run / name / "rl_log.jsonl"
+        if log.is_file():
+            out += rl_section(name, log)
+    out += eval_section(run, args.split)
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
