@@ -385,8 +385,8 @@ def update(model: torch.nn.Module, optimizer: Any, backward: Callable[[torch.Ten
         norm = float(clip_grad(max_grad_norm))
         if not math.isfinite(norm):  # the same on every process: the gradients are all-reduced
             raise NonFiniteUpdate(f"the update's gradient norm is {norm} (loss {stats.loss:.4g} over "
-                                  f"{stats.tokens:.0f} tokens): no optimiser step taken, the weights are "
-                                  "those of the last checkpoint's step or earlier")
+                                  f"{stats.tokens:.0f} tokens): the run stops before the optimiser step, so "
+                                  "no checkpoint holds non-finite weights; a rerun resumes from the last one")
         stats.grad_norm += norm
         optimizer.step()
         stats.passes += 1
