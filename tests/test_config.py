@@ -264,3 +264,16 @@ def test_every_command_prints_its_help(command: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     assert exit_.value.code == 0 and "--help" in capsys.readouterr().out
+
+
+def test_a_diverged_update_is_one_line_and_exit_4(tmp_path: Path, monkeypatch, capsys) -> None:
+    import score_distill.cli as cli
+    from score_distill.train.diverged import NonFiniteUpdate
+
+    def diverge(command: str) -> None:
+        raise NonFiniteUpdate("the update's gradient norm is nan\n(second line)")
+
+    monkeypatch.setattr(cli, "refuse_ranks", diverge)
+    assert main(["rl", "--model", "m", "--items", "i", "--out", str(tmp_path)]) == 4
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("score-distill rl: the update's gradient norm is nan") and "\n" not in err
