@@ -173,8 +173,8 @@ class Interpreter:
                 break
             if message["op"] in ("search", "fetch"):
                 started = time.monotonic()
-                reply = _call_search(search, message.get("query")) if message["op"] == "search" else \
-                    _call_tool(fetch, "fetch_page", message.get("url"), "fetch_result")
+                reply = _call_tool(search, "web_search", message.get("query"), "search_result") \
+                    if message["op"] == "search" else _call_tool(fetch, "fetch_page", message.get("url"), "fetch_result")
                 deadline += time.monotonic() - started  # the clock is for model code, not for our tools
                 status = self._send(reply, deadline)
                 continue
@@ -338,11 +338,6 @@ def describe_exit(code: int) -> str:
     name = signal.Signals(-code).name if -code in signal.valid_signals() else "?"
     hint = " (killed: out of memory or CPU time?)" if -code == signal.SIGKILL else ""
     return f"the interpreter died (signal {-code}, {name}){hint}"
-
-
-def _call_search(search: Callable[[str], str] | None, query: object) -> dict[str, Any]:
-    """Run the parent's search for the child; a failure becomes the model's error text."""
-    return _call_tool(search, "web_search", query, "search_result")
 
 
 def _call_tool(tool: Callable[[str], str] | None, name: str, arg: object, reply_op: str) -> dict[str, Any]:
