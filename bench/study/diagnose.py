@@ -99,6 +99,7 @@ def short(t: dict, width: int = 160) -> str:
 def eval_section(run: Path, split: str) -> list[str]:
     stages = sorted(p for p in (run / "eval").iterdir() if p.is_dir()) if (run / "eval").is_dir() else []
     out = [f"## Evaluations on {split}", ""]
+    # Every kind ending() gives (the rollout stops early for these two reasons only).
     order = ["correct", "wrong final answer", "stopped: unparseable turns", "stopped: repeated action", "out of turns"]
     examples = []
     for stage in stages:
@@ -108,14 +109,13 @@ def eval_section(run: Path, split: str) -> list[str]:
                 continue
             trajs = read_jsonl(path)
             ends = collections.Counter(ending(t) for t in trajs)
-            kinds = order  # ending() gives no other kind: the rollout stops for these two reasons only
             code_err = sum(any(s.get("error") for s in t["steps"]) for t in trajs)
             tokens = statistics.fmean(t["generated_tokens"] for t in trajs) if trajs else 0.0
             turns = statistics.fmean(len(t["steps"]) for t in trajs) if trajs else 0.0
-            cells = " | ".join(f"{ends.get(k, 0) / max(1, len(trajs)):.0%}" for k in kinds)
+            cells = " | ".join(f"{ends.get(k, 0) / max(1, len(trajs)):.0%}" for k in order)
             out.append(f"| {stage.name} | {suite_dir.name} | {len(trajs)} | {cells} | {code_err / max(1, len(trajs)):.0%} "
                        f"| {turns:.2f} | {tokens:.0f} |")
-            for kind in kinds[1:]:
+            for kind in order[1:]:
                 sample = next((t for t in trajs if ending(t) == kind), None)
                 if sample is not None:
                     examples.append(f"{stage.name} {suite_dir.name}, {kind} ({sample['task_id']}):\n{short(sample)}")
