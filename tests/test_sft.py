@@ -116,6 +116,32 @@ def test_checkpoints_follow_the_clock(tiny_dir, tmp_path, every_s, expected):
     assert (final / "config.json").exists()
 
 
+def test_a_checkpoint_left_half_written_is_not_resumed(tiny_dir, tmp_path):
+    """A run killed while writing a checkpoint leaves a directory with some of its files and
+    no mark; the same call again resumes from the last whole one and makes the model an
+    uninterrupted run makes."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    opts = SFTOptions(epochs=1, min_steps=4, batch_size=2, micro_batch_size=2, bf16=False, logging_steps=100,
+                      checkpoint_every_s=1e-9)
+    whole = train_sft(tiny_dir, [(QUESTION, STEPS)] * 2, tmp_path / "whole", opts)
+    assert (tmp_path / "whole" / "checkpoint-3" / "complete.json").is_file()
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "whole" / "checkpoint-3", killed / "checkpoint-2")  # stands for an older one
+    shutil.copytree(tmp_path / "whole" / "checkpoint-3", killed / "checkpoint-3")
+    half = killed / "checkpoint-5"  # the weights half written, nothing after them
+    half.mkdir()
+    weights = (killed / "checkpoint-3" / "model.safetensors").read_bytes()
+    (half / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    resumed = train_sft(tiny_dir, [(QUESTION, STEPS)] * 2, killed, opts)
+    summary = json.loads((killed / "train_summary.json").read_text())
+    assert (summary["resumed_from_step"], summary["steps_this_call"]) == (3, 1)
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
 def test_the_demos_memory_settings_train_the_same_model(tiny_dir, tmp_path):
     # One sequence per forward pass with recomputed activations (the demo's memory settings)
     # is the same optimisation as four at once: same batch of 4 by accumulation, same

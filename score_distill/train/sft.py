@@ -275,7 +275,9 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         per_device_train_batch_size=opts.micro_batch_size,
         gradient_accumulation_steps=accumulation,
         lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=opts.logging_steps,
-        save_strategy="no" if opts.checkpoint_every_s > 0 else "epoch", save_total_limit=1,
+        # No rotation by the trainer: it would delete the last whole checkpoint before the new one
+        # is known to be whole (_complete_checkpoints does it after).
+        save_strategy="no" if opts.checkpoint_every_s > 0 else "epoch", save_total_limit=None,
         report_to=[], seed=opts.seed, data_seed=opts.seed,
         bf16=resolve_bf16(opts.bf16, "cpu" if use_cpu else "cuda"), use_cpu=use_cpu, dataloader_num_workers=0,
         # Sequences were cut to max_length already; packed rows are flattened by TRL's
@@ -294,10 +296,11 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
                                                   processing_class=tokenizer, peft_config=peft_config)
     if opts.checkpoint_every_s > 0:
         trainer.add_callback(_checkpoint_timer(opts.checkpoint_every_s))
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    start = int(checkpoints[-1].name.split("-")[1]) if checkpoints else 0
+    trainer.add_callback(_complete_checkpoints())
+    resume = resumable_checkpoint(out)
+    start = checkpoint_step(resume) if resume is not None else 0
     began = time.monotonic()
-    trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     seconds = time.monotonic() - began
     accelerator = trainer.accelerator
     main = accelerator.is_main_process
@@ -318,7 +321,8 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
             os.rmdir(tmp)
             os.replace(partial, tmp)
         summary = throughput_summary(lengths, opts.batch_size, trainer.state.global_step - start, seconds)
-        atomic_write_json(out / "train_summary.json", {**summary, "device": training_device(device),
+        atomic_write_json(out / "train_summary.json", {**summary, "resumed_from_step": start,
+                                                        "device": training_device(device),
                                                         "processes": processes, "bf16": bool(args.bf16),
                                                         "packing": opts.packing})
         log.info("saved %s (%.0f tokens/s over %d steps)", final, summary["tokens_per_s"], summary["steps_this_call"])
@@ -355,6 +359,60 @@ def throughput_summary(lengths: list[int], batch_size: int, steps: int, seconds:
     tokens = steps * min(batch_size, len(lengths)) * mean
     return {"rows": len(lengths), "mean_tokens": round(mean, 1), "steps_this_call": steps,
             "seconds_this_call": round(seconds, 1), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0}
+
+
+COMPLETE = "complete.json"  # in a checkpoint directory: every process finished writing it
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+def resumable_checkpoint(out: Path) -> Path | None:
+    """The latest checkpoint in `out` that every process finished writing, or None.
+
+    The trainer writes a checkpoint file by file into its final directory (weights,
+    optimizer, scheduler, each process's RNG state, then the trainer state), so a run killed
+    in the middle leaves a directory that looks like a checkpoint and is not one: resumed
+    from, it loads some of the new state and restarts the step count at 0, and the model is
+    no longer the one an uninterrupted run makes. `_complete_checkpoints` marks a checkpoint
+    once all processes are done with it; one without the mark is ignored (and replaced when
+    the run gets there again).
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp())
+    >>> for name in ("checkpoint-2", "checkpoint-3", "checkpoint-10.tmp"):
+    ...     (out / name).mkdir()
+    >>> _ = (out / "checkpoint-2" / COMPLETE).write_text("{}")
+    >>> resumable_checkpoint(out).name  # checkpoint-3 was being written when the run stopped
+    'checkpoint-2'
+    """
+    found = [p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / COMPLETE).is_file()]
+    return max(found, key=checkpoint_step) if found else None
+
+
+def _complete_checkpoints():  # noqa: ANN202 (a transformers TrainerCallback)
+    """A callback that marks the checkpoint just saved as whole once every process has
+    written its part (a barrier first), then deletes the older ones: at any moment the run
+    directory holds a whole checkpoint to resume from, or none yet."""
+    import torch
+    from transformers import TrainerCallback
+
+    class CompleteCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()
+            if state.is_world_process_zero:
+                out = Path(args.output_dir)
+                saved = out / f"checkpoint-{state.global_step}"
+                atomic_write_json(saved / COMPLETE, {"step": state.global_step})
+                for old in out.glob("checkpoint-*"):
+                    if old != saved and old.is_dir():
+                        (old / COMPLETE).unlink(missing_ok=True)  # first: a half-deleted one is never resumed
+                        shutil.rmtree(old, ignore_errors=True)
+            return control
+
+    return CompleteCheckpoints()
 
 
 def _checkpoint_timer(seconds: float):  # noqa: ANN202 (a transformers TrainerCallback)
