@@ -19,7 +19,7 @@ Each model a stage makes is evaluated on `eval_splits` of every suite, and on th
 rollout and tools. `train_tasks` replaces a suite's generated train set with a task file. `run_state.json` records the stages done, so a rerun skips them; `--only STAGE`
 enters one stage, `--from STAGE` it and every later one (their inputs must be done; a stage
 entered again finds its work on disk: delete its folder to redo it). The report covers every
-stage done so far.
+stage evaluated so far and is written again after each evaluation, so a run cut off keeps it.
 
 The resolved config is saved as `config.yaml`; a rerun into the same directory resumes only
 under the same settings (`RESUME_FREE` may differ) and is refused otherwise, naming the
@@ -411,15 +411,15 @@ def _save_state(state: RunState) -> None:
 
 
 def run_pipeline(cfg: RunConfig, out_dir: str | Path, only: str | None = None, start: str | None = None) -> dict:
-    """Enter the stages `plan` gives (each resuming from its own files), then write the
-    report of every stage done so far; returns report.json's content.
+    """Enter the stages `plan` gives (each resuming from its own files), writing the report of
+    every stage evaluated so far after each evaluation and at the end; returns report.json's
+    content.
 
     A stage done in an earlier invocation is skipped unless `only`/`start` names it (then it
     is entered again and finds its work on disk); a stage entered before the stages it reads
     from are done is refused. The world stage always runs: it loads the task sets (and makes
     them once)."""
     from score_distill.models.builtin import builtin_path, is_builtin
-    from score_distill.report import write_report
     from score_distill.teachers.llm import LLMTeacherConfig
     from score_distill.teachers.load import load_teacher
 
@@ -451,10 +451,19 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, only: str | None = None, s
         if stage.name not in state.done:
             state.done.append(stage.name)
         _save_state(state)
+        if stage.evaluated:  # a long run shows what it has so far, and a run cut off keeps it
+            _write_report(state)
+    return _write_report(state)
+
+
+def _write_report(state: RunState) -> dict:
+    """Write the report (report.json, report.md, plots) of every stage evaluated so far; return it."""
+    from score_distill.report import write_report
+
     spent = state.teacher_tokens
     evaluated = [s.name for s in STAGES if s.name in state.stages]
     report = {"stages": {s: state.stages[s] for s in evaluated}, "teacher_tokens": spent,
               "teacher_tokens_cumulative": cumulative_tokens(spent, [s for s in evaluated if s != "untrained"]),
-              "wall_time_s": state.wall, "student": cfg.student, "teacher": cfg.teacher, **state.extra}
-    write_report(report, out)
+              "wall_time_s": state.wall, "student": state.cfg.student, "teacher": state.cfg.teacher, **state.extra}
+    write_report(report, state.out)
     return report

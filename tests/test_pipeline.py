@@ -140,6 +140,10 @@ def test_the_stage_table_drives_resume_only_and_from(stub_stages, tmp_path: Path
         run(cfg, tmp_path)
     assert calls == ["world", "untrained", "eval_untrained", "bc", "eval_bc", "mps", "split", "score_sft",
                      "eval_score_sft", "score_rl"]
+    # The run cut off keeps the report of the stages it evaluated (written after each evaluation).
+    partial = json.loads((tmp_path / "report.json").read_text())
+    assert list(partial["stages"]) == ["untrained", "bc", "score_sft"]
+    assert "| score_sft |" in (tmp_path / "report.md").read_text()
     # Resumed: the stages done are skipped, the run goes on from the one that was killed.
     fail.clear()
     calls.clear()
