@@ -35,6 +35,12 @@ def test_it_counts_endings_rl_steps_and_mps_from_the_files(tmp_path: Path) -> No
         traj("a", correct=True, answer="1"), traj("b", answer="2", error="ZeroDivisionError: x\nmore"),
         traj("c", stopped="format_errors"), traj("d")])
     write_jsonl(run / "eval" / "bc" / "math-test" / "trajectories.jsonl", [traj("t", correct=True, answer="1")])
+    write_jsonl(run / "tasks" / "math-dev.jsonl", [{"id": k, "meta": {"n_ops": 1 if k in "ab" else 2}} for k in "abcd"])
+    write_jsonl(run / "tasks" / "search-dev.jsonl", [
+        {"id": "s1", "meta": {"form": "comparison", "direction": "later", "hops": 2}},
+        {"id": "s2", "meta": {"form": "bridge", "hops": 2}}])
+    write_jsonl(run / "eval" / "bc" / "search-dev" / "trajectories.jsonl", [
+        traj("s1", correct=True, answer="X"), traj("s2", answer="Y")])
     steps = [{"step": k, "reward": r, "r1.0": 0.0, "r0.5": 0.0, "r0.1": 1.0, "r0": 0.0, "signal": s,
               "finished": 1.0, "turns": 2.0, "grad_norm": 0.5, "loss": 0.1}
              for k, r, s in ((1, 0.1, 0.0), (2, 0.2, 0.5), (3, 0.3, 0.5), (4, 0.5, 1.0))]
@@ -43,6 +49,9 @@ def test_it_counts_endings_rl_steps_and_mps_from_the_files(tmp_path: Path) -> No
     out = subprocess.run([sys.executable, str(SCRIPT), str(run)], capture_output=True, text=True, check=True).stdout
     # 4 dev trajectories: one each correct / wrong answer / stopped unparseable / out of turns; 1 with an error
     assert "| bc | math-dev | 4 | 25% | 25% | 25% | 0% | 25% | 25% | 2.00 | 10 |" in out
+    # by shape: a and b take one operation (a solved), c and d two (neither solved)
+    assert "| bc | math-dev | 1 operation: 1/2; 2 operations: 0/2 |" in out
+    assert "| bc | search-dev | bridge, 2 hops: 0/1; comparison (later), 2 hops: 1/1 |" in out
     assert "math-test" not in out  # only the split asked for (dev)
     assert "-> ZeroDivisionError: x\n" in out  # the error's first line
     assert "| 1-2 | 0.150 | 25% | 100% |" in out and "| 3-4 | 0.400 | 75% | 100% |" in out

@@ -14,7 +14,10 @@ Prints, as Markdown:
 - every evaluated stage on `--split` (dev by default: the split choices are made on): how
   each trajectory ended (correct, a wrong final answer, stopped for unparseable turns or
   repeated actions, out of turns), code errors, tokens written, and one short failed example
-  per way of failing.
+  per way of failing;
+- the same stages by the shape of the question (from the run's task files): math by the
+  number of operations it takes, search by form (bridge or comparison), the direction a
+  comparison asks for, and hops. On `ood` this says which of the new shapes a stage solves.
 """
 
 from __future__ import annotations
@@ -127,6 +130,39 @@ def eval_section(run: Path, split: str) -> list[str]:
                                          "```", "\n\n".join(examples), "```", ""]
 
 
+def shape(task: dict) -> str:
+    """The question's shape, read from its generator's meta: what separates ood from train."""
+    meta = task.get("meta", {})
+    if "n_ops" in meta:
+        return f"{meta['n_ops']} operation" + ("s" if meta["n_ops"] != 1 else "")
+    if "form" in meta:
+        way = f" ({meta['direction']})" if meta.get("direction") else ""
+        return f"{meta['form']}{way}, {meta.get('hops', '?')} hops"
+    return "unknown"
+
+
+def shape_section(run: Path, split: str) -> list[str]:
+    rows = []
+    for path in sorted((run / "tasks").glob(f"*-{split}.jsonl")) if (run / "tasks").is_dir() else []:
+        suite = path.stem
+        shapes = {t["id"]: shape(t) for t in read_jsonl(path)}
+        for stage in sorted(p for p in (run / "eval").iterdir() if p.is_dir()):
+            trajs = stage / suite / "trajectories.jsonl"
+            if not trajs.is_file():
+                continue
+            tally: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+            for t in read_jsonl(trajs):
+                cell = tally[shapes.get(t["task_id"], "unknown")]
+                cell[0] += bool(t["meta"].get("correct"))
+                cell[1] += 1
+            cells = "; ".join(f"{k}: {a}/{n}" for k, (a, n) in sorted(tally.items()))
+            rows.append(f"| {stage.name} | {suite} | {cells} |")
+    if not rows:
+        return []
+    return [f"## Solved on {split}, by the shape of the question", "", "| stage | set | solved / tasks, by shape |",
+            "|---|---|---|", *rows, ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", help="a run directory of `score-distill run --preset study`")
@@ -141,6 +177,7 @@ def main() -> None:
         if log.is_file():
             out += rl_section(name, log)
     out += eval_section(run, args.split)
+    out += shape_section(run, args.split)
     print("\n".join(out))
 
 
