@@ -37,7 +37,8 @@ def test_it_counts_endings_rl_steps_and_mps_from_the_files(tmp_path: Path) -> No
     write_jsonl(run / "eval" / "bc" / "math-test" / "trajectories.jsonl", [traj("t", correct=True, answer="1")])
     write_jsonl(run / "tasks" / "math-dev.jsonl", [{"id": k, "meta": {"n_ops": 1 if k in "ab" else 2}} for k in "abcd"])
     write_jsonl(run / "tasks" / "search-dev.jsonl", [
-        {"id": "s1", "meta": {"form": "comparison", "direction": "later", "hops": 2}},
+        {"id": "s1", "answer": "X", "meta": {"form": "comparison", "direction": "later", "hops": 2,
+                                             "compared": ["W", "X"]}},
         {"id": "s2", "meta": {"form": "bridge", "hops": 2}}])
     write_jsonl(run / "eval" / "bc" / "search-dev" / "trajectories.jsonl", [
         traj("s1", correct=True, answer="X"), traj("s2", answer="Y")])
@@ -52,6 +53,7 @@ def test_it_counts_endings_rl_steps_and_mps_from_the_files(tmp_path: Path) -> No
     # by shape: a and b take one operation (a solved), c and d two (neither solved)
     assert "| bc | math-dev | 1 operation: 1/2; 2 operations: 0/2 |" in out
     assert "| bc | search-dev | bridge, 2 hops: 0/1; comparison (later), 2 hops: 1/1 |" in out
+    assert "| bc | search-dev | 1 | 0 | 0 | 1 |" in out  # right, with no search at all: a guess
     assert "math-test" not in out  # only the split asked for (dev)
     assert "-> ZeroDivisionError: x\n" in out  # the error's first line
     assert "| 1-2 | 0.150 | 25% | 100% |" in out and "| 3-4 | 0.400 | 75% | 100% |" in out

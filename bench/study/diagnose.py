@@ -142,25 +142,43 @@ def shape(task: dict) -> str:
 
 
 def shape_section(run: Path, split: str) -> list[str]:
-    rows = []
+    rows, picks = [], []
     for path in sorted((run / "tasks").glob(f"*-{split}.jsonl")) if (run / "tasks").is_dir() else []:
         suite = path.stem
-        shapes = {t["id"]: shape(t) for t in read_jsonl(path)}
+        tasks = {t["id"]: t for t in read_jsonl(path)}
         for stage in sorted(p for p in (run / "eval").iterdir() if p.is_dir()):
             trajs = stage / suite / "trajectories.jsonl"
             if not trajs.is_file():
                 continue
             tally: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+            named = collections.Counter()
             for t in read_jsonl(trajs):
-                cell = tally[shapes.get(t["task_id"], "unknown")]
+                task = tasks.get(t["task_id"], {})
+                cell = tally[shape(task)]
                 cell[0] += bool(t["meta"].get("correct"))
                 cell[1] += 1
+                compared = task.get("meta", {}).get("compared")
+                if task.get("meta", {}).get("form") == "comparison" and compared:
+                    answer = str(t.get("final_answer"))
+                    named["right" if answer == str(task.get("answer")) else
+                          "other" if answer in map(str, compared) else "neither"] += 1
+                    searches = sum("web_search" in (s.get("code") or "") for s in t["steps"])
+                    named["right, fewer searches"] += bool(t["meta"].get("correct")) and searches < task["meta"].get("hops", 0)
             cells = "; ".join(f"{k}: {a}/{n}" for k, (a, n) in sorted(tally.items()))
             rows.append(f"| {stage.name} | {suite} | {cells} |")
+            if named:
+                picks.append(f"| {stage.name} | {suite} | {named['right']} | {named['other']} | {named['neither']} "
+                             f"| {named['right, fewer searches']} |")
     if not rows:
         return []
-    return [f"## Solved on {split}, by the shape of the question", "", "| stage | set | solved / tasks, by shape |",
-            "|---|---|---|", *rows, ""]
+    out = [f"## Solved on {split}, by the shape of the question", "", "| stage | set | solved / tasks, by shape |",
+           "|---|---|---|", *rows, ""]
+    if picks:
+        out += ["Comparisons: which entity the final answer names (the right one, the other one compared, "
+                "neither), and how many right answers came after fewer searches than the question's hops "
+                "(a guess):", "", "| stage | set | right | the other | neither | right, fewer searches |",
+                "|---|---|---|---|---|---|", *picks, ""]
+    return out
 
 
 def main() -> None:
