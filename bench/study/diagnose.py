@@ -17,7 +17,9 @@ Prints, as Markdown:
   per way of failing;
 - the same stages by the shape of the question (from the run's task files): math by the
   number of operations it takes, search by form (bridge or comparison), the direction a
-  comparison asks for, and hops. On `ood` this says which of the new shapes a stage solves.
+  comparison asks for, and hops. On `ood` this says which of the new shapes a stage solves;
+  for comparisons, whether a wrong answer named the other entity compared or neither, and how
+  many right answers came after fewer searches than the question needs (guesses).
 """
 
 from __future__ import annotations
@@ -143,6 +145,8 @@ def shape(task: dict) -> str:
 
 def shape_section(run: Path, split: str) -> list[str]:
     rows, picks = [], []
+    if not (run / "eval").is_dir():
+        return []
     for path in sorted((run / "tasks").glob(f"*-{split}.jsonl")) if (run / "tasks").is_dir() else []:
         suite = path.stem
         tasks = {t["id"]: t for t in read_jsonl(path)}
@@ -159,11 +163,11 @@ def shape_section(run: Path, split: str) -> list[str]:
                 cell[1] += 1
                 compared = task.get("meta", {}).get("compared")
                 if task.get("meta", {}).get("form") == "comparison" and compared:
-                    answer = str(t.get("final_answer"))
-                    named["right" if answer == str(task.get("answer")) else
-                          "other" if answer in map(str, compared) else "neither"] += 1
+                    right = bool(t["meta"].get("correct"))  # as the evaluation scored it
+                    named["right" if right else "other" if str(t.get("final_answer")) in map(str, compared)
+                          else "neither"] += 1
                     searches = sum("web_search" in (s.get("code") or "") for s in t["steps"])
-                    named["right, fewer searches"] += bool(t["meta"].get("correct")) and searches < task["meta"].get("hops", 0)
+                    named["right, fewer searches"] += right and searches < task["meta"].get("hops", 0)
             cells = "; ".join(f"{k}: {a}/{n}" for k, (a, n) in sorted(tally.items()))
             rows.append(f"| {stage.name} | {suite} | {cells} |")
             if named:
