@@ -101,29 +101,31 @@ def short(t: dict, width: int = 160) -> str:
     return "\n".join(lines)
 
 
-def eval_section(run: Path, split: str) -> list[str]:
+def evaluations(run: Path, split: str) -> list[tuple[str, str, list[dict]]]:
+    """(stage, set, trajectories) of every evaluated stage's sets of `split`, read once."""
     stages = sorted(p for p in (run / "eval").iterdir() if p.is_dir()) if (run / "eval").is_dir() else []
+    return [(stage.name, suite_dir.name, read_jsonl(suite_dir / "trajectories.jsonl"))
+            for stage in stages for suite_dir in sorted(stage.glob(f"*-{split}"))
+            if (suite_dir / "trajectories.jsonl").is_file()]
+
+
+def eval_section(evaluated: list[tuple[str, str, list[dict]]], split: str) -> list[str]:
     out = [f"## Evaluations on {split}", ""]
     # Every kind ending() gives (the rollout stops early for these two reasons only).
     order = ["correct", "wrong final answer", "stopped: unparseable turns", "stopped: repeated action", "out of turns"]
     examples = []
-    for stage in stages:
-        for suite_dir in sorted(stage.glob(f"*-{split}")):
-            path = suite_dir / "trajectories.jsonl"
-            if not path.is_file():
-                continue
-            trajs = read_jsonl(path)
-            ends = collections.Counter(ending(t) for t in trajs)
-            code_err = sum(any(s.get("error") for s in t["steps"]) for t in trajs)
-            tokens = statistics.fmean(t["generated_tokens"] for t in trajs) if trajs else 0.0
-            turns = statistics.fmean(len(t["steps"]) for t in trajs) if trajs else 0.0
-            cells = " | ".join(f"{ends.get(k, 0) / max(1, len(trajs)):.0%}" for k in order)
-            out.append(f"| {stage.name} | {suite_dir.name} | {len(trajs)} | {cells} | {code_err / max(1, len(trajs)):.0%} "
-                       f"| {turns:.2f} | {tokens:.0f} |")
-            for kind in order[1:]:
-                sample = next((t for t in trajs if ending(t) == kind), None)
-                if sample is not None:
-                    examples.append(f"{stage.name} {suite_dir.name}, {kind} ({sample['task_id']}):\n{short(sample)}")
+    for stage, suite, trajs in evaluated:
+        ends = collections.Counter(ending(t) for t in trajs)
+        code_err = sum(any(s.get("error") for s in t["steps"]) for t in trajs)
+        tokens = statistics.fmean(t["generated_tokens"] for t in trajs) if trajs else 0.0
+        turns = statistics.fmean(len(t["steps"]) for t in trajs) if trajs else 0.0
+        cells = " | ".join(f"{ends.get(k, 0) / max(1, len(trajs)):.0%}" for k in order)
+        out.append(f"| {stage} | {suite} | {len(trajs)} | {cells} | {code_err / max(1, len(trajs)):.0%} "
+                   f"| {turns:.2f} | {tokens:.0f} |")
+        for kind in order[1:]:
+            sample = next((t for t in trajs if ending(t) == kind), None)
+            if sample is not None:
+                examples.append(f"{stage} {suite}, {kind} ({sample['task_id']}):\n{short(sample)}")
     if len(out) == 2:
         return out + ["no evaluation yet", ""]
     header = ["| stage | set | n | " + " | ".join(order) + " | code error | turns | tokens |",
@@ -143,20 +145,15 @@ def shape(task: dict) -> str:
     return "unknown"
 
 
-def shape_section(run: Path, split: str) -> list[str]:
+def shape_section(run: Path, evaluated: list[tuple[str, str, list[dict]]], split: str) -> list[str]:
     rows, picks = [], []
-    if not (run / "eval").is_dir():
-        return []
     for path in sorted((run / "tasks").glob(f"*-{split}.jsonl")) if (run / "tasks").is_dir() else []:
         suite = path.stem
         tasks = {t["id"]: t for t in read_jsonl(path)}
-        for stage in sorted(p for p in (run / "eval").iterdir() if p.is_dir()):
-            trajs = stage / suite / "trajectories.jsonl"
-            if not trajs.is_file():
-                continue
+        for stage, _, trajs in (e for e in evaluated if e[1] == suite):
             tally: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
             named = collections.Counter()
-            for t in read_jsonl(trajs):
+            for t in trajs:
                 task = tasks.get(t["task_id"], {})
                 cell = tally[shape(task)]
                 cell[0] += bool(t["meta"].get("correct"))
@@ -169,9 +166,9 @@ def shape_section(run: Path, split: str) -> list[str]:
                     searches = sum("web_search" in (s.get("code") or "") for s in t["steps"])
                     named["right, fewer searches"] += right and searches < task["meta"].get("hops", 0)
             cells = "; ".join(f"{k}: {a}/{n}" for k, (a, n) in sorted(tally.items()))
-            rows.append(f"| {stage.name} | {suite} | {cells} |")
+            rows.append(f"| {stage} | {suite} | {cells} |")
             if named:
-                picks.append(f"| {stage.name} | {suite} | {named['right']} | {named['other']} | {named['neither']} "
+                picks.append(f"| {stage} | {suite} | {named['right']} | {named['other']} | {named['neither']} "
                              f"| {named['right, fewer searches']} |")
     if not rows:
         return []
@@ -198,8 +195,9 @@ def main() -> None:
         log = run / name / "rl_log.jsonl"
         if log.is_file():
             out += rl_section(name, log)
-    out += eval_section(run, args.split)
-    out += shape_section(run, args.split)
+    evaluated = evaluations(run, args.split)
+    out += eval_section(evaluated, args.split)
+    out += shape_section(run, evaluated, args.split)
     print("\n".join(out))
 
 
