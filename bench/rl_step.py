@@ -1,17 +1,19 @@
-"""One RL step (8 items x 4 samples) with the engine's transformers decoding step and with
-its lean step (the default), side by side in one run, split into rollout and the rest
-(scoring and update).
+"""One RL step (8 items x 4 samples) three ways, side by side in one run, split into
+rollout and the rest (scoring and update): with the engine's transformers decoding step, with
+its lean step (the default), and with the lean step and an update of micro-batches of 4
+sequences without activation checkpointing (the demo and study presets update one sequence at
+a time and recompute activations, settings chosen for memory, not for a 135M student).
 
     python bench/rl_step.py --run runs/demo > bench/rl_step.txt
 
-Reads a finished demo run directory: the RL items MPS exported (`mps/export/rl_items.jsonl`),
-the training tasks (`tasks/*-train.jsonl`) and the SCoRe-SFT student (`score_sft/final`),
-and trains one step from that student with the demo's RL settings (`score_rl/rl_config.yaml`)
-except `items_per_step: 8` and `group_size: 4`, judged by the reference teacher. Each arm
-trains into its own fresh directory from the same start, with the same seed, so both see the
-same items. The first arm decodes through the transformers forward (`LocalConfig.lean_decode`
-off); the step of the code before the lean step is measured by running this script's earlier
-version at that commit (see the output's notes).
+Reads a finished run directory (the demo's, or a study seed's): the RL items MPS exported
+(`mps/export/rl_items.jsonl`), the training tasks (`tasks/*-train.jsonl`) and the SCoRe-SFT
+student (`score_sft/final`), and trains one step from that student with the run's RL settings
+(`score_rl/rl_config.yaml`) except `items_per_step: 8` and `group_size: 4`, judged by the
+reference teacher. Each arm trains into its own fresh directory from the same start, with the
+same seed, so all see the same items; the two lean arms sample the same rollouts, so their
+difference is the update's. The step of the code before the lean step is measured by running
+this script's earlier version at that commit (see the output's notes).
 """
 
 from __future__ import annotations
@@ -48,29 +50,36 @@ def main() -> None:
     print(f"# one RL step from {start}: {len(items)} items exported, items_per_step {opts.items_per_step}, "
           f"group_size {opts.group_size}, micro_batch_size {opts.micro_batch_size}, activation_checkpointing "
           f"{opts.activation_checkpointing}, bf16 {opts.bf16}; torch threads {torch.get_num_threads()}")
-    print("| engine | step s | rollout s | rest s | generated tokens | rollout tok/s | reward |")
-    print("|---|---|---|---|---|---|---|")
+    print("| engine | step s | rollout s | rest s | generated tokens | rollout tok/s | reward | mixed groups |")
+    print("|---|---|---|---|---|---|---|---|")
 
     @dataclasses.dataclass
     class TransformersStep(local.LocalConfig):
         lean_decode: bool = False
 
     plain = local.LocalConfig
+    batched = dict(micro_batch_size=4, activation_checkpointing=False)
+    arms = (("transformers decoding step", TransformersStep, {}), ("lean step (default)", plain, {}),
+            ("lean step, update micro-batch 4, no checkpointing", plain, batched))
     rows = {}
-    for arm, config in (("transformers decoding step", TransformersStep), ("lean step (default)", plain)):
+    for arm, config, changes in arms:
         local.LocalConfig = config  # train_rl imports it when it builds its engine
         try:
             with tempfile.TemporaryDirectory() as out:
-                train_rl(start, items, tasks, load_teacher("reference"), ToolConfig(), Path(out) / "rl", opts)
+                train_rl(start, items, tasks, load_teacher("reference"), ToolConfig(), Path(out) / "rl",
+                         dataclasses.replace(opts, **changes))
                 [rec] = [json.loads(line) for line in (Path(out) / "rl" / "rl_log.jsonl").read_text().splitlines()]
         finally:
             local.LocalConfig = plain
         rows[arm] = rec
         print(f"| {arm} | {rec['time_s']:.1f} | {rec['rollout_s']:.1f} | {rec['time_s'] - rec['rollout_s']:.1f} | "
-              f"{rec['gen_tokens']} | {rec['gen_tok_s']:.1f} | {rec['reward']:.3f} |", flush=True)
-    a, b = rows.values()
+              f"{rec['gen_tokens']} | {rec['gen_tok_s']:.1f} | {rec['reward']:.3f} | {rec['signal']:.2f} |", flush=True)
+    a, b, c = rows.values()
     print(f"\nstep time, transformers step / lean step: {a['time_s'] / b['time_s']:.2f} "
           f"(rollout {a['rollout_s'] / b['rollout_s']:.2f})")
+    rest_b, rest_c = b["time_s"] - b["rollout_s"], c["time_s"] - c["rollout_s"]
+    print(f"step time, transformers step / lean step with the batched update: {a['time_s'] / c['time_s']:.2f}; "
+          f"the update alone (rest), lean step / batched update: {rest_b / max(rest_c, 1e-9):.2f}")
 
 
 if __name__ == "__main__":
