@@ -11,8 +11,10 @@ Reads a finished run directory (the demo's, or a study seed's): the RL items MPS
 student (`score_sft/final`), and trains one step from that student with the run's RL settings
 (`score_rl/rl_config.yaml`) except `items_per_step: 8` and `group_size: 4`, judged by the
 reference teacher. Each arm trains into its own fresh directory from the same start, with the
-same seed, so all see the same items; the two lean arms sample the same rollouts, so their
-difference is the update's. The step of the code before the lean step is measured by running
+same seed, so all see the same items and draw the same seeds; the rollouts still differ a
+little between arms (which rows share a decoding step depends on when each sandbox call
+returns, and a row's logits depend in their last bits on its batch), so an arm's update
+trains on its own rollouts. The step of the code before the lean step is measured by running
 this script's earlier version at that commit (see the output's notes).
 """
 
