@@ -155,12 +155,12 @@ def shape_section(run: Path, evaluated: list[tuple[str, str, list[dict]]], split
             named = collections.Counter()
             for t in trajs:
                 task = tasks.get(t["task_id"], {})
+                right = bool(t["meta"].get("correct"))  # as the evaluation scored it
                 cell = tally[shape(task)]
-                cell[0] += bool(t["meta"].get("correct"))
+                cell[0] += right
                 cell[1] += 1
                 compared = task.get("meta", {}).get("compared")
                 if task.get("meta", {}).get("form") == "comparison" and compared:
-                    right = bool(t["meta"].get("correct"))  # as the evaluation scored it
                     named["right" if right else "other" if str(t.get("final_answer")) in map(str, compared)
                           else "neither"] += 1
                     searches = sum("web_search" in (s.get("code") or "") for s in t["steps"])
