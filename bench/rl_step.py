@@ -1,8 +1,10 @@
 """One RL step (8 items x 4 samples) three ways, side by side in one run, split into
-rollout and the rest (scoring and update): with the engine's transformers decoding step, with
-its lean step (the default), and with the lean step and an update of micro-batches of 4
-sequences without activation checkpointing (the demo and study presets update one sequence at
-a time and recompute activations, settings chosen for memory, not for a 135M student).
+rollout and the rest (scoring and update): with the engine's transformers decoding step and
+the update the presets ran until the shared prefixes (one sequence per pass, activations
+recomputed), with the lean decoding step (the default) and that update, and with the lean step
+and the update the presets run now (`share_prefix`: the tokens an item's samples share run
+once, then one sequence per pass, no recomputation). `bench/rl_update.py` compares updates alone,
+on identical sequences.
 
     python bench/rl_step.py --run runs/demo > bench/rl_step.txt
 
@@ -50,19 +52,22 @@ def main() -> None:
     opts = dataclasses.replace(opts, steps=1, items_per_step=args.items, group_size=args.group, save_every=0)
     start = run / "score_sft" / "final"
     print(f"# one RL step from {start}: {len(items)} items exported, items_per_step {opts.items_per_step}, "
-          f"group_size {opts.group_size}, micro_batch_size {opts.micro_batch_size}, activation_checkpointing "
-          f"{opts.activation_checkpointing}, bf16 {opts.bf16}; torch threads {torch.get_num_threads()}")
-    print("| engine | step s | rollout s | rest s | generated tokens | rollout tok/s | reward | mixed groups |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"group_size {opts.group_size}, bf16 {opts.bf16} (the update's settings are each arm's); torch threads "
+          f"{torch.get_num_threads()}")
+    print("| engine | step s | rollout s | rest s | generated tokens | rollout tok/s | reward | mixed groups "
+          "| sequences trained | rest s per sequence trained |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
 
     @dataclasses.dataclass
     class TransformersStep(local.LocalConfig):
         lean_decode: bool = False
 
     plain = local.LocalConfig
-    batched = dict(micro_batch_size=4, activation_checkpointing=False)
-    arms = (("transformers decoding step", TransformersStep, {}), ("lean step (default)", plain, {}),
-            ("lean step, update micro-batch 4, no checkpointing", plain, batched))
+    before = dict(micro_batch_size=1, activation_checkpointing=True, share_prefix=False)
+    now = dict(micro_batch_size=1, activation_checkpointing=False, share_prefix=True)
+    arms = (("transformers decoding step, update 1 a pass with checkpointing", TransformersStep, before),
+            ("lean step, update 1 a pass with checkpointing", plain, before),
+            ("lean step, update on shared prefixes (the presets now)", plain, now))
     rows = {}
     for arm, config, changes in arms:
         local.LocalConfig = config  # train_rl imports it when it builds its engine
@@ -75,13 +80,15 @@ def main() -> None:
             local.LocalConfig = plain
         rows[arm] = rec
         print(f"| {arm} | {rec['time_s']:.1f} | {rec['rollout_s']:.1f} | {rec['time_s'] - rec['rollout_s']:.1f} | "
-              f"{rec['gen_tokens']} | {rec['gen_tok_s']:.1f} | {rec['reward']:.3f} | {rec['signal']:.2f} |", flush=True)
+              f"{rec['gen_tokens']} | {rec['gen_tok_s']:.1f} | {rec['reward']:.3f} | {rec['signal']:.2f} | "
+              f"{rec['trained_seqs']} | {(rec['time_s'] - rec['rollout_s']) / max(rec['trained_seqs'], 1):.2f} |",
+              flush=True)
     a, b, c = rows.values()
-    print(f"\nstep time, transformers step / lean step: {a['time_s'] / b['time_s']:.2f} "
+    print(f"\nstep time, transformers step / lean step, the same update: {a['time_s'] / b['time_s']:.2f} "
           f"(rollout {a['rollout_s'] / b['rollout_s']:.2f})")
     rest_b, rest_c = b["time_s"] - b["rollout_s"], c["time_s"] - c["rollout_s"]
-    print(f"step time, transformers step / lean step with the batched update: {a['time_s'] / c['time_s']:.2f}; "
-          f"the update alone (rest), lean step / batched update: {rest_b / max(rest_c, 1e-9):.2f}")
+    print(f"step time, the first arm / the presets now: {a['time_s'] / c['time_s']:.2f}; the update alone "
+          f"(rest), checkpointing / shared prefixes: {rest_b / max(rest_c, 1e-9):.2f}")
 
 
 if __name__ == "__main__":

@@ -194,6 +194,75 @@ def test_left_padding_gives_the_unpadded_log_probs(tiny_dir, tokenizer):
         torch.testing.assert_close(both[row, -n:], alone[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_a_shared_prefix_scored_once_gives_each_rows_log_probs_and_gradient(tiny_dir, tokenizer, bf16, monkeypatch):
+    """A group's samples continue one prompt: scoring the prompt once and the rows on top of
+    its keys and values must give the log-probs and the gradient of scoring each row alone,
+    prompt included (the prompt's weights get every row's share of the gradient)."""
+    from score_distill.train import grpo
+    from score_distill.train.grpo import Scored, micro_batches, update
+
+    model = tiny_policy(tiny_dir)
+    prompt = tokenizer("Question: what is the secret plus one? Plan: recall it. " * 3,
+                       add_special_tokens=False)["input_ids"]
+    tails = ["print(secret)", "final_answer(42)\nObservation: done", "x = 1", "print(secret + 1) # two"]
+    seqs, logps = [], []
+    for k, tail in enumerate(tails):
+        t = tokenizer(tail, add_special_tokens=False)["input_ids"]
+        seqs.append((prompt + t, [0] * len(prompt) + [1] * len(t)))
+        logps.append([math.nan] * len(prompt) + [-0.5] * len(t))
+    advantages = [1.0, -0.5, 0.25, -0.75]
+
+    def score(mbs):
+        model.zero_grad()
+        out = []
+        for batch, adv in mbs:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logp = token_logprobs(model, batch)
+            loss, _ = clipped_loss(logp, logp.detach(), adv, batch.loss_mask, 0.2)
+            loss.backward()
+            out += [row[m.bool()] for row, m in zip(logp.detach(), batch.loss_mask)]
+        return out, [p.grad.clone() for p in model.parameters()]
+
+    alone = micro_batches(seqs, advantages, 1, 0, logps)
+    shared = micro_batches(seqs, advantages, 4, 0, logps, groups=[[0, 1, 2, 3]])
+    assert len(shared) == 1 and shared[0][0].prefix.shape[1] == len(prompt) - 1
+    assert all(b.prefix is None for b, _ in alone)
+    (lp_alone, g_alone), (lp_shared, g_shared) = score(alone), score(shared)
+    by_length = sorted(range(4), key=lambda i: len(seqs[i][0]))  # both orders: shortest first
+    # fp32: the same sums in another order; bf16: each pass rounds its own activations.
+    tol = 2e-2 if bf16 else 1e-5
+    for i in range(4):
+        torch.testing.assert_close(lp_shared[i], lp_alone[i], atol=tol, rtol=tol)
+        assert len(lp_shared[i]) == len(seqs[by_length[i]][0]) - len(prompt)
+    for mine, want in zip(g_shared, g_alone):
+        assert float(want.norm()) > 0
+        assert float((mine - want).norm() / want.norm()) < 5 * tol
+
+    # The update runs the prefix once for a group's micro-batches of one row each, and sends
+    # their gradient through it at the end of the pass: the same gradient again.
+    class Still:  # an optimiser that leaves the weights (and the gradients) where they are
+        def zero_grad(self, set_to_none=True):
+            model.zero_grad(set_to_none=set_to_none)
+
+        def step(self):
+            pass
+
+    prefix_passes = []
+    real = grpo.prefix_kv
+    monkeypatch.setattr(grpo, "prefix_kv", lambda *a: prefix_passes.append(1) or real(*a))
+    for layout in (alone, micro_batches(seqs, advantages, 1, 0, logps, groups=[[0, 1, 2, 3]])):
+        update(model, Still(), lambda loss: loss.backward(), lambda n: torch.tensor(0.0),
+               [Scored(b, a) for b, a in layout], clip_eps=0.2, kl_coef=0.0, ppo_epochs=1, max_grad_norm=1.0,
+               temperature=1.0, bf16=bf16, is_cap=0.0)
+        grads = [p.grad.clone() for p in model.parameters()]
+        if layout is alone:
+            plain = grads
+    assert len(prefix_passes) == 1  # one prefix pass for the group's four micro-batches
+    for mine, want in zip(grads, plain):
+        assert float((mine - want).norm() / want.norm()) < 5 * tol
+
+
 def test_loss_is_the_policy_gradient_on_generated_tokens_only(tiny_dir, tokenizer):
     """Independent check: the gradient of the loss equals the gradient of -advantage times the
     log-probs of the tokens the renderer masks in (the generated turns), gathered by hand from
@@ -486,9 +555,12 @@ def test_without_a_kl_penalty_no_reference_is_ever_loaded(tiny_dir, tmp_path, mo
     assert [r["kl"] for r in records] == [None] * SMOKE.steps
 
 
-def test_activation_checkpointing_recomputes_layers_and_changes_no_number(tmp_path, monkeypatch):
-    # Memory option only: the same steps with and without it give the same log and weights,
-    # and with it the layers really run under torch's checkpoint.
+def test_activation_checkpointing_and_shared_prefixes_change_no_number(tmp_path, monkeypatch):
+    # Compute options only: the same steps with each give the same log and weights as the plain
+    # passes; with checkpointing the layers really run under torch's checkpoint, and with shared
+    # prefixes the update really scores a prefix once per micro-batch.
+    from score_distill.train import grpo
+
     import transformers.modeling_utils as modeling_utils
     from transformers import AutoModelForCausalLM
 
@@ -500,26 +572,39 @@ def test_activation_checkpointing_recomputes_layers_and_changes_no_number(tmp_pa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(modeling_utils, "checkpoint", counting)
+    prefixes = []
+    real_pad = grpo.pad_left_shared
+    monkeypatch.setattr(grpo, "pad_left_shared",
+                        lambda *a, **kw: (lambda b: prefixes.append(b.prefix) or b)(real_pad(*a, **kw)))
     build_word_model(tmp_path / "model")
     tasks, items = word_items(2)
     logs, weights = [], []
-    for on in (False, True):
+    for checkpointing, share in ((False, False), (True, True), (False, True)):
+        calls.clear()
+        prefixes.clear()
         # is_cap 0: the sampler's log-probs, which move by float rounding with the batch the
         # rollout happened to form (rows join as their tool calls return), stay out of the loss.
         opts = options(steps=3, items_per_step=2, group_size=4, lr=0.02, max_new_tokens=3, max_turns=3,
                          save_every=0, samples_per_step=0, micro_batch_size=2, cpu_threads=1,
-                         activation_checkpointing=on, is_cap=0.0)
-        out = train_rl(tmp_path / "model", items, {t.id: t for t in tasks}, CodeTeacher(), TOOLS,
-                       tmp_path / f"run-{on}", opts)
-        logs.append([json.loads(line) for line in (tmp_path / f"run-{on}" / "rl_log.jsonl").read_text().splitlines()])
+                         activation_checkpointing=checkpointing, share_prefix=share, is_cap=0.0)
+        run = tmp_path / f"run-{checkpointing}-{share}"
+        out = train_rl(tmp_path / "model", items, {t.id: t for t in tasks}, CodeTeacher(), TOOLS, run, opts)
+        logs.append([json.loads(line) for line in (run / "rl_log.jsonl").read_text().splitlines()])
         weights.append(AutoModelForCausalLM.from_pretrained(out).state_dict())
-        assert bool(calls) is on
-    plain, recomputed = logs
-    assert [r["reward"] for r in plain] == [r["reward"] for r in recomputed]
-    assert [r["loss"] for r in plain] == pytest.approx([r["loss"] for r in recomputed], rel=1e-5, abs=1e-7)
+        assert bool(calls) is checkpointing
+        # checkpointing keeps no keys/values, so it scores every row whole
+        assert any(p is not None for p in prefixes) is (share and not checkpointing)
+    plain = logs[0]
+    start = AutoModelForCausalLM.from_pretrained(tmp_path / "model").state_dict()
     assert any(r["grad_norm"] > 0 for r in plain)  # the weights did move
-    for name, value in weights[0].items():
-        assert torch.allclose(value, weights[1][name], atol=1e-6), name
+    for other, moved in zip(logs[1:], weights[1:]):
+        assert [r["reward"] for r in plain] == [r["reward"] for r in other]
+        assert [r["loss"] for r in plain] == pytest.approx([r["loss"] for r in other], rel=1e-5, abs=1e-7)
+        # Float sums in another order move Adam's per-weight steps a little: the runs may differ
+        # by a thousandth of how far the weights moved, not more.
+        for name, value in weights[0].items():
+            moved_by = float((weights[0][name] - start[name]).norm())
+            assert float((moved[name] - value).norm()) <= 1e-3 * moved_by + 1e-6, name
 
 
 @pytest.mark.parametrize("dtype,temperature", [(torch.float32, 1.0), (torch.float32, 0.7), (torch.bfloat16, 1.0)])

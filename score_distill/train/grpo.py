@@ -19,6 +19,7 @@ weights against the sampler's log-probs (`truncated_is_weights`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -41,6 +42,7 @@ class Batch:
     targets: torch.Tensor
     loss_mask: torch.Tensor
     sampler_logp: torch.Tensor
+    prefix: torch.Tensor | None = None  # (1, P) ids every row continues; the rows above are what follows it
 
     @property
     def keep(self) -> int:
@@ -48,7 +50,8 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
-                                              self.targets, self.loss_mask, self.sampler_logp)))
+                                              self.targets, self.loss_mask, self.sampler_logp)),
+                     prefix=None if self.prefix is None else self.prefix.to(device))
 
 
 def pad_left(ids: list[list[int]], masks: list[list[int]], pad_id: int,
@@ -87,19 +90,61 @@ def pad_left(ids: list[list[int]], masks: list[list[int]], pad_id: int,
     return Batch(input_ids, attention, positions, input_ids[:, -keep:], loss_mask[:, -keep:], sampler[:, -keep:])
 
 
-def token_logprobs(model: torch.nn.Module, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
+def shared_prefix_len(ids: list[list[int]], masks: list[list[int]]) -> int:
+    """How many leading tokens the rows share and can score once: their common prefix, ending
+    at least one token before any row's first masked token (whose log-prob the token before it
+    predicts), so every scored position lies after it.
+
+    >>> shared_prefix_len([[1, 2, 3, 4, 5], [1, 2, 3, 9]], [[0, 0, 0, 1, 1], [0, 0, 0, 1]])
+    2
+    >>> shared_prefix_len([[1, 2, 3], [7, 2, 3]], [[0, 1, 1], [0, 1, 1]])
+    0
+    """
+    n = min(len(i) for i in ids)
+    common = next((t for t in range(n) if any(i[t] != ids[0][t] for i in ids)), n)
+    firsts = [m.index(1) for m in masks if 1 in m]
+    return max(0, min([common, *(f - 1 for f in firsts)]))
+
+
+def pad_left_shared(ids: list[list[int]], masks: list[list[int]], pad_id: int,
+                    sampler_logps: list[list[float]] | None, prefix: torch.Tensor) -> Batch:
+    """`pad_left` of what follows `prefix` (1, P), the ids every row starts with: a Batch whose
+    rows are the rest of each sequence, at positions P onwards, to be scored on top of the
+    prefix's keys and values (`token_logprobs`). P must end before every row's first masked
+    token (`shared_prefix_len`).
+
+    >>> b = pad_left_shared([[5, 6, 7, 8], [5, 6, 9]], [[0, 0, 1, 1], [0, 0, 1]], 0, None, torch.tensor([[5]]))
+    >>> b.prefix.tolist(), b.input_ids.tolist(), b.position_ids.tolist()
+    ([[5]], [[6, 7, 8], [0, 6, 9]], [[1, 2, 3], [1, 1, 2]])
+    >>> b.targets.tolist(), b.loss_mask.int().tolist()
+    ([[7, 8], [6, 9]], [[1, 1], [0, 1]])
+    """
+    shared = prefix.shape[1]
+    if any(row[:shared] != prefix[0].tolist() for row in ids):
+        raise ValueError("every row must start with the prefix")
+    rest = pad_left([i[shared:] for i in ids], [m[shared:] for m in masks], pad_id,
+                    None if sampler_logps is None else [s[shared:] for s in sampler_logps])
+    return dataclasses.replace(rest, position_ids=rest.position_ids + shared, prefix=prefix)
+
+
+PrefixKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, (1, heads, P, head_dim) each
+
+
+def token_logprobs(model: torch.nn.Module, batch: Batch, temperature: float = 1.0,
+                   kv: PrefixKV | None = None) -> torch.Tensor:
     """Log-probabilities (B, keep) of `batch.targets` under `model`, computed in float32.
     Logits are divided by `temperature` so the probabilities are those of the sampling
-    distribution (with top-p 1) the rollouts were drawn from."""
-    return _TargetLogprobs.apply(_logits(model, batch), batch.targets, temperature)
+    distribution (with top-p 1) the rollouts were drawn from. A batch with a shared prefix is
+    scored on top of `kv`, its keys and values (`prefix_kv`; computed here when not given)."""
+    return _TargetLogprobs.apply(_logits(model, batch, kv), batch.targets, temperature)
 
 
-def token_logprobs_and_untempered(model: torch.nn.Module, batch: Batch,
-                                  temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs_and_untempered(model: torch.nn.Module, batch: Batch, temperature: float,
+                                  kv: PrefixKV | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`token_logprobs` (with its graph) and, detached, the same tokens' log-probs at
     temperature 1: what the engines report (`Generation.logprobs`), so what the sampler's
     log-probs are compared with. One forward pass; the second softmax only where T != 1."""
-    logits = _logits(model, batch)
+    logits = _logits(model, batch, kv)
     logp = _TargetLogprobs.apply(logits, batch.targets, temperature)
     if temperature == 1.0:
         return logp, logp.detach()
@@ -107,11 +152,71 @@ def token_logprobs_and_untempered(model: torch.nn.Module, batch: Batch,
         return logp, _TargetLogprobs.apply(logits.detach(), batch.targets, 1.0)
 
 
-def _logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """(B, keep, V) logits; position t predicts token t + 1."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, logits_to_keep=batch.keep + 1, use_cache=False)
+def prefix_kv(model: torch.nn.Module, prefix: torch.Tensor) -> PrefixKV:
+    """Every layer's keys and values for `prefix` (1, P), with their graph: the pass that a
+    group of samples continuing one prompt shares (the decoder alone: no logits needed)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    model.get_decoder()(input_ids=prefix, cache=cache, use_cache=True)
+    if cache.get_seq_length() != prefix.shape[1]:
+        raise RuntimeError("the model kept no keys/values for the shared prefix (activation checkpointing turns the "
+                           "cache off): score such batches without a shared prefix")
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _logits(model: torch.nn.Module, batch: Batch, kv: PrefixKV | None = None) -> torch.Tensor:
+    """(B, keep, V) logits; position t predicts token t + 1. With a shared prefix the rows
+    attend to its keys and values as if each row held its own copy, so backpropagation
+    carries every row's share of the gradient into them."""
+    if batch.prefix is None:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids, logits_to_keep=batch.keep + 1, use_cache=False)
+        return out.logits[:, :-1]
+    from transformers import DynamicCache
+
+    kv = prefix_kv(model, batch.prefix) if kv is None else kv
+    rows = batch.input_ids.shape[0]
+    cache = DynamicCache(config=model.config)
+    for layer, (k, v) in enumerate(kv):
+        cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), layer)
+    seen = batch.attention_mask.new_ones(rows, batch.prefix.shape[1])
+    out = model(input_ids=batch.input_ids, attention_mask=torch.cat([seen, batch.attention_mask], 1),
+                position_ids=batch.position_ids, cache=cache, use_cache=True, logits_to_keep=batch.keep + 1)
     return out.logits[:, :-1]
+
+
+class _PrefixPass:
+    """The one pass over a shared prefix that consecutive micro-batches with the same
+    `Batch.prefix` run on. Its keys and values keep their graph; the micro-batches attend to
+    detached copies of them, so each micro-batch's backward stops at the copies and leaves its
+    share of their gradient there; `flush` sends the sum through the prefix pass in one
+    backward. The parameters get every row's gradient, as from separate passes, while only the
+    prefix's activations and one micro-batch's are held at a time."""
+
+    def __init__(self) -> None:
+        self.prefix: torch.Tensor | None = None
+        self.kv: PrefixKV = []
+        self.copies: PrefixKV = []
+
+    def kv_for(self, model: torch.nn.Module, batch: Batch, bf16: bool) -> PrefixKV | None:
+        if batch.prefix is None:
+            return None
+        same = (self.prefix is not None and self.prefix.shape == batch.prefix.shape
+                and torch.equal(self.prefix, batch.prefix))
+        if not same:
+            self.flush()
+            with torch.autocast(batch.prefix.device.type, dtype=torch.bfloat16, enabled=bf16):
+                self.kv = prefix_kv(model, batch.prefix)
+            self.copies = [(k.detach().requires_grad_(), v.detach().requires_grad_()) for k, v in self.kv]
+            self.prefix = batch.prefix
+        return self.copies
+
+    def flush(self) -> None:
+        pairs = [(t, c.grad) for kv, copy in zip(self.kv, self.copies) for t, c in zip(kv, copy) if c.grad is not None]
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+        self.prefix, self.kv, self.copies = None, [], []
 
 
 LOGPROB_CHUNK = 128  # positions whose float32 softmax is materialised at once
@@ -268,21 +373,36 @@ class Scored:
 
 
 def micro_batches(seqs: list[tuple[list[int], list[int]]], advantages: list[float], size: int,
-                  pad_id: int, sampler_logps: list[list[float]] | None = None) -> list[tuple[Batch, torch.Tensor]]:
+                  pad_id: int, sampler_logps: list[list[float]] | None = None,
+                  groups: list[list[int]] | None = None) -> list[tuple[Batch, torch.Tensor]]:
     """Sequences (with the sampler's log-probs, aligned, when given) sorted by length (less
-    padding) and cut into micro-batches of `size`.
+    padding) and cut into micro-batches of `size`. With `groups` (lists of indices into
+    `seqs`, e.g. the samples of one item), micro-batches are cut within each group, and the
+    tokens the group's sequences share (`shared_prefix_len`) become the `prefix` of each of
+    its micro-batches, which `update` runs once for all of them.
 
     >>> mbs = micro_batches([([1, 2, 3], [0, 1, 1]), ([4, 5], [0, 1])], [0.5, -0.5], 1, 0)
     >>> [b.input_ids.tolist() for b, _ in mbs], [a.tolist() for _, a in mbs]
     ([[[4, 5]], [[1, 2, 3]]], [[-0.5], [0.5]])
+    >>> mbs = micro_batches([([1, 2, 3, 5], [0, 0, 1, 1]), ([1, 2, 4], [0, 0, 1]), ([7, 8], [0, 1])],
+    ...                     [0.5, -0.5, 1.0], 1, 0, groups=[[0, 1], [2]])
+    >>> [(None if b.prefix is None else b.prefix.tolist(), b.input_ids.tolist(), a.tolist()) for b, a in mbs]
+    [([[1]], [[2, 4]], [-0.5]), ([[1]], [[2, 3, 5]], [0.5]), (None, [[7, 8]], [1.0])]
     """
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))
     out = []
-    for lo in range(0, len(order), size):
-        chunk = order[lo : lo + size]
-        batch = pad_left([seqs[i][0] for i in chunk], [seqs[i][1] for i in chunk], pad_id,
-                         None if sampler_logps is None else [sampler_logps[i] for i in chunk])
-        out.append((batch, torch.tensor([advantages[i] for i in chunk], dtype=torch.float32)))
+    for group in [list(range(len(seqs)))] if groups is None else groups:
+        order = sorted(group, key=lambda i: len(seqs[i][0]))
+        shared = 0
+        if groups is not None and len(group) > 1:
+            shared = shared_prefix_len([seqs[i][0] for i in group], [seqs[i][1] for i in group])
+        prefix = torch.tensor([seqs[group[0]][0][:shared]], dtype=torch.long) if shared else None
+        for lo in range(0, len(order), size):
+            chunk = order[lo : lo + size]
+            ids, masks = [seqs[i][0] for i in chunk], [seqs[i][1] for i in chunk]
+            logps = None if sampler_logps is None else [sampler_logps[i] for i in chunk]
+            batch = pad_left(ids, masks, pad_id, logps) if prefix is None else (
+                pad_left_shared(ids, masks, pad_id, logps, prefix))
+            out.append((batch, torch.tensor([advantages[i] for i in chunk], dtype=torch.float32)))
     return out
 
 
@@ -326,7 +446,7 @@ def idle_batch(like: Batch | None, pad_id: int) -> Batch:
     """
     if like is not None:
         return Batch(like.input_ids, like.attention_mask, like.position_ids, like.targets,
-                     torch.zeros_like(like.loss_mask), torch.full_like(like.sampler_logp, math.nan))
+                     torch.zeros_like(like.loss_mask), torch.full_like(like.sampler_logp, math.nan), like.prefix)
     ids = torch.full((1, 2), pad_id, dtype=torch.long)
     return Batch(ids, torch.ones_like(ids), torch.tensor([[0, 1]]), ids[:, -1:], torch.zeros((1, 1)),
                  torch.full((1, 1), math.nan))
@@ -357,17 +477,22 @@ def update(model: torch.nn.Module, optimizer: Any, backward: Callable[[torch.Ten
     n_tokens = sum(float(s.batch.loss_mask.sum()) for s in scored) if total_tokens is None else total_tokens
     if not scored or n_tokens == 0:  # the same on every process: total_tokens is global
         return stats
+    if processes > 1 and any(s.batch.prefix is not None for s in scored):
+        raise ValueError("micro-batches with a shared prefix need one process: DDP reduces the gradients in the "
+                         "last micro-batch's backward, before the prefix pass has sent its own")
     for _ in range(ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
+        prefix = _PrefixPass()
         for j, s in enumerate(scored):
             last = j == len(scored) - 1
             with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
                 device_type = s.batch.input_ids.device.type
+                kv = prefix.kv_for(model, s.batch, bf16)
                 with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                     if s.old_logp is None:
-                        logp, untempered = token_logprobs_and_untempered(model, s.batch, temperature)
+                        logp, untempered = token_logprobs_and_untempered(model, s.batch, temperature, kv)
                     else:
-                        logp = token_logprobs(model, s.batch, temperature)
+                        logp = token_logprobs(model, s.batch, temperature, kv)
                 if s.old_logp is None:
                     s.old_logp = logp.detach()
                     s.is_weight, st_is = truncated_is_weights(untempered, s.batch.sampler_logp, s.batch.loss_mask,
@@ -382,6 +507,7 @@ def update(model: torch.nn.Module, optimizer: Any, backward: Callable[[torch.Ten
             stats.loss += float(loss.detach())
             stats.tokens += st.tokens
             stats.clipped += st.clipped
+        prefix.flush()
         norm = float(clip_grad(max_grad_norm))
         if not math.isfinite(norm):  # the same on every process: the gradients are all-reduced
             raise NonFiniteUpdate(f"the update's gradient norm is {norm} (loss {stats.loss:.4g} over "

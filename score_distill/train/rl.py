@@ -117,6 +117,10 @@ class RLOptions:
     group_size: int = option(4, "rollouts per item; their rewards are compared with each other (docs/method.md)")
     ppo_epochs: int = option(1, "optimisation passes over each step's rollouts")
     micro_batch_size: int = option(4, "sequences per forward pass")
+    share_prefix: bool = option(True, "the tokens an item's samples share (prompt and verified prefix) go through "
+                                      "the model once per update pass, their micro-batches on top of them: the same "
+                                      "log-probs and gradient for less compute (grpo.py). One process only, and not "
+                                      "with activation_checkpointing, which keeps no keys/values to share")
     activation_checkpointing: bool = option(False, "recompute each layer's activations in the backward pass: "
                                                    "memory for one layer instead of all, for more compute")
     lr: float = option(2e-5, "AdamW learning rate, constant (docs/method.md: the paper's, for a 7B student)")
@@ -292,6 +296,9 @@ def train_rl(model_dir: str | Path, items: list[KeyStepItem], tasks_by_id: dict[
         files.trim(start)
         log.info("RL: %d items in the pool (%d with an intervention), %d steps, from %s", len(pool),
                  sum(i.chosen is not None for i in pool), total, start_dir)
+        if opts.share_prefix and (opts.activation_checkpointing or accelerator.num_processes > 1):
+            log.info("RL: each sequence is scored whole (share_prefix needs one process and no activation "
+                     "checkpointing)")
     trainer = _Trainer(sampler, model, reference, optimizer, accelerator, pool, tasks_by_id, tools, judge, opts)
     bar = tqdm(total=total, initial=start, desc="rl", unit="step", disable=not accelerator.is_main_process)
     for step in range(start, total):
@@ -354,9 +361,15 @@ class _Trainer:
         self.sampler.pause_sampling()
         seqs = render_samples(self.sampler.tokenizer, samples, opts.max_length)
         trained = [i for i, r in enumerate(seqs) if 1 in r.mask and (samples[i].advantage != 0 or opts.kl_coef)]
+        groups = None
+        if opts.share_prefix and not opts.activation_checkpointing and acc.num_processes == 1:  # by item
+            by_item: dict[int, list[int]] = {}
+            for pos, i in enumerate(trained):
+                by_item.setdefault(i // opts.group_size, []).append(pos)
+            groups = list(by_item.values())
         mbs = micro_batches([(seqs[i].ids, seqs[i].mask) for i in trained], [samples[i].advantage for i in trained],
                             opts.micro_batch_size, self.pad_id,
-                            [seqs[i].sampler_logprobs for i in trained]) if trained else []
+                            [seqs[i].sampler_logprobs for i in trained], groups) if trained else []
         tokens = sum(float(b.loss_mask.sum()) for b, _ in mbs)
         if acc.num_processes > 1:  # the same number of passes everywhere, the loss over every process's tokens
             counts = acc.gather(torch.tensor([len(mbs)], device=acc.device)).tolist()
