@@ -7,6 +7,11 @@ the model only has to project the last `keep` positions onto the vocabulary
 (`logits_to_keep`): a short-horizon rollout has a long prompt + prefix and a short generated
 part, and the (B, T, V) logits of the prefix would be most of the memory.
 
+The samples of one item share that prompt + prefix token for token. `micro_batches` with
+`groups` takes it out of their rows (`Batch.prefix`), and `update` runs it once per group
+and each micro-batch on top of its keys and values (`_PrefixPass`): the same log-probs and
+gradient as scoring every row whole, with the shared tokens computed once instead of G times.
+
     batch = pad_left([ids_a, ids_b], [mask_a, mask_b], pad_id=0)
     logp = token_logprobs(model, batch)          # (B, keep) log-probs of batch.targets
     loss, stats = clipped_loss(logp, old_logp, advantages, batch.loss_mask, clip_eps=0.2)
@@ -42,7 +47,7 @@ class Batch:
     targets: torch.Tensor
     loss_mask: torch.Tensor
     sampler_logp: torch.Tensor
-    prefix: torch.Tensor | None = None  # (1, P) ids every row continues; the rows above are what follows it
+    prefix: torch.Tensor | None = None  # (1, P) ids every row starts with; the tensors above then hold the rest
 
     @property
     def keep(self) -> int:
