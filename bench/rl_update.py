@@ -44,11 +44,13 @@ def flops(cfg, layers: int, head: int, batches, checkpointing: bool) -> tuple[fl
     """Work of one pass over `batches` (grpo.Batch), as the module docstring counts it, and the
     tokens that go through the model (padding included); a prefix that consecutive batches
     share runs once (`grpo.update`), so it counts once."""
+    from score_distill.train.grpo import same_prefix
+
     width = cfg.num_attention_heads * cfg.head_dim
     mult = 8 if checkpointing else 6
     total, through, last = 0.0, 0, None
     for b in batches:
-        new = b.prefix is not None and (last is None or not (last.shape == b.prefix.shape and bool((last == b.prefix).all())))
+        new = b.prefix is not None and not same_prefix(last, b.prefix)
         prefix = 0 if b.prefix is None else b.prefix.shape[1]
         rows = b.attention_mask.sum(-1).tolist()
         tokens = (prefix if new else 0) + sum(rows)
@@ -116,7 +118,7 @@ def main() -> None:
     from score_distill.teachers.load import load_teacher
     from score_distill.tools.config import ToolConfig
     from score_distill.train.rewards import KeyStepJudge
-    from score_distill.train.rl import RLOptions, collect, render_samples
+    from score_distill.train.rl import RLOptions, collect, item_groups, render_samples
     from score_distill.train.rl_items import items_for_step, select_pool
     from score_distill.train.rl_models import build_sampler
     from score_distill.types import KeyStepItem, Task, read_jsonl
@@ -137,16 +139,13 @@ def main() -> None:
     pad_id = sampler.tokenizer.pad_token_id if sampler.tokenizer.pad_token_id is not None else sampler.tokenizer.eos_token_id
     del sampler
     trained = [i for i, r in enumerate(seqs) if 1 in r.mask]
-    groups: dict[int, list[int]] = {}
-    for pos, i in enumerate(trained):
-        groups.setdefault(i // args.group, []).append(pos)
     # A nonzero advantage for every sequence, so each pass has a gradient to carry.
     advantages = [samples[i].advantage or (0.5 if k % 2 else -0.5) for k, i in enumerate(trained)]
     pairs = [(seqs[i].ids, seqs[i].mask) for i in trained]
     logps = [seqs[i].sampler_logprobs for i in trained]
     lengths = [len(p[0]) for p in pairs]
     generated = sum(sum(p[1]) for p in pairs)
-    by_item = list(groups.values())
+    by_item = item_groups(trained, args.group)  # as the trainer groups them
     arms = {
         "1 a pass, checkpointing (the presets until now)": (1, True, None),
         "1 a pass": (1, False, None),

@@ -191,6 +191,12 @@ def _logits(model: torch.nn.Module, batch: Batch, kv: PrefixKV | None = None) ->
     return out.logits[:, :-1]
 
 
+def same_prefix(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Whether two micro-batches' prefixes are one (both given and equal): consecutive
+    micro-batches of one group share its prefix pass."""
+    return a is not None and b is not None and a.shape == b.shape and torch.equal(a, b)
+
+
 class _PrefixPass:
     """The one pass over a shared prefix that consecutive micro-batches with the same
     `Batch.prefix` run on. Its keys and values keep their graph; the micro-batches attend to
@@ -207,9 +213,7 @@ class _PrefixPass:
     def kv_for(self, model: torch.nn.Module, batch: Batch, bf16: bool) -> PrefixKV | None:
         if batch.prefix is None:
             return None
-        same = (self.prefix is not None and self.prefix.shape == batch.prefix.shape
-                and torch.equal(self.prefix, batch.prefix))
-        if not same:
+        if not same_prefix(self.prefix, batch.prefix):
             self.flush()
             with torch.autocast(batch.prefix.device.type, dtype=torch.bfloat16, enabled=bf16):
                 self.kv = prefix_kv(model, batch.prefix)

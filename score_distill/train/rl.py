@@ -218,6 +218,19 @@ def collect(engine: Any, items: list[KeyStepItem], tasks_by_id: dict[str, Task],
     return samples
 
 
+def item_groups(trained: list[int], group_size: int) -> list[list[int]]:
+    """Positions in `trained` (sample indices of a step, consecutive `group_size` per item)
+    grouped by the item they belong to: the groups `grpo.micro_batches` shares prefixes in.
+
+    >>> item_groups([0, 2, 3, 4, 7], 4)
+    [[0, 1, 2], [3, 4]]
+    """
+    by_item: dict[int, list[int]] = {}
+    for pos, i in enumerate(trained):
+        by_item.setdefault(i // group_size, []).append(pos)
+    return list(by_item.values())
+
+
 def render_samples(tokenizer: Any, samples: list[Sample], max_length: int) -> list[SampledRender]:
     """Each sample as the trainer scores it (its sampled ids, `render_sampled`), with the loss
     on the steps generated in this rollout only, cut to `max_length` tokens."""
@@ -362,11 +375,8 @@ class _Trainer:
         seqs = render_samples(self.sampler.tokenizer, samples, opts.max_length)
         trained = [i for i, r in enumerate(seqs) if 1 in r.mask and (samples[i].advantage != 0 or opts.kl_coef)]
         groups = None
-        if opts.share_prefix and not opts.activation_checkpointing and acc.num_processes == 1:  # by item
-            by_item: dict[int, list[int]] = {}
-            for pos, i in enumerate(trained):
-                by_item.setdefault(i // opts.group_size, []).append(pos)
-            groups = list(by_item.values())
+        if opts.share_prefix and not opts.activation_checkpointing and acc.num_processes == 1:
+            groups = item_groups(trained, opts.group_size)
         mbs = micro_batches([(seqs[i].ids, seqs[i].mask) for i in trained], [samples[i].advantage for i in trained],
                             opts.micro_batch_size, self.pad_id,
                             [seqs[i].sampler_logprobs for i in trained], groups) if trained else []
