@@ -41,10 +41,10 @@ from pathlib import Path
 
 
 def flops(cfg, layers: int, head: int, batches, checkpointing: bool) -> tuple[float, int]:  # noqa: ANN001
-    """Work of one pass over `batches` (grpo.Batch), as the module docstring counts it, and the
+    """Work of one pass over `batches` (batches.Batch), as the module docstring counts it, and the
     tokens that go through the model (padding included); a prefix that consecutive batches
     share runs once (`grpo.update`), so it counts once."""
-    from score_distill.train.grpo import same_prefix
+    from score_distill.train.batches import same_prefix
 
     width = cfg.num_attention_heads * cfg.head_dim
     mult = 8 if checkpointing else 6
@@ -75,7 +75,8 @@ def one_update(start: str, opts, pairs, advantages, logps, pad_id: int, size: in
     import torch
     from transformers import AutoModelForCausalLM
 
-    from score_distill.train.grpo import Scored, micro_batches, update
+    from score_distill.train.batches import micro_batches
+    from score_distill.train.grpo import Scored, update
     from score_distill.train.rl_models import build_optimizer
 
     model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)

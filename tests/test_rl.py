@@ -18,7 +18,9 @@ from score_distill.teachers.base import TeacherUsage
 from score_distill.tools.config import ToolConfig
 from score_distill.tools.sandbox import SandboxConfig
 from score_distill.train import rl
-from score_distill.train.grpo import clipped_loss, pad_left, token_logprobs
+from score_distill.train.batches import pad_left
+from score_distill.train.grpo import clipped_loss
+from score_distill.train.logprobs import token_logprobs
 from score_distill.train.rewards import KeyStepJudge, reward_summary
 from score_distill.train.rl import RLOptions, collect, render_samples, rl_rollout_config, train_rl
 from score_distill.train.rl_items import items_for_step, outcome_items, select_pool
@@ -199,8 +201,9 @@ def test_a_shared_prefix_scored_once_gives_each_rows_log_probs_and_gradient(tiny
     """A group's samples continue one prompt: scoring the prompt once and the rows on top of
     its keys and values must give the log-probs and the gradient of scoring each row alone,
     prompt included (the prompt's weights get every row's share of the gradient)."""
-    from score_distill.train import grpo
-    from score_distill.train.grpo import Scored, micro_batches, update
+    from score_distill.train import logprobs
+    from score_distill.train.batches import micro_batches
+    from score_distill.train.grpo import Scored, update
 
     model = tiny_policy(tiny_dir)
     prompt = tokenizer("Question: what is the secret plus one? Plan: recall it. " * 3,
@@ -249,8 +252,8 @@ def test_a_shared_prefix_scored_once_gives_each_rows_log_probs_and_gradient(tiny
             pass
 
     prefix_passes = []
-    real = grpo.prefix_kv
-    monkeypatch.setattr(grpo, "prefix_kv", lambda *a: prefix_passes.append(1) or real(*a))
+    real = logprobs.prefix_kv
+    monkeypatch.setattr(logprobs, "prefix_kv", lambda *a: prefix_passes.append(1) or real(*a))
     for layout in (alone, micro_batches(seqs, advantages, 1, 0, logps, groups=[[0, 1, 2, 3]])):
         update(model, Still(), lambda loss: loss.backward(), lambda n: torch.tensor(0.0),
                [Scored(b, a) for b, a in layout], clip_eps=0.2, kl_coef=0.0, ppo_epochs=1, max_grad_norm=1.0,
@@ -295,7 +298,8 @@ def test_update_takes_the_old_log_probs_and_kl_from_its_first_pass(tiny_dir, tok
     before any weight moved); the KL that `update` logs equals the k3 KL of a separate
     measurement, and a second pass compares against the pre-update log-probs (so its ratio
     moves away from 1)."""
-    from score_distill.train.grpo import kl_k3, micro_batches, reference_logprobs, update
+    from score_distill.train.batches import micro_batches
+    from score_distill.train.grpo import kl_k3, reference_logprobs, update
 
     policy, ref = tiny_policy(tiny_dir), tiny_policy(tiny_dir)
     with torch.no_grad():
@@ -327,7 +331,8 @@ def test_a_non_finite_gradient_stops_the_update_before_any_weight_moves(tiny_dir
     """A NaN loss once went through the optimiser and made every weight NaN (later rewards
     all 0, training silently dead). `update` now raises before stepping."""
     from score_distill.train.diverged import NonFiniteUpdate
-    from score_distill.train.grpo import micro_batches, reference_logprobs, update
+    from score_distill.train.batches import micro_batches
+    from score_distill.train.grpo import reference_logprobs, update
 
     policy = tiny_policy(tiny_dir)
     ids = tokenizer("print(secret) final_answer(42)", add_special_tokens=False)["input_ids"]
@@ -559,7 +564,7 @@ def test_activation_checkpointing_and_shared_prefixes_change_no_number(tmp_path,
     # Compute options only: the same steps with each give the same log and weights as the plain
     # passes; with checkpointing the layers really run under torch's checkpoint, and with shared
     # prefixes the update really scores a prefix once per micro-batch.
-    from score_distill.train import grpo
+    from score_distill.train import batches
 
     import transformers.modeling_utils as modeling_utils
     from transformers import AutoModelForCausalLM
@@ -573,8 +578,8 @@ def test_activation_checkpointing_and_shared_prefixes_change_no_number(tmp_path,
 
     monkeypatch.setattr(modeling_utils, "checkpoint", counting)
     prefixes = []
-    real_pad = grpo.pad_left_shared
-    monkeypatch.setattr(grpo, "pad_left_shared",
+    real_pad = batches.pad_left_shared
+    monkeypatch.setattr(batches, "pad_left_shared",
                         lambda *a, **kw: (lambda b: prefixes.append(b.prefix) or b)(real_pad(*a, **kw)))
     build_word_model(tmp_path / "model")
     tasks, items = word_items(2)
@@ -613,9 +618,9 @@ def test_activation_checkpointing_and_shared_prefixes_change_no_number(tmp_path,
 def test_chunked_target_logprobs_equal_the_plain_ones_with_their_gradients(dtype, temperature, monkeypatch):
     # token_logprobs computes the softmax a few positions at a time (memory); values and
     # gradients must be those of the plain float32 log_softmax + gather.
-    from score_distill.train import grpo
+    from score_distill.train import logprobs
 
-    monkeypatch.setattr(grpo, "LOGPROB_CHUNK", 3)
+    monkeypatch.setattr(logprobs, "LOGPROB_CHUNK", 3)
     torch.manual_seed(0)
     base = torch.randn(2, 7, 11).to(dtype)
     targets = torch.randint(0, 11, (2, 7))
@@ -624,7 +629,7 @@ def test_chunked_target_logprobs_equal_the_plain_ones_with_their_gradients(dtype
     for chunked in (False, True):
         logits = base.clone().requires_grad_(True)
         if chunked:
-            logp = grpo._TargetLogprobs.apply(logits, targets, temperature)
+            logp = logprobs._TargetLogprobs.apply(logits, targets, temperature)
         else:
             logp = torch.log_softmax(logits.float() / temperature, -1).gather(-1, targets[..., None]).squeeze(-1)
         (logp * weights).sum().backward()

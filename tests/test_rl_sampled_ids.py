@@ -17,7 +17,9 @@ import torch
 from score_distill.config import UsageError
 from score_distill.models.stops import stop_cut
 from score_distill.train import rl_models
-from score_distill.train.grpo import Scored, clipped_loss, pad_left, token_logprobs, truncated_is_weights, update
+from score_distill.train.batches import pad_left
+from score_distill.train.grpo import Scored, clipped_loss, truncated_is_weights, update
+from score_distill.train.logprobs import token_logprobs
 from score_distill.train.rl import RLOptions, train_rl
 from tests.test_rl import TOOLS, CodeTeacher, build_word_model, options, word_items
 from tests.test_vllm_engine import FakeSamplingParams

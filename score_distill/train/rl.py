@@ -61,7 +61,7 @@ Design notes:
   of the step's items (items i, i + P, ...), with the sample indices, so the seeds, they
   have in a one-process run; the token count is summed over the processes and normalises
   every process's loss; every process runs as many micro-batches as the busiest one
-  (`grpo.idle_batch` weighs nothing), with the gradient all-reduce at the last one only
+  (`batches.idle_batch` weighs nothing), with the gradient all-reduce at the last one only
   (`no_sync`); only the main process writes the log, samples and checkpoints. The result is
   the update one process makes from the same global batch, up to float rounding (a test).
 """
@@ -119,7 +119,7 @@ class RLOptions:
     micro_batch_size: int = option(4, "sequences per forward pass")
     share_prefix: bool = option(True, "the tokens an item's samples share (prompt and verified prefix) go through "
                                       "the model once per update pass, their micro-batches on top of them: the same "
-                                      "log-probs and gradient for less compute (grpo.py). One process only, and not "
+                                      "log-probs and gradient for less compute (logprobs.py). One process only, and not "
                                       "with activation_checkpointing, which keeps no keys/values to share")
     activation_checkpointing: bool = option(False, "recompute each layer's activations in the backward pass: "
                                                    "memory for one layer instead of all, for more compute")
@@ -220,7 +220,7 @@ def collect(engine: Any, items: list[KeyStepItem], tasks_by_id: dict[str, Task],
 
 def item_groups(trained: list[int], group_size: int) -> list[list[int]]:
     """Positions in `trained` (sample indices of a step, consecutive `group_size` per item)
-    grouped by the item they belong to: the groups `grpo.micro_batches` shares prefixes in.
+    grouped by the item they belong to: the groups `batches.micro_batches` shares prefixes in.
 
     >>> item_groups([0, 2, 3, 4, 7], 4)
     [[0, 1, 2], [3, 4]]
@@ -362,7 +362,8 @@ class _Trainer:
         over processes)."""
         import torch
 
-        from score_distill.train.grpo import Scored, idle_batch, micro_batches, reference_logprobs, update
+        from score_distill.train.batches import idle_batch, micro_batches
+        from score_distill.train.grpo import Scored, reference_logprobs, update
 
         opts, acc = self.opts, self.acc
         t0 = time.perf_counter()
