@@ -23,7 +23,15 @@ and causal attention (6 x layers x width x length^2 per sequence; with a shared 
 prefix once and each row's rest against prefix + rest). Checkpointing recomputes the forward:
 8 instead of 6. The fraction is of the bf16 (or fp32) matmul peak measured in the same run.
 Each arm's update runs in a fresh process (spawned), which loads the student and builds its
-optimiser. Memory: that process's resident high-water mark minus its resident size just
+optimiser.
+
+`--profile` runs the presets' arm once more under the torch profiler and adds where its time
+goes: every op's own time (not its children's), summed by kind: the float32 log-softmax at the
+targets and its backward (every op inside that function), the LM head and the embedding (any
+other op on a vocabulary-sized tensor: the head's matmuls, its weight's cast, the embedding's
+gradient), the layers' matmuls, attention, casts and copies, the optimiser, everything else;
+and what is left of the wall time outside any op (Python, autograd bookkeeping). The profiler's own cost
+makes that run slower than the timed ones. Memory: that process's resident high-water mark minus its resident size just
 before the update (model, optimiser and inputs in memory): what the update adds, the larger of
 the repeats. That includes the
 gradients and AdamW's two moments, which its first step creates: 1.5 GiB in all for a 135M
@@ -100,15 +108,77 @@ def one_update(start: str, opts, pairs, advantages, logps, pad_id: int, size: in
             "threads": torch.get_num_threads()}
 
 
+KINDS = (  # (kind, op-name fragments); the first match counts
+    ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
+    ("matmul, layers", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+    ("optimiser (AdamW, gradient clip)", ("_foreach", "aten::_fused_adamw", "clip_grad")),
+    ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::to", "aten::clone", "aten::cat", "aten::contiguous",
+                          "aten::expand", "aten::index", "aten::slice")),
+)
+LOGPROBS = "float32 log-softmax at the targets, forward and backward"
+VOCAB = "LM head and embedding (every op on a vocabulary-sized tensor)"
+
+
+def profile_update(start: str, opts, pairs, advantages, logps, pad_id: int, groups, vocab: int) -> dict:  # noqa: ANN001
+    """One update of the presets' arm under the torch profiler: seconds per kind of op (own
+    time only, so nothing counts twice) and the wall time; run in a fresh process. Every op
+    run inside the log-prob function (`logprobs._TargetLogprobs`, marked here) counts as
+    LOGPROBS; any other op with the vocabulary in its shapes as VOCAB; the rest by name."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+    from transformers import AutoModelForCausalLM
+
+    from score_distill.train import logprobs
+    from score_distill.train.batches import micro_batches
+    from score_distill.train.grpo import Scored, update
+    from score_distill.train.rl_models import build_optimizer
+
+    def marked(fn):  # noqa: ANN001, ANN202
+        def run(*args):  # noqa: ANN002, ANN202
+            with record_function(LOGPROBS):
+                return fn(*args)
+        return staticmethod(run)
+
+    fn = logprobs._TargetLogprobs
+    fn.forward, fn.backward = marked(fn.forward), marked(fn.backward)
+    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32).train()
+    optimizer = build_optimizer(model, opts)
+    scored = [Scored(b, a) for b, a in micro_batches(pairs, advantages, 1, pad_id, logps, groups)]
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        t0 = time.perf_counter()
+        update(model, optimizer, lambda loss: loss.backward(),
+               lambda n: torch.nn.utils.clip_grad_norm_(model.parameters(), n), scored,
+               clip_eps=opts.clip_eps, kl_coef=0.0, ppo_epochs=1, max_grad_norm=opts.max_grad_norm,
+               temperature=opts.rollout.temperature, bf16=opts.bf16, is_cap=opts.is_cap)
+        wall = time.perf_counter() - t0
+    kinds: dict[str, float] = {}
+    top: dict[str, float] = {}
+    for e in prof.events():
+        own = e.self_cpu_time_total / 1e6
+        parent, inside = e, False
+        while parent is not None and not inside:
+            inside, parent = parent.name == LOGPROBS, parent.cpu_parent
+        if inside:
+            kind = LOGPROBS
+        elif any(vocab in (shape or []) for shape in e.input_shapes or []):
+            kind = VOCAB
+        else:
+            kind = next((k for k, frags in KINDS if any(f in e.name for f in frags)), "everything else")
+        kinds[kind] = kinds.get(kind, 0.0) + own
+        top[e.name] = top.get(e.name, 0.0) + own
+    return {"wall": wall, "kinds": kinds, "top": sorted(top.items(), key=lambda kv: -kv[1])[:20]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="a finished run directory (study seed or demo)")
     ap.add_argument("--items", type=int, default=8)
     ap.add_argument("--step", type=int, default=0, help="the items of this RL step of the run (0: its first)")
     ap.add_argument("--group", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each arm (0: none, with --profile)")
     ap.add_argument("--fp32", action="store_true", help="score in fp32 (the arms' losses and gradient norms then "
                                                         "agree to float rounding; in bf16 each pass rounds its own way)")
+    ap.add_argument("--profile", action="store_true", help="also profile the presets' arm once (where its time goes)")
     args = ap.parse_args()
 
     import torch
@@ -163,24 +233,44 @@ def main() -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    results: dict[str, list[dict]] = {a: [] for a in arms}
-    for _ in range(args.repeats):
-        for arm, (size, checkpointing, arm_groups) in arms.items():
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                r = pool.submit(one_update, str(start), opts, pairs, advantages, logps, pad_id, size, checkpointing,
-                                arm_groups).result()
-            results[arm].append(r)
-            print(f"# {arm}: {r['s']:.1f} s, loss {r['loss']:.4f}, grad norm {r['grad_norm']:.4f}, "
-                  f"{r['memory']:.2f} GiB, torch threads {r['threads']}", flush=True)
-    base = statistics.median(r["s"] for r in results[next(iter(arms))])
-    print("| arm | passes | tokens through the model (padding included) | s | achieved GFLOP/s | fraction of peak "
-          "| speed-up over the presets' until now | resident memory the update adds, GiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for arm, runs in results.items():
-        t = statistics.median(r["s"] for r in runs)
-        r = runs[0]
-        print(f"| {arm} | {r['passes']} | {r['through']} | {t:.1f} | {r['work'] / t / 1e9:.0f} | "
-              f"{r['work'] / t / 1e9 / peak:.2f} | {base / t:.2f} | {max(x['memory'] for x in runs):.2f} |")
+    if args.repeats:  # 0: the profile alone
+        results: dict[str, list[dict]] = {a: [] for a in arms}
+        for _ in range(args.repeats):
+            for arm, (size, checkpointing, arm_groups) in arms.items():
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    r = pool.submit(one_update, str(start), opts, pairs, advantages, logps, pad_id, size, checkpointing,
+                                    arm_groups).result()
+                results[arm].append(r)
+                print(f"# {arm}: {r['s']:.1f} s, loss {r['loss']:.4f}, grad norm {r['grad_norm']:.4f}, "
+                      f"{r['memory']:.2f} GiB, torch threads {r['threads']}", flush=True)
+        base = statistics.median(r["s"] for r in results[next(iter(arms))])
+        print("| arm | passes | tokens through the model (padding included) | s | achieved GFLOP/s | fraction of peak "
+              "| speed-up over the presets' until now | resident memory the update adds, GiB |")
+        print("|---|---|---|---|---|---|---|---|")
+        for arm, runs in results.items():
+            t = statistics.median(r["s"] for r in runs)
+            r = runs[0]
+            print(f"| {arm} | {r['passes']} | {r['through']} | {t:.1f} | {r['work'] / t / 1e9:.0f} | "
+                  f"{r['work'] / t / 1e9 / peak:.2f} | {base / t:.2f} | {max(x['memory'] for x in runs):.2f} |")
+    if args.profile:
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(start).vocab_size
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            p = pool.submit(profile_update, str(start), opts, pairs, advantages, logps, pad_id, by_item, vocab).result()
+        inside = sum(p["kinds"].values())
+        print(f"\n# where the presets' arm spends its time: one more update under the profiler, {p['wall']:.1f} s "
+              "(the profiler's own cost included); each op's own time, by kind")
+        print("| kind | s | share of the wall time |")
+        print("|---|---|---|")
+        for kind, sec in sorted(p["kinds"].items(), key=lambda kv: -kv[1]):
+            print(f"| {kind} | {sec:.1f} | {sec / p['wall']:.2f} |")
+        print(f"| outside any op (Python, autograd) | {p['wall'] - inside:.1f} | {(p['wall'] - inside) / p['wall']:.2f} |")
+        print("\n# the ops with the most own time")
+        print("| op | s |")
+        print("|---|---|")
+        for name, sec in p["top"]:
+            print(f"| {name} | {sec:.1f} |")
 
 
 if __name__ == "__main__":
