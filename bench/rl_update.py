@@ -23,19 +23,19 @@ and causal attention (6 x layers x width x length^2 per sequence; with a shared 
 prefix once and each row's rest against prefix + rest). Checkpointing recomputes the forward:
 8 instead of 6. The fraction is of the bf16 (or fp32) matmul peak measured in the same run.
 Each arm's update runs in a fresh process (spawned), which loads the student and builds its
-optimiser.
+optimiser. Memory: that process's resident high-water mark minus its resident size just
+before the update (model, optimiser and inputs in memory): what the update adds, the larger of
+the repeats. That includes the
+gradients and AdamW's two moments, which its first step creates: 1.5 GiB in all for a 135M
+student in fp32, the same in every arm; the rest is the passes' activations.
 
 `--profile` runs the presets' arm once more under the torch profiler and adds where its time
 goes: every op's own time (not its children's), summed by kind: the float32 log-softmax at the
 targets and its backward (every op inside that function), the LM head and the embedding (any
 other op on a vocabulary-sized tensor: the head's matmuls, its weight's cast, the embedding's
 gradient), the layers' matmuls, attention, casts and copies, the optimiser, everything else;
-and what is left of the wall time outside any op (Python, autograd bookkeeping). The profiler's own cost
-makes that run slower than the timed ones. Memory: that process's resident high-water mark minus its resident size just
-before the update (model, optimiser and inputs in memory): what the update adds, the larger of
-the repeats. That includes the
-gradients and AdamW's two moments, which its first step creates: 1.5 GiB in all for a 135M
-student in fp32, the same in every arm; the rest is the passes' activations.
+and what is left of the wall time outside any op (Python, autograd bookkeeping). The
+profiler's own cost makes that run slower than the timed ones.
 """
 
 from __future__ import annotations
