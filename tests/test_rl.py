@@ -22,7 +22,8 @@ from score_distill.train.batches import pad_left
 from score_distill.train.grpo import clipped_loss
 from score_distill.train.logprobs import token_logprobs
 from score_distill.train.rewards import KeyStepJudge, reward_summary
-from score_distill.train.rl import RLOptions, collect, render_samples, rl_rollout_config, train_rl
+from score_distill.train.rl import RLOptions, rl_rollout_config, train_rl
+from score_distill.train.rl_rollouts import Sample, collect, render_samples
 from score_distill.train.rl_items import items_for_step, outcome_items, select_pool
 from score_distill.types import KeyStepItem, Step, Task, Trajectory, read_jsonl, write_jsonl
 
@@ -275,7 +276,7 @@ def test_loss_is_the_policy_gradient_on_generated_tokens_only(tiny_dir, tokenize
     steps = item.prefix + [Step(kind="action", thought="s", code="print(secret)", observation="41"),
                            Step(kind="action", thought="f", code="final_answer(42)", observation="")]
     traj = Trajectory(task_id="s0", steps=steps, final_answer="42", finished=True)
-    sample = rl.Sample(item, task.question, traj, 2, None, 0.7)  # type: ignore[arg-type]
+    sample = Sample(item, task.question, traj, 2, None, 0.7)  # type: ignore[arg-type]
     [rendered] = render_samples(tokenizer, [sample], 4096)  # no sampled ids: the re-tokenised text
     ids, mask = rendered.ids, rendered.mask
     batch = pad_left([ids], [mask], pad_id=0)
