@@ -26,6 +26,8 @@ from score_distill.devices import training_device
 from score_distill.precision import Bf16, resolve_bf16
 from score_distill.storage import atomic_dir, atomic_write_json
 from score_distill.train.render import render_trajectory
+from score_distill.train.sft_checkpoints import (checkpoint_step, checkpoint_timer, complete_checkpoints,
+                                                 resumable_checkpoint)
 from score_distill.types import Step
 
 log = logging.getLogger(__name__)
@@ -276,7 +278,7 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
         gradient_accumulation_steps=accumulation,
         lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=opts.logging_steps,
         # No rotation by the trainer: it would delete the last whole checkpoint before the new one
-        # is known to be whole (_complete_checkpoints does it after).
+        # is known to be whole (complete_checkpoints does it after).
         save_strategy="no" if opts.checkpoint_every_s > 0 else "epoch", save_total_limit=None,
         report_to=[], seed=opts.seed, data_seed=opts.seed,
         bf16=resolve_bf16(opts.bf16, "cpu" if use_cpu else "cuda"), use_cpu=use_cpu, dataloader_num_workers=0,
@@ -295,8 +297,8 @@ def train_sft(model_dir: str | Path, examples: list[tuple[str, list[Step]]], out
     trainer = _trainer_class(SFTTrainer, use_cpu, opts.batch_size, opts.seed)(model=model, args=args, train_dataset=dataset,
                                                   processing_class=tokenizer, peft_config=peft_config)
     if opts.checkpoint_every_s > 0:
-        trainer.add_callback(_checkpoint_timer(opts.checkpoint_every_s))
-    trainer.add_callback(_complete_checkpoints())
+        trainer.add_callback(checkpoint_timer(opts.checkpoint_every_s))
+    trainer.add_callback(complete_checkpoints())
     resume = resumable_checkpoint(out)
     start = checkpoint_step(resume) if resume is not None else 0
     began = time.monotonic()
@@ -359,87 +361,3 @@ def throughput_summary(lengths: list[int], batch_size: int, steps: int, seconds:
     tokens = steps * min(batch_size, len(lengths)) * mean
     return {"rows": len(lengths), "mean_tokens": round(mean, 1), "steps_this_call": steps,
             "seconds_this_call": round(seconds, 1), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0}
-
-
-COMPLETE = "complete.json"  # in a checkpoint directory: every process finished writing it
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name.split("-")[1])
-
-
-def resumable_checkpoint(out: Path) -> Path | None:
-    """The latest checkpoint in `out` that every process finished writing, or None.
-
-    The trainer writes a checkpoint file by file into its final directory (weights,
-    optimizer, scheduler, each process's RNG state, then the trainer state), so a run killed
-    in the middle leaves a directory that looks like a checkpoint and is not one: resumed
-    from, it loads some of the new state and restarts the step count at 0, and the model is
-    no longer the one an uninterrupted run makes. `_complete_checkpoints` marks a checkpoint
-    once all processes are done with it; one without the mark is ignored (and replaced when
-    the run gets there again).
-
-    >>> import tempfile
-    >>> out = Path(tempfile.mkdtemp())
-    >>> for name in ("checkpoint-2", "checkpoint-3", "checkpoint-10.tmp"):
-    ...     (out / name).mkdir()
-    >>> _ = (out / "checkpoint-2" / COMPLETE).write_text("{}")
-    >>> resumable_checkpoint(out).name  # checkpoint-3 was being written when the run stopped
-    'checkpoint-2'
-    """
-    found = [p for p in out.glob("checkpoint-*") if p.name.split("-")[1].isdigit() and (p / COMPLETE).is_file()]
-    return max(found, key=checkpoint_step) if found else None
-
-
-def _complete_checkpoints():  # noqa: ANN202 (a transformers TrainerCallback)
-    """A callback that marks the checkpoint just saved as whole once every process has
-    written its part (a barrier first), then deletes the older ones: at any moment the run
-    directory holds a whole checkpoint to resume from, or none yet."""
-    import torch
-    from transformers import TrainerCallback
-
-    class CompleteCheckpoints(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.barrier()
-            if state.is_world_process_zero:
-                out = Path(args.output_dir)
-                saved = out / f"checkpoint-{state.global_step}"
-                atomic_write_json(saved / COMPLETE, {"step": state.global_step})
-                for old in out.glob("checkpoint-*"):
-                    if old != saved and old.is_dir():
-                        (old / COMPLETE).unlink(missing_ok=True)  # first: a half-deleted one is never resumed
-                        shutil.rmtree(old, ignore_errors=True)
-            return control
-
-    return CompleteCheckpoints()
-
-
-def _checkpoint_timer(seconds: float):  # noqa: ANN202 (a transformers TrainerCallback)
-    """A callback that asks for a checkpoint at the first step end `seconds` after the last
-    one (or after the start); the final weights are saved separately, so none is written at
-    the last step. On several processes the main process's clock decides for all: saving is
-    collective (sharded weights and optimizer states), and clocks that disagreed would leave
-    some processes waiting in it forever."""
-    import torch
-    from transformers import TrainerCallback
-
-    class CheckpointTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.last = time.monotonic()
-
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-            due = state.global_step < state.max_steps and time.monotonic() - self.last >= seconds
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                flag = torch.tensor([float(due)], device=args.device)
-                torch.distributed.broadcast(flag, src=0)
-                due = bool(flag.item())
-            if due:
-                control.should_save = True
-            return control
-
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-            self.last = time.monotonic()
-            return control
-
-    return CheckpointTimer()
