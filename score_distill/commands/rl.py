@@ -32,9 +32,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from dataclasses import fields
 
-    from score_distill.commands.settings import RL_RESUME_FREE
+    from score_distill.commands.settings import RL_RESUME_FREE, data_file, is_main_process, read_data
     from score_distill.commands.settings import RLCommand as command
-    from score_distill.commands.sft import data_file, is_main_process, read_data
     from score_distill.config import UsageError, command_config, save_config
     from score_distill.models.load import model_directory
     from score_distill.rundir import check_run_dir

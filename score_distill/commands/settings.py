@@ -3,8 +3,8 @@ file), then the library's config of what they run, all as flat flags and YAML ke
 
 The library configs (`BCConfig`, `MentorConfig`, `RolloutConfig`) hold only what the library
 reads; what a command needs to build its inputs lives here, so the pipeline, which builds
-those inputs itself, never fills a field it does not use. Imported by the commands when they
-run.
+those inputs itself, never fills a field it does not use. Also how `sft` and `rl` find and
+read their exported data (`data_file`, `read_data`). Imported by the commands when they run.
 """
 
 from __future__ import annotations
@@ -139,3 +139,44 @@ class RLCommand(RLOptions):
 
 # What an rl rerun may change: speed, logging and checkpoint frequency.
 RL_RESUME_FREE = ("save_every", "samples_per_step", "judge_concurrency", "cpu_threads")
+
+
+# How the sft and rl commands find and read their data files, and which process writes.
+def data_file(spec: str, name: str) -> Path:
+    """The file `spec` names, or the one `name` file in the directory it names.
+
+    >>> data_file("nowhere", "sft_trajectories.jsonl")
+    Traceback (most recent call last):
+    ...
+    score_distill.config.UsageError: nowhere: no such file or directory
+    """
+    path = Path(spec)
+    if path.is_dir():
+        found = sorted(path.glob(name))
+        if len(found) != 1:
+            raise UsageError(f"{spec}: expected one {name} in this directory, found {len(found)}")
+        path = found[0]
+    if not path.is_file():
+        raise UsageError(f"{spec}: no such file or directory")
+    return path
+
+
+def read_data(path: Path, read):  # noqa: ANN001, ANN201
+    """`read(path)`, with a malformed file (not JSON, not our records) as a one-line usage
+    error naming the file and line."""
+    from score_distill.types import SchemaError
+
+    try:
+        return read(path)
+    except SchemaError as e:
+        raise UsageError(str(e)) from None
+    except KeyError as e:
+        raise UsageError(f"{path}: a record without {e} (expected the *_trajectories.jsonl that bc or mentor "
+                         "writes)") from None
+
+
+def is_main_process() -> bool:
+    """Whether this is the launcher's rank 0 (or no launcher at all)."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0) == 0

@@ -25,53 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_command_arguments(parser, SFTCommand)
 
 
-def data_file(spec: str, name: str) -> Path:
-    """The file `spec` names, or the one `name` file in the directory it names.
-
-    >>> data_file("nowhere", "sft_trajectories.jsonl")
-    Traceback (most recent call last):
-    ...
-    score_distill.config.UsageError: nowhere: no such file or directory
-    """
-    from score_distill.config import UsageError
-
-    path = Path(spec)
-    if path.is_dir():
-        found = sorted(path.glob(name))
-        if len(found) != 1:
-            raise UsageError(f"{spec}: expected one {name} in this directory, found {len(found)}")
-        path = found[0]
-    if not path.is_file():
-        raise UsageError(f"{spec}: no such file or directory")
-    return path
-
-
-def read_data(path: Path, read):  # noqa: ANN001, ANN201
-    """`read(path)`, with a malformed file (not JSON, not our records) as a one-line usage
-    error naming the file and line."""
-    from score_distill.config import UsageError
-    from score_distill.types import SchemaError
-
-    try:
-        return read(path)
-    except SchemaError as e:
-        raise UsageError(str(e)) from None
-    except KeyError as e:
-        raise UsageError(f"{path}: a record without {e} (expected the *_trajectories.jsonl that bc or mentor "
-                         "writes)") from None
-
-
-def is_main_process() -> bool:
-    """Whether this is the launcher's rank 0 (or no launcher at all)."""
-    import os
-
-    return int(os.environ.get("RANK", "0") or 0) == 0
-
-
 def run(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from score_distill.commands.settings import SFT_RESUME_FREE
+    from score_distill.commands.settings import SFT_RESUME_FREE, data_file, is_main_process, read_data
     from score_distill.commands.settings import SFTCommand as command
     from score_distill.config import UsageError, command_config, save_config
     from score_distill.exports import read_sft_examples
