@@ -120,6 +120,7 @@ def stub_stages(monkeypatch):
     table = tuple(dataclasses.replace(s, run=stub(s)) for s in pipeline.STAGES)
     monkeypatch.setattr(pipeline, "STAGES", table)
     monkeypatch.setattr(pipeline, "BY_NAME", {s.name: s for s in table})
+    monkeypatch.setattr(pipeline.table, "BY_NAME", {s.name: s for s in table})  # lineage reads it there
 
     def evaluate(state, stage, model):
         calls.append(f"eval_{stage}")

@@ -92,8 +92,8 @@ def _save_state(state: RunState) -> None:
 
 def run_pipeline(cfg: RunConfig, out_dir: str | Path, only: str | None = None, start: str | None = None) -> dict:
     """Enter the stages `plan` gives (each resuming from its own files), writing the report of
-    every stage evaluated so far after each evaluation and at the end; returns report.json's
-    content.
+    every stage evaluated so far after each evaluation and at the end (unless the last stage
+    entered was just evaluated: nothing has changed since); returns report.json's content.
 
     A stage done in an earlier invocation is skipped unless `only`/`start` names it (then it
     is entered again and finds its work on disk); a stage entered before the stages it reads
