@@ -25,9 +25,9 @@ prefix once and each row's rest against prefix + rest). Checkpointing recomputes
 Each arm's update runs in a fresh process (spawned), which loads the student and builds its
 optimiser. Memory: that process's resident high-water mark minus its resident size just
 before the update (model, optimiser and inputs in memory): what the update adds, the larger of
-the repeats. That includes the
-gradients and AdamW's two moments, which its first step creates: 1.5 GiB in all for a 135M
-student in fp32, the same in every arm; the rest is the passes' activations.
+the repeats. That includes the gradients and AdamW's two moments, which its first step
+creates: 1.5 GiB in all for a 135M student in fp32, the same in every arm; the rest is the
+passes' activations.
 
 `--profile` runs the presets' arm once more under the torch profiler and adds where its time
 goes: every op's own time (not its children's), summed by kind: the float32 log-softmax at the
@@ -76,38 +76,6 @@ def vm_kib(field: str) -> int:
     return 0
 
 
-def one_update(start: str, opts, pairs, advantages, logps, pad_id: int, size: int, checkpointing: bool,  # noqa: ANN001
-               groups) -> dict:  # noqa: ANN001
-    """Load the student, build its optimiser and time one `grpo.update` over the sequences;
-    run in a fresh process, so that its resident memory is this arm's alone."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from score_distill.train.batches import micro_batches
-    from score_distill.train.grpo import Scored, update
-    from score_distill.train.rl_models import build_optimizer
-
-    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
-    if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    optimizer = build_optimizer(model, opts)
-    mbs = micro_batches(pairs, advantages, size, pad_id, logps, groups)
-    scored = [Scored(b, a) for b, a in mbs]
-    layers = sum(p.numel() for p in model.get_decoder().layers.parameters())
-    work, through = flops(model.config, layers, model.get_output_embeddings().weight.numel(), [b for b, _ in mbs],
-                          checkpointing)
-    before = vm_kib("VmRSS")
-    t0 = time.perf_counter()
-    stats = update(model, optimizer, lambda loss: loss.backward(),
-                   lambda n: torch.nn.utils.clip_grad_norm_(model.parameters(), n), scored,
-                   clip_eps=opts.clip_eps, kl_coef=0.0, ppo_epochs=1, max_grad_norm=opts.max_grad_norm,
-                   temperature=opts.rollout.temperature, bf16=opts.bf16, is_cap=opts.is_cap)
-    return {"s": time.perf_counter() - t0, "loss": stats.loss, "grad_norm": stats.grad_norm, "work": work,
-            "through": through, "passes": len(mbs), "memory": (vm_kib("VmHWM") - before) / 2**20,
-            "threads": torch.get_num_threads()}
-
-
 KINDS = (  # (kind, op-name fragments); the first match counts
     ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
     ("matmul, layers", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
@@ -116,41 +84,14 @@ KINDS = (  # (kind, op-name fragments); the first match counts
                           "aten::expand", "aten::index", "aten::slice")),
 )
 LOGPROBS = "float32 log-softmax at the targets, forward and backward"
+PRESETS = "prefix shared, then 1 a pass (`rl.share_prefix`, the presets now)"
 VOCAB = "LM head and embedding (every op on a vocabulary-sized tensor)"
 
 
-def profile_update(start: str, opts, pairs, advantages, logps, pad_id: int, groups, vocab: int) -> dict:  # noqa: ANN001
-    """One update of the presets' arm under the torch profiler: seconds per kind of op (own
-    time only, so nothing counts twice) and the wall time; run in a fresh process. Every op
-    run inside the log-prob function (`logprobs._TargetLogprobs`, marked here) counts as
-    LOGPROBS; any other op with the vocabulary in its shapes as VOCAB; the rest by name."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
-    from transformers import AutoModelForCausalLM
-
-    from score_distill.train import logprobs
-    from score_distill.train.batches import micro_batches
-    from score_distill.train.grpo import Scored, update
-    from score_distill.train.rl_models import build_optimizer
-
-    def marked(fn):  # noqa: ANN001, ANN202
-        def run(*args):  # noqa: ANN002, ANN202
-            with record_function(LOGPROBS):
-                return fn(*args)
-        return staticmethod(run)
-
-    fn = logprobs._TargetLogprobs
-    fn.forward, fn.backward = marked(fn.forward), marked(fn.backward)
-    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32).train()
-    optimizer = build_optimizer(model, opts)
-    scored = [Scored(b, a) for b, a in micro_batches(pairs, advantages, 1, pad_id, logps, groups)]
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        t0 = time.perf_counter()
-        update(model, optimizer, lambda loss: loss.backward(),
-               lambda n: torch.nn.utils.clip_grad_norm_(model.parameters(), n), scored,
-               clip_eps=opts.clip_eps, kl_coef=0.0, ppo_epochs=1, max_grad_norm=opts.max_grad_norm,
-               temperature=opts.rollout.temperature, bf16=opts.bf16, is_cap=opts.is_cap)
-        wall = time.perf_counter() - t0
+def by_kind(prof, vocab: int) -> tuple[dict[str, float], list[tuple[str, float]]]:  # noqa: ANN001
+    """Each op's own time (so nothing counts twice), summed by kind: every op run inside the
+    log-prob function (marked LOGPROBS) as LOGPROBS, any other with the vocabulary in its
+    shapes as VOCAB, the rest by name; and the 20 ops with the most own time."""
     kinds: dict[str, float] = {}
     top: dict[str, float] = {}
     for e in prof.events():
@@ -166,7 +107,60 @@ def profile_update(start: str, opts, pairs, advantages, logps, pad_id: int, grou
             kind = next((k for k, frags in KINDS if any(f in e.name for f in frags)), "everything else")
         kinds[kind] = kinds.get(kind, 0.0) + own
         top[e.name] = top.get(e.name, 0.0) + own
-    return {"wall": wall, "kinds": kinds, "top": sorted(top.items(), key=lambda kv: -kv[1])[:20]}
+    return kinds, sorted(top.items(), key=lambda kv: -kv[1])[:20]
+
+
+def one_update(start: str, opts, pairs, advantages, logps, pad_id: int, size: int, checkpointing: bool,  # noqa: ANN001
+               groups, profile_vocab: int | None = None) -> dict:  # noqa: ANN001
+    """Load the student, build its optimiser and time one `grpo.update` over the sequences;
+    run in a fresh process, so that its resident memory is this arm's alone. With
+    `profile_vocab` (the vocabulary size) the update runs under the torch profiler, the
+    log-prob function (`logprobs._TargetLogprobs`) marked, and its time comes back by kind."""
+    import contextlib
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+    from transformers import AutoModelForCausalLM
+
+    from score_distill.train import logprobs
+    from score_distill.train.batches import micro_batches
+    from score_distill.train.grpo import Scored, update
+    from score_distill.train.rl_models import build_optimizer
+
+    if profile_vocab is not None:
+        def marked(fn):  # noqa: ANN001, ANN202
+            def run(*args):  # noqa: ANN002, ANN202
+                with record_function(LOGPROBS):
+                    return fn(*args)
+            return staticmethod(run)
+
+        fn = logprobs._TargetLogprobs  # marked for good: each call runs in a process of its own
+        fn.forward, fn.backward = marked(fn.forward), marked(fn.backward)
+    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    optimizer = build_optimizer(model, opts)
+    mbs = micro_batches(pairs, advantages, size, pad_id, logps, groups)
+    scored = [Scored(b, a) for b, a in mbs]
+    layers = sum(p.numel() for p in model.get_decoder().layers.parameters())
+    work, through = flops(model.config, layers, model.get_output_embeddings().weight.numel(), [b for b, _ in mbs],
+                          checkpointing)
+    before = vm_kib("VmRSS")
+    profiler = (profile(activities=[ProfilerActivity.CPU], record_shapes=True) if profile_vocab is not None
+                else contextlib.nullcontext())
+    with profiler as prof:
+        t0 = time.perf_counter()
+        stats = update(model, optimizer, lambda loss: loss.backward(),
+                       lambda n: torch.nn.utils.clip_grad_norm_(model.parameters(), n), scored,
+                       clip_eps=opts.clip_eps, kl_coef=0.0, ppo_epochs=1, max_grad_norm=opts.max_grad_norm,
+                       temperature=opts.rollout.temperature, bf16=opts.bf16, is_cap=opts.is_cap)
+        wall = time.perf_counter() - t0
+    out = {"s": wall, "loss": stats.loss, "grad_norm": stats.grad_norm, "work": work, "through": through,
+           "passes": len(mbs), "memory": (vm_kib("VmHWM") - before) / 2**20, "threads": torch.get_num_threads()}
+    if profile_vocab is not None:
+        out["kinds"], out["top"] = by_kind(prof, profile_vocab)
+    return out
 
 
 def main() -> None:
@@ -189,7 +183,8 @@ def main() -> None:
     from score_distill.teachers.load import load_teacher
     from score_distill.tools.config import ToolConfig
     from score_distill.train.rewards import KeyStepJudge
-    from score_distill.train.rl import RLOptions, collect, item_groups, render_samples
+    from score_distill.train.rl import RLOptions
+    from score_distill.train.rl_rollouts import collect, item_groups, render_samples
     from score_distill.train.rl_items import items_for_step, select_pool
     from score_distill.train.rl_models import build_sampler
     from score_distill.types import KeyStepItem, Task, read_jsonl
@@ -221,7 +216,7 @@ def main() -> None:
         "1 a pass, checkpointing (the presets until now)": (1, True, None),
         "1 a pass": (1, False, None),
         "4 a pass, padded": (4, False, None),
-        "prefix shared, then 1 a pass (`rl.share_prefix`, the presets now)": (1, False, by_item),
+        PRESETS: (1, False, by_item),
         "prefix shared, then an item's 4 a pass, padded": (args.group, False, by_item),
     }
     dtype = torch.bfloat16 if opts.bf16 else torch.float32
@@ -257,15 +252,17 @@ def main() -> None:
 
         vocab = AutoConfig.from_pretrained(start).vocab_size
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            p = pool.submit(profile_update, str(start), opts, pairs, advantages, logps, pad_id, by_item, vocab).result()
+            size, checkpointing, arm_groups = arms[PRESETS]
+            p = pool.submit(one_update, str(start), opts, pairs, advantages, logps, pad_id, size, checkpointing,
+                            arm_groups, vocab).result()
         inside = sum(p["kinds"].values())
-        print(f"\n# where the presets' arm spends its time: one more update under the profiler, {p['wall']:.1f} s "
+        print(f"\n# where the presets' arm spends its time: one more update under the profiler, {p['s']:.1f} s "
               "(the profiler's own cost included); each op's own time, by kind")
         print("| kind | s | share of the wall time |")
         print("|---|---|---|")
         for kind, sec in sorted(p["kinds"].items(), key=lambda kv: -kv[1]):
-            print(f"| {kind} | {sec:.1f} | {sec / p['wall']:.2f} |")
-        print(f"| outside any op (Python, autograd) | {p['wall'] - inside:.1f} | {(p['wall'] - inside) / p['wall']:.2f} |")
+            print(f"| {kind} | {sec:.1f} | {sec / p['s']:.2f} |")
+        print(f"| outside any op (Python, autograd) | {p['s'] - inside:.1f} | {(p['s'] - inside) / p['s']:.2f} |")
         print("\n# the ops with the most own time")
         print("| op | s |")
         print("|---|---|")
