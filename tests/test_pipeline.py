@@ -178,3 +178,39 @@ def test_the_stage_table_drives_resume_only_and_from(stub_stages, tmp_path: Path
 
 
 STAGES_EVALUATED = ["untrained", "bc", "score_sft", "score_rl", "bc_full"]
+
+
+def test_a_stage_killed_while_it_runs_keeps_its_time(tmp_path: Path) -> None:
+    """No `finally` runs under SIGKILL: the stage's time comes from what `timed` wrote while
+    it ran, and the invocation that resumes the stage adds to it."""
+    import signal
+    import subprocess
+    import sys
+
+    from score_distill.pipeline import _load_state
+    from score_distill.pipeline.config import RUNNING_WALL
+
+    script = ("import time\nfrom pathlib import Path\nimport score_distill.pipeline.config as c\n"
+              "c.WALL_BEAT_S = 0.05\n"
+              f"state = c.RunState(c.RunConfig(), Path({str(tmp_path)!r}), wall={{'bc': 7.0}})\n"
+              "with state.timed('score_rl'):\n    time.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            path = tmp_path / RUNNING_WALL
+            if path.is_file() and json.loads(path.read_text()).get("score_rl", 0) >= 0.3:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the running stage never wrote its time")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    state = _load_state(RunConfig(), tmp_path)
+    assert state.wall["bc"] == 7.0 and state.wall["score_rl"] >= 0.3
+    kept = state.wall["score_rl"]
+    with state.timed("score_rl"):  # resumed: its time adds to what the killed run spent
+        time.sleep(0.1)
+    assert state.wall["score_rl"] >= kept + 0.1
+    assert json.loads((tmp_path / RUNNING_WALL).read_text())["score_rl"] == state.wall["score_rl"]

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from score_distill.config import UsageError
 from score_distill.devices import resolve_device, training_device
-from score_distill.pipeline.config import RESUME_FREE, RunConfig, RunState, check_inputs
+from score_distill.pipeline.config import RESUME_FREE, RunConfig, RunState, check_inputs, running_wall
 from score_distill.pipeline.table import (ABLATIONS, BY_NAME, STAGES, cumulative_tokens, evaluate_stage, lineage,
                                          world_stage)
 from score_distill.rundir import open_run_dir
@@ -71,12 +71,14 @@ def plan(cfg: RunConfig, only: str | None = None, start: str | None = None) -> l
 
 
 def _load_state(cfg: RunConfig, out: Path) -> RunState:
-    """The run's state as earlier invocations recorded it in run_state.json."""
+    """The run's state as earlier invocations recorded it in run_state.json (and, for a stage
+    cut off while it ran, in `RUNNING_WALL`)."""
     path = out / "run_state.json"
     prior = json.loads(path.read_text()) if path.exists() else {}
     models = {k: str(out / v) if not Path(v).is_absolute() else v for k, v in prior.get("models", {}).items()}
     return RunState(cfg, out, stages=prior.get("stages", {}), teacher_tokens=prior.get("teacher_tokens", {}),
-                    wall=prior.get("wall_time_s", {}), extra=prior.get("extra", {}), done=prior.get("done", []),
+                    wall=running_wall(out, prior.get("wall_time_s", {})), extra=prior.get("extra", {}),
+                    done=prior.get("done", []),
                     models=models)
 
 

@@ -5,6 +5,8 @@ outside before any work (`check_inputs`)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +19,7 @@ from score_distill.memory import release_memory
 from score_distill.models.load import ENGINE_HELP
 from score_distill.precision import Bf16
 from score_distill.stages.mps import mps_rollout_config
+from score_distill.storage import atomic_write_json
 from score_distill.tools.config import ToolConfig
 from score_distill.train.rl import RLOptions
 from score_distill.train.sft import SFTOptions
@@ -97,13 +100,52 @@ class RunState:
     def timed(self, name: str) -> Iterator[None]:
         """Adds the wall time of the `with` block to `wall[name]` (stored: across resumed runs).
         The block starts with the memory the last stage freed given back to the system
-        (memory.py: otherwise one stage's freed blocks add to the next one's peak)."""
+        (memory.py: otherwise one stage's freed blocks add to the next one's peak).
+
+        While the block runs, its time so far is written to `RUNNING_WALL` every
+        `WALL_BEAT_S` seconds, so a run killed inside a stage (where no `finally` runs)
+        keeps that stage's time to within a beat: `running_wall` reads it back, and the
+        invocation that resumes the stage adds its own time to it."""
         release_memory()
-        t0 = time.perf_counter()
+        before, t0 = self.wall.get(name, 0.0), time.perf_counter()
+        path = self.out / RUNNING_WALL
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stop = threading.Event()
+
+        def beat() -> None:  # every stage's time so far: a stage finished but not yet saved is kept too
+            while not stop.wait(WALL_BEAT_S):
+                atomic_write_json(path, {**self.wall, name: round(before + time.perf_counter() - t0, 1)})
+
+        thread = threading.Thread(target=beat, name=f"wall-{name}", daemon=True)
+        thread.start()
         try:
             yield
         finally:
-            self.wall[name] = round(self.wall.get(name, 0.0) + time.perf_counter() - t0, 1)
+            stop.set()
+            thread.join()
+            self.wall[name] = round(before + time.perf_counter() - t0, 1)
+            atomic_write_json(path, self.wall)
+
+
+# A stage's time so far, written while it runs (`RunState.timed`), and how often.
+RUNNING_WALL = "wall_running.json"
+WALL_BEAT_S = 30.0
+
+
+def running_wall(out: Path, wall: dict[str, float]) -> dict[str, float]:
+    """`wall` (the stored wall times) with what `timed` last wrote: for each stage the larger
+    of the two, so a stage cut off while it ran, or finished but cut off before the run
+    saved its state (during its evaluation), keeps its time.
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp())
+    >>> _ = (out / RUNNING_WALL).write_text('{"score_rl": 1234.5}')
+    >>> running_wall(out, {"bc": 10.0, "score_rl": 3.0})
+    {'bc': 10.0, 'score_rl': 1234.5}
+    """
+    path = out / RUNNING_WALL
+    found = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return {**wall, **{k: max(v, wall.get(k, 0.0)) for k, v in found.items()}}
 
 
 def check_inputs(cfg: RunConfig) -> list[str]:
